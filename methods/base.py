@@ -1,0 +1,81 @@
+"""The method interface: what the training loop may ask of a method, and nothing more.
+
+A method sees the batch's features, the reference's features (if it declares it needs
+them), the batch's stable sample indices and the training progress. It never sees the
+data loader, the optimizer or the disk; its own state (e.g. per-sample moving averages)
+travels in checkpoints through `state_dict`/`load_state_dict`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass
+class Features:
+    """L2-normalised image and text features of one batch ([B, D] each) and the model's logit scale."""
+
+    image: torch.Tensor
+    text: torch.Tensor
+    logit_scale: torch.Tensor | None = None
+
+
+@dataclass
+class Progress:
+    """Where training is: optimizer step (0-based) and epochs of the pool seen so far (fractional)."""
+
+    step: int
+    epoch: float
+
+
+@dataclass
+class LossOutput:
+    """The scalar to back-propagate and named numbers worth logging."""
+
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Method:
+    """Base class: subclasses set `name`, `defaults` (every parameter, with its default) and `loss`."""
+
+    name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {}
+    needs_reference: ClassVar[bool] = False
+
+    def __init__(self, params: dict[str, Any], num_indices: int) -> None:
+        """`params` override `defaults` (unknown keys are refused); `num_indices` bounds sample indices."""
+        self.params = resolve_params(type(self), params)
+        self.num_indices = num_indices
+
+    def loss(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress) -> LossOutput:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Method state to checkpoint (tensors only); stateless methods return {}."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what `state_dict` returned."""
+        if state:
+            raise ValueError(f"method {self.name!r} is stateless but got state keys {sorted(state)}")
+
+
+def resolve_params(cls: type[Method], params: dict[str, Any]) -> dict[str, Any]:
+    """Defaults of `cls` overridden by `params`; unknown names or wrong types raise ValueError."""
+    unknown = sorted(set(params) - set(cls.defaults))
+    if unknown:
+        allowed = ", ".join(sorted(cls.defaults)) or "none"
+        raise ValueError(f"method {cls.name!r} has no parameter {unknown[0]!r}; allowed: {allowed}")
+    resolved = dict(cls.defaults)
+    for key, value in params.items():
+        default = cls.defaults[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default):
+            raise ValueError(f"method {cls.name!r} parameter {key!r} must be {type(default).__name__}, "
+                             f"got {value!r}")
+        resolved[key] = value
+    return resolved

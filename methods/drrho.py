@@ -1,0 +1,62 @@
+"""drrho: DRRho-CLIP, the reference model steers the contrastive loss (Wei et al., ICML 2025).
+
+Margins are taken relative to the reference's: d_ij = [(s_ij - s_ii) - (r_ij - r_ii)] / tau
+with a FIXED tau (the reference's own logit scale is ignored), eps = 1e-4, the image-anchor
+and text-anchor terms summed, and the inner means tracked per sample with FastCLIP's moving
+average u (gamma = 1 in the first epoch, then cosine-decayed to gamma_min).
+"""
+from __future__ import annotations
+
+import torch
+
+from methods.base import Features, LossOutput, Method, Progress
+from methods.gcl import MovingLogMean, fcco_surrogate, gamma_at, log_eps_mean_exp, margins
+
+
+def drrho_objective(image_features: torch.Tensor, text_features: torch.Tensor,
+                    ref_image_features: torch.Tensor, ref_text_features: torch.Tensor,
+                    tau: float, eps: float = 1e-4) -> torch.Tensor:
+    """The DRRho-CLIP objective on one batch (stateless, differentiable).
+
+    tau * mean_i [log(eps + g^I_i) + log(eps + g^T_i)], where g_i is the mean over the
+    B-1 negatives of exp(d_ij) and d_ij are the reference-relative margins over tau.
+    Features must be L2-normalised.
+    """
+    d_img, d_txt = margins(Features(image_features, text_features),
+                           Features(ref_image_features, ref_text_features), tau)
+    return tau * (log_eps_mean_exp(d_img, eps).mean() + log_eps_mean_exp(d_txt, eps).mean())
+
+
+class DRRho(Method):
+    name = "drrho"
+    needs_reference = True
+    defaults = {"tau": 0.01, "eps": 1e-4, "gamma_min": 0.2, "gamma_decay_epochs": 10.0}
+
+    def __init__(self, params: dict, num_indices: int) -> None:
+        super().__init__(params, num_indices)
+        if self.params["tau"] <= 0 or self.params["eps"] <= 0:
+            raise ValueError("method 'drrho': tau and eps must be > 0")
+        if not 0.0 < self.params["gamma_min"] <= 1.0:
+            raise ValueError("method 'drrho': gamma_min must be in (0, 1]")
+        self.u_img = MovingLogMean(num_indices)
+        self.u_txt = MovingLogMean(num_indices)
+
+    def loss(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress) -> LossOutput:
+        if ref is None:
+            raise ValueError("method 'drrho' needs reference features")
+        tau, eps = self.params["tau"], self.params["eps"]
+        gamma = gamma_at(progress.epoch, self.params["gamma_min"], self.params["gamma_decay_epochs"])
+        d_img, d_txt = margins(feats, ref, tau)
+        log_img, log_txt = log_eps_mean_exp(d_img, eps), log_eps_mean_exp(d_txt, eps)
+        u_img = self.u_img.update(indices, log_img, gamma)
+        u_txt = self.u_txt.update(indices, log_txt, gamma)
+        surrogate = tau * (fcco_surrogate(d_img, u_img) + fcco_surrogate(d_txt, u_txt))
+        objective = tau * (log_img.mean() + log_txt.mean())
+        return LossOutput(surrogate, {"objective": float(objective.detach()), "gamma": gamma, "tau": tau})
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"u_img": self.u_img.u.clone(), "u_txt": self.u_txt.u.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.u_img.u = state["u_img"].clone()
+        self.u_txt.u = state["u_txt"].clone()
