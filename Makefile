@@ -1,0 +1,37 @@
+# clipsteer: `make demo` runs the main job, `make test` runs the tests. Both set everything up first.
+# INSTALLER=pip uses plain pip instead of uv; CONSTRAINTS= (empty) installs without the CPU pins (GPU machines).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLER ?= uv
+CONSTRAINTS ?= constraints-cpu.txt
+PYTEST_ARGS ?= -q
+FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
+CONSTRAINT_ARGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+
+.PHONY: demo test env data
+
+demo: env data
+	$(VENV)/bin/clipsteer run grids/demo.yaml
+
+test: env data
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	python3 -m venv $(VENV)
+ifeq ($(INSTALLER),uv)
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv pip install -q --python $(PY) $(FIND_LINKS) $(CONSTRAINT_ARGS) -e '.[test]'
+else
+	$(PY) -m pip install -q $(CONSTRAINT_ARGS) -e '.[test]'
+endif
+	touch $@
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package (MIT); installed once, needs root.
+data:
+	@if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi

@@ -1,0 +1,96 @@
+"""`clipsteer` command line: parse, call one function, print. No logic of its own."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from harness.errors import ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `clipsteer` console script and `python -m harness`."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"clipsteer: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipsteer",
+        description="Train CLIP models with and without a reference model, sweep grids of runs, "
+                    "and report leaderboards and scaling-law fits.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="launch the runs of a grid file that are not done yet, then write the report",
+                         description="Validate GRID, expand it into runs, launch every run that is missing or failed "
+                                     "(stage by stage, through submitit), then write the leaderboard, the scaling fit "
+                                     "and the plot. Exit code 0: all runs done; 1: some failed; 2: bad input.")
+    run.add_argument("grid", type=Path, help="grid file (YAML), e.g. grids/demo.yaml")
+    run.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
+    run.add_argument("--dry-run", action="store_true", help="validate and list the runs that would launch; write nothing")
+    run.add_argument("--executor", choices=["local", "debug"], default=None,
+                     help="override the grid's executor: local (subprocesses) or debug (in this process)")
+    run.add_argument("--max-parallel", type=int, default=None, help="override the grid's executor.max_parallel")
+    run.set_defaults(func=_cmd_run)
+
+    models = sub.add_parser("models", help="list model presets with parameters and forward GFLOPs per pair",
+                            description="List every model preset: parameters (millions) and forward GFLOPs per "
+                                        "image-text pair, counted with torch's FlopCounterMode.")
+    models.set_defaults(func=_cmd_models)
+
+    report = sub.add_parser("report", help="rewrite the leaderboard, fit and plot of a results directory",
+                            description="Rebuild leaderboard.csv/.md, scaling.json and plots/ from the runs stored "
+                                        "in RESULTS (the directory `clipsteer run` wrote).")
+    report.add_argument("results", type=Path, help="results directory of a grid, e.g. results/demo")
+    report.set_defaults(func=_cmd_report)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness import sweep
+    from harness.config import load_grid
+
+    grid = load_grid(args.grid)
+    executor = grid.executor
+    if args.executor:
+        executor = dataclasses.replace(executor, kind=args.executor)
+    if args.max_parallel is not None:
+        if args.max_parallel < 1:
+            raise ConfigError("--max-parallel", "", f"must be >= 1, got {args.max_parallel}")
+        executor = dataclasses.replace(executor, max_parallel=args.max_parallel)
+    results = args.results or Path("results") / grid.name
+    if args.dry_run:
+        for line in sweep.plan(grid, results):
+            print(line)
+        return 0
+    outcome = sweep.run(grid, results, executor)
+    for path in outcome.report_paths.values():
+        print(f"wrote {path}")
+    return 1 if outcome.launch.failed else 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from harness.models import model_profile, preset_names
+
+    print(f"{'model':<12} {'params (M)':>11} {'GFLOPs/pair':>12} {'image':>9} {'text':>9}")
+    for name in preset_names():
+        p = model_profile(name)
+        print(f"{name:<12} {p['mparams']:>11.2f} {p['gflops']:>12.4g} {p['image_gflops']:>9.4g} {p['text_gflops']:>9.4g}")
+    print("GFLOPs: forward FLOPs per image-text pair (torch FlopCounterMode; text at full context length).")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness import sweep
+
+    for path in sweep.report(args.results).values():
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,294 @@
+"""Grid files: YAML in, validated plain dataclasses out; every error names the file and key.
+
+A grid names the data pool, the evaluation tasks, training defaults, an executor and a
+list of stages; each stage sweeps methods x models x samples seen x seeds and may point
+at an earlier stage (or a checkpoint, or an open_clip pretrained model) as its reference.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.data.pool import PoolConfig
+from harness.errors import ConfigError, did_you_mean
+from harness.evaluate import TASKS
+from harness.models import check_model_name, preset_names
+from harness.train import TrainConfig
+from methods import REGISTRY, get_method
+
+EXECUTORS = ("local", "debug")
+TOP_KEYS = {"name", "description", "data", "eval", "train", "executor", "stages"}
+STAGE_KEYS = {"name", "methods", "models", "samples_seen", "seeds", "reference", "data", "train"}
+REFERENCE_KINDS = {"stage", "checkpoint", "pretrained"}
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How runs are launched: submitit's LocalExecutor (subprocesses) or DebugExecutor (in-process)."""
+
+    kind: str = "local"
+    max_parallel: int = 2
+    cpus_per_job: int = 1
+    timeout_min: int = 60
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """A stage's reference model: an earlier stage's single run, a local checkpoint, or a pretrained tag."""
+
+    stage: str | None = None
+    checkpoint: str | None = None
+    pretrained: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    name: str
+    methods: tuple[MethodConfig, ...]
+    models: tuple[str, ...]
+    samples_seen: tuple[int, ...]
+    seeds: tuple[int, ...] = (0,)
+    reference: ReferenceConfig | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    name: str
+    source: str
+    data: dict[str, Any]
+    eval_tasks: tuple[str, ...]
+    train: dict[str, Any]
+    executor: ExecutorConfig
+    stages: tuple[StageConfig, ...]
+    description: str = ""
+
+
+def load_grid(path: str | Path) -> GridConfig:
+    """Read and validate a grid file; raise ConfigError on anything wrong, before anything runs."""
+    path = Path(path)
+    src = str(path)
+    if not path.is_file():
+        raise ConfigError(src, "", "no such grid file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(src, "", f"not valid YAML: {e}") from None
+    return parse_grid(raw, src, default_name=path.stem)
+
+
+def parse_grid(raw: Any, src: str, default_name: str = "grid") -> GridConfig:
+    """Validate an already-parsed grid mapping (see load_grid)."""
+    top = _mapping(raw, src, "")
+    _known_keys(top, TOP_KEYS, src, "")
+    for key in ("stages",):
+        if key not in top:
+            raise ConfigError(src, key, "required")
+    name = _string(top.get("name", default_name), src, "name")
+    data = _mapping(top.get("data", {}), src, "data")
+    _check_pool(data, src, "data")
+    train = _mapping(top.get("train", {}), src, "train")
+    _check_train(train, src, "train")
+    eval_cfg = _mapping(top.get("eval", {}), src, "eval")
+    _known_keys(eval_cfg, {"tasks"}, src, "eval")
+    tasks = tuple(_string(t, src, f"eval.tasks[{i}]") for i, t in enumerate(_list(eval_cfg.get("tasks", []), src, "eval.tasks")))
+    _check_tasks(tasks, src)
+    executor = _executor(top.get("executor", {}), src)
+    stages_raw = _list(top["stages"], src, "stages")
+    if not stages_raw:
+        raise ConfigError(src, "stages", "at least one stage is required")
+    stages = tuple(_stage(s, src, f"stages[{i}]", data, train) for i, s in enumerate(stages_raw))
+    _check_stage_references(stages, src)
+    return GridConfig(name=name, source=src, data=data, eval_tasks=tasks, train=train, executor=executor,
+                      stages=stages, description=str(top.get("description", "")))
+
+
+def _stage(raw: Any, src: str, key: str, data: dict, train: dict) -> StageConfig:
+    m = _mapping(raw, src, key)
+    _known_keys(m, STAGE_KEYS, src, key)
+    for req in ("name", "methods", "models", "samples_seen"):
+        if req not in m:
+            raise ConfigError(src, f"{key}.{req}", "required")
+    stage_data = _mapping(m.get("data", {}), src, f"{key}.data")
+    _check_pool({**data, **stage_data}, src, f"{key}.data")
+    stage_train = _mapping(m.get("train", {}), src, f"{key}.train")
+    merged_train = {**train, **stage_train}
+    _check_train(merged_train, src, f"{key}.train")
+    methods = tuple(_method(x, src, f"{key}.methods[{i}]") for i, x in enumerate(_nonempty_list(m["methods"], src, f"{key}.methods")))
+    models = tuple(_model(x, src, f"{key}.models[{i}]") for i, x in enumerate(_nonempty_list(m["models"], src, f"{key}.models")))
+    batch = TrainConfig(**merged_train).batch_size
+    samples = tuple(_samples(x, batch, src, f"{key}.samples_seen[{i}]")
+                    for i, x in enumerate(_nonempty_list(m["samples_seen"], src, f"{key}.samples_seen")))
+    seeds = tuple(_int(x, src, f"{key}.seeds[{i}]", minimum=0) for i, x in enumerate(_nonempty_list(m.get("seeds", [0]), src, f"{key}.seeds")))
+    reference = _reference(m["reference"], src, f"{key}.reference") if m.get("reference") is not None else None
+    if reference is None:
+        for i, method in enumerate(methods):
+            if get_method(method.name).needs_reference:
+                raise ConfigError(src, f"{key}.methods[{i}]", f"method {method.name!r} needs a reference model; "
+                                  "give the stage a 'reference' (an earlier stage, a checkpoint or a pretrained model)")
+    return StageConfig(name=_string(m["name"], src, f"{key}.name"), methods=methods, models=models,
+                       samples_seen=samples, seeds=seeds, reference=reference, data=stage_data, train=stage_train)
+
+
+def _method(raw: Any, src: str, key: str) -> MethodConfig:
+    if isinstance(raw, str):
+        name, params = raw, {}
+    else:
+        m = _mapping(raw, src, key)
+        if "name" not in m:
+            raise ConfigError(src, f"{key}.name", "required (a method is a name or a mapping with 'name' and its parameters)")
+        name, params = _string(m["name"], src, f"{key}.name"), {k: v for k, v in m.items() if k != "name"}
+    if name not in REGISTRY:
+        raise ConfigError(src, key, f"unknown method {name!r}{did_you_mean(name, REGISTRY)}; registered: {', '.join(sorted(REGISTRY))}")
+    try:
+        get_method(name)(params, num_indices=1)
+    except ValueError as e:
+        raise ConfigError(src, key, str(e)) from None
+    return MethodConfig(name=name, params=params)
+
+
+def _model(raw: Any, src: str, key: str) -> str:
+    name = _string(raw, src, key)
+    try:
+        check_model_name(name)
+    except ValueError as e:
+        raise ConfigError(src, key, f"{e}{did_you_mean(name, preset_names())}") from None
+    return name
+
+
+def _samples(raw: Any, batch: int, src: str, key: str) -> int:
+    n = _int(raw, src, key, minimum=1)
+    if n % batch:
+        lo, hi = (n // batch) * batch, (n // batch + 1) * batch
+        hint = f"use {lo} or {hi}" if lo else f"use {hi}"
+        raise ConfigError(src, key, f"{n} is not a multiple of batch_size {batch} (samples seen are counted exactly); {hint}")
+    return n
+
+
+def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
+    if isinstance(raw, str):
+        return ReferenceConfig(stage=raw)
+    m = _mapping(raw, src, key)
+    _known_keys(m, REFERENCE_KINDS | {"model"}, src, key)
+    kinds = [k for k in REFERENCE_KINDS if k in m]
+    if len(kinds) != 1:
+        raise ConfigError(src, key, "give exactly one of 'stage', 'checkpoint' (with 'model') or 'pretrained' (with 'model')")
+    if kinds[0] != "stage":
+        if "model" not in m:
+            raise ConfigError(src, f"{key}.model", f"required with '{kinds[0]}'")
+        _model(m["model"], src, f"{key}.model")
+    if "checkpoint" in m:
+        ckpt = Path(_string(m["checkpoint"], src, f"{key}.checkpoint"))
+        if not ckpt.is_file():
+            raise ConfigError(src, f"{key}.checkpoint", f"no such file: {ckpt}")
+    return ReferenceConfig(**{k: _string(v, src, f"{key}.{k}") for k, v in m.items()})
+
+
+def _check_stage_references(stages: tuple[StageConfig, ...], src: str) -> None:
+    seen: dict[str, StageConfig] = {}
+    for i, stage in enumerate(stages):
+        if stage.name in seen:
+            raise ConfigError(src, f"stages[{i}].name", f"duplicate stage name {stage.name!r}")
+        ref = stage.reference
+        if ref is not None and ref.stage is not None:
+            key = f"stages[{i}].reference"
+            if ref.stage == stage.name:
+                raise ConfigError(src, key, f"stage {stage.name!r} cannot be its own reference")
+            if ref.stage not in seen:
+                later = any(s.name == ref.stage for s in stages[i + 1:])
+                why = "comes later (a reference stage must come first)" if later else \
+                    f"does not exist{did_you_mean(ref.stage, seen)}; earlier stages: {', '.join(seen) or 'none'}"
+                raise ConfigError(src, key, f"stage {ref.stage!r} {why}")
+            target = seen[ref.stage]
+            runs = len(target.methods) * len(target.models) * len(target.samples_seen) * len(target.seeds)
+            if runs != 1:
+                raise ConfigError(src, key, f"stage {ref.stage!r} has {runs} runs; a reference stage must have exactly one")
+        seen[stage.name] = stage
+
+
+def _check_pool(data: dict, src: str, key: str) -> None:
+    _known_keys(data, {f.name for f in dataclasses.fields(PoolConfig)}, src, key)
+    try:
+        PoolConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(src, key, str(e)) from None
+
+
+def _check_train(train: dict, src: str, key: str) -> None:
+    _known_keys(train, {f.name for f in dataclasses.fields(TrainConfig)}, src, key)
+    try:
+        TrainConfig(**train)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(src, key, str(e)) from None
+
+
+def _check_tasks(tasks: tuple[str, ...], src: str) -> None:
+    if not tasks:
+        raise ConfigError(src, "eval.tasks", f"at least one task is required; available: {', '.join(sorted(TASKS))}")
+    for i, t in enumerate(tasks):
+        if t not in TASKS:
+            raise ConfigError(src, f"eval.tasks[{i}]", f"unknown task {t!r}{did_you_mean(t, TASKS)}; available: {', '.join(sorted(TASKS))}")
+
+
+def _executor(raw: Any, src: str) -> ExecutorConfig:
+    m = _mapping(raw, src, "executor")
+    _known_keys(m, {f.name for f in dataclasses.fields(ExecutorConfig)}, src, "executor")
+    kind = _string(m.get("kind", "local"), src, "executor.kind")
+    if kind not in EXECUTORS:
+        raise ConfigError(src, "executor.kind", f"unknown executor {kind!r}{did_you_mean(kind, EXECUTORS)}; allowed: {', '.join(EXECUTORS)}")
+    return ExecutorConfig(kind=kind, **{k: _int(m[k], src, f"executor.{k}", minimum=1)
+                                        for k in ("max_parallel", "cpus_per_job", "timeout_min") if k in m})
+
+
+def _known_keys(m: dict, allowed: set[str], src: str, key: str) -> None:
+    for k in m:
+        if k not in allowed:
+            where = f"{key}.{k}" if key else str(k)
+            raise ConfigError(src, where, f"unknown key{did_you_mean(str(k), allowed)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _mapping(raw: Any, src: str, key: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(src, key, f"must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _list(raw: Any, src: str, key: str) -> list:
+    if not isinstance(raw, list):
+        raise ConfigError(src, key, f"must be a list, got {type(raw).__name__}")
+    return raw
+
+
+def _nonempty_list(raw: Any, src: str, key: str) -> list:
+    items = _list(raw, src, key)
+    if not items:
+        raise ConfigError(src, key, "must not be empty")
+    return items
+
+
+def _string(raw: Any, src: str, key: str) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(src, key, f"must be a non-empty string, got {raw!r}")
+    return raw
+
+
+def _int(raw: Any, src: str, key: str, minimum: int) -> int:
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        raise ConfigError(src, key, f"must be an integer, got {raw!r}")
+    if raw < minimum:
+        raise ConfigError(src, key, f"must be >= {minimum}, got {raw}")
+    return raw

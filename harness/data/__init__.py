@@ -1,0 +1,4 @@
+"""Training data: raw sources, training captions and the in-memory image-text pool."""
+from harness.data.pool import ImageTextPool, PoolConfig, build_pool
+
+__all__ = ["ImageTextPool", "PoolConfig", "build_pool"]

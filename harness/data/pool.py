@@ -1,0 +1,161 @@
+"""The image-text training pool: every sample in memory as tensors, batches are slices.
+
+Images are uint8 [N, 3, S, S]; captions are ids into a list of unique strings, so a model
+tokenizes each distinct caption once. Every sample has a stable index (its position in the
+full pool of its config) that methods use to keep per-sample state; the clean subset keeps
+the indices its samples have in the full pool.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.data.captions import random_attributes, sample_hash, write_captions
+from harness.data.sources import SHAPES_TRAIN_COUNT, SOURCE_NAMES, Split, train_split
+
+SUBSETS = ("all", "clean")
+_NOISE_STREAM = 1  # random streams of np.random.default_rng([seed, stream])
+_CAP_STREAM = 2
+_NOISE_CLASS_SALT = 300
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Which samples make up a pool, how noisy its captions are, and at what resolution."""
+
+    sources: tuple[str, ...] = SOURCE_NAMES
+    per_source: int | None = None
+    shapes_count: int = SHAPES_TRAIN_COUNT
+    noise: float = 0.0
+    subset: str = "all"
+    seed: int = 0
+    image_size: int = 32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sources, str) or not isinstance(self.sources, (tuple, list)):
+            raise ValueError(f"sources must be a tuple of names from {SOURCE_NAMES}, got {self.sources!r}")
+        object.__setattr__(self, "sources", tuple(self.sources))
+        unknown = [s for s in self.sources if s not in SOURCE_NAMES]
+        if not self.sources or unknown or len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"sources must be distinct names from {SOURCE_NAMES}, got {self.sources!r}")
+        if self.per_source is not None:
+            _check_int("per_source", self.per_source, 1, "None or an integer >= 1")
+        _check_int("shapes_count", self.shapes_count, 1, "an integer >= 1")
+        _check_int("seed", self.seed, 0, "an integer >= 0")
+        _check_int("image_size", self.image_size, 8, "an integer >= 8")
+        if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) or not 0 <= self.noise < 1:
+            raise ValueError(f"noise must be a number in [0, 1), got {self.noise!r}")
+        if self.subset not in SUBSETS:
+            raise ValueError(f"subset must be one of {SUBSETS}, got {self.subset!r}")
+
+
+def _check_int(name: str, value: object, minimum: int, allowed: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+@dataclass
+class ImageTextPool:
+    """In-memory image-caption pairs; all per-sample fields are tensors of length N."""
+
+    images: torch.Tensor          # uint8 [N, 3, S, S]
+    caption_ids: torch.Tensor     # int64 [N], into `captions`
+    captions: list[str]           # unique caption strings
+    labels: torch.Tensor          # int64 [N], global class of the image
+    caption_labels: torch.Tensor  # int64 [N], global class the caption describes (differs iff noisy)
+    classnames: list[str]         # global class names, sources in config order
+    source: torch.Tensor          # int64 [N], into `source_names`
+    source_names: tuple[str, ...]
+    noisy: torch.Tensor           # bool [N]
+    indices: torch.Tensor         # int64 [N], stable sample index in [0, num_indices)
+    num_indices: int              # size of the full pool of this config: bound for per-sample state
+    config: PoolConfig
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def tokenize(self, tokenizer: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """Token ids of the unique captions, [len(captions), context_length]: row i is captions[i]."""
+        return tokenizer(self.captions)
+
+    def subset(self, keep: torch.Tensor) -> "ImageTextPool":
+        """The samples where bool mask `keep` is true, with their indices and only their captions."""
+        used, caption_ids = torch.unique(self.caption_ids[keep], return_inverse=True)
+        return ImageTextPool(
+            images=self.images[keep], caption_ids=caption_ids, captions=[self.captions[i] for i in used.tolist()],
+            labels=self.labels[keep], caption_labels=self.caption_labels[keep], classnames=self.classnames,
+            source=self.source[keep], source_names=self.source_names, noisy=self.noisy[keep],
+            indices=self.indices[keep], num_indices=self.num_indices, config=self.config)
+
+def as_image_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 images [N, H, W] or [N, H, W, 3] -> uint8 [N, 3, size, size] (greyscale replicated)."""
+    x = torch.tensor(np.asarray(images, dtype=np.uint8))
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+    return x.expand(-1, 3, -1, -1).contiguous()
+
+
+def _rows(split: Split, source: str, cfg: PoolConfig) -> np.ndarray:
+    """The split rows a pool takes: all, or `per_source` of them drawn by seed (in split order)."""
+    n = len(split)
+    if cfg.per_source is None or cfg.per_source >= n:
+        return np.arange(n)
+    rng = np.random.default_rng([cfg.seed, _CAP_STREAM, SOURCE_NAMES.index(source)])
+    return np.sort(rng.permutation(n)[:cfg.per_source])
+
+
+class _CaptionTable:
+    """Unique caption strings gathered across sources, with global ids."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+
+    def add(self, captions: list[str], ids: np.ndarray) -> np.ndarray:
+        table = np.array([self.ids.setdefault(c, len(self.ids)) for c in captions], dtype=np.int64)
+        return table[ids]
+
+
+def build_pool(cfg: PoolConfig) -> ImageTextPool:
+    """The train-split pool described by `cfg` (the clean subset if cfg.subset == "clean")."""
+    splits = {name: train_split(name, cfg.shapes_count) for name in cfg.sources}
+    rows = {name: _rows(split, name, cfg) for name, split in splits.items()}
+    offsets = np.cumsum([0] + [len(s.classnames) for s in splits.values()])
+    classnames = [c for s in splits.values() for c in s.classnames]
+    source_of_class = np.repeat(np.arange(len(splits)), [len(s.classnames) for s in splits.values()])
+    # Caption keys: source id and row in the source's split, so a sample keeps its caption
+    # whichever other sources or caps a config picks.
+    keys = np.concatenate([(SOURCE_NAMES.index(n) << 32) + r for n, r in rows.items()])
+    source = np.repeat(np.arange(len(splits)), [len(r) for r in rows.values()])
+    labels = np.concatenate([splits[n].labels[r] + offsets[i] for i, (n, r) in enumerate(rows.items())])
+    n = len(labels)
+
+    noisy = np.zeros(n, dtype=bool)
+    noisy[np.random.default_rng([cfg.seed, _NOISE_STREAM]).permutation(n)[:round(cfg.noise * n)]] = True
+    shift = sample_hash(cfg.seed, keys, _NOISE_CLASS_SALT) % np.uint64(len(classnames) - 1)
+    caption_labels = np.where(noisy, (labels + 1 + shift.astype(np.int64)) % len(classnames), labels)
+
+    starts = np.cumsum([0] + [len(r) for r in rows.values()])
+    table = _CaptionTable()
+    caption_ids = np.empty(n, dtype=np.int64)
+    for i, name in enumerate(splits):
+        clean = np.flatnonzero((source == i) & ~noisy)
+        wrong = np.flatnonzero(noisy & (source_of_class[caption_labels] == i))
+        own = {k: v[rows[name][clean - starts[i]]] for k, v in splits[name].attributes.items()}
+        for where, attrs in ((clean, own), (wrong, random_attributes(name, keys[wrong], cfg.seed))):
+            if len(where):
+                caption_ids[where] = table.add(*write_captions(
+                    name, caption_labels[where] - offsets[i], keys[where], cfg.seed, attrs))
+
+    images = torch.cat([as_image_tensor(splits[n].images[r], cfg.image_size) for n, r in rows.items()])
+    pool = ImageTextPool(images=images, caption_ids=torch.from_numpy(caption_ids), captions=list(table.ids),
+                         labels=torch.from_numpy(labels), caption_labels=torch.from_numpy(caption_labels),
+                         classnames=classnames, source=torch.from_numpy(source),
+                         source_names=tuple(splits), noisy=torch.from_numpy(noisy),
+                         indices=torch.arange(n), num_indices=n, config=cfg)
+    return pool.subset(~pool.noisy) if cfg.subset == "clean" else pool

@@ -1,0 +1,19 @@
+"""Errors that the CLI turns into a message and exit code 2 (bad input), never a traceback."""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class ConfigError(ValueError):
+    """Bad user input: names the file, the key and what is allowed."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        self.source, self.key = source, key
+        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
+
+def did_you_mean(word: str, allowed: Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest allowed word, or ''."""
+    close = difflib.get_close_matches(word, list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,77 @@
+"""Expand a grid into run specs: plain, JSON-able dicts, each hashed into a stable run id.
+
+A spec holds everything that determines a run's result (data, model, method with all its
+parameters resolved, budget, seed, optimisation, evaluation tasks, reference). How it is
+launched (executor, threads) is not part of it. Change anything in it and the id changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from harness.config import GridConfig, ReferenceConfig, StageConfig
+from harness.train import TrainConfig
+from methods import get_method
+
+
+def run_id(spec: dict[str, Any]) -> str:
+    """A readable, stable id: stage-method-model-samples-seed plus 10 hex digits of the spec's hash."""
+    blob = json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
+    digest = hashlib.sha256(blob).hexdigest()[:10]
+    return f"{spec['stage']}-{spec['method']['name']}-{spec['model']}-n{spec['samples_seen']}-s{spec['seed']}-{digest}"
+
+
+def expand(grid: GridConfig) -> list[dict[str, Any]]:
+    """All run specs of the grid, stage by stage, each with its 'run_id' (stable across calls)."""
+    specs: list[dict[str, Any]] = []
+    stage_runs: dict[str, dict[str, Any]] = {}
+    for stage in grid.stages:
+        stage_specs = list(_stage_specs(grid, stage, stage_runs))
+        specs.extend(stage_specs)
+        if len(stage_specs) == 1:
+            stage_runs[stage.name] = stage_specs[0]
+    return specs
+
+
+def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, dict[str, Any]]):
+    data = _plain({**grid.data, **stage.data})
+    train = asdict(TrainConfig(**{**grid.train, **stage.train}))
+    for method in stage.methods:
+        cls = get_method(method.name)
+        params = cls(method.params, num_indices=1).params
+        for model in stage.models:
+            for samples in stage.samples_seen:
+                for seed in stage.seeds:
+                    spec = {"grid": grid.name, "stage": stage.name, "method": {"name": method.name, "params": params},
+                            "model": model, "samples_seen": samples, "seed": seed, "data": data, "train": train,
+                            "eval_tasks": list(grid.eval_tasks),
+                            "reference": _reference(stage.reference, stage_runs) if cls.needs_reference else None}
+                    spec["run_id"] = run_id(spec)
+                    yield spec
+
+
+def _reference(ref: ReferenceConfig | None, stage_runs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    if ref is None:
+        return None
+    if ref.stage is not None:
+        target = stage_runs[ref.stage]
+        return {"kind": "run", "run_id": target["run_id"], "model": target["model"]}
+    if ref.checkpoint is not None:
+        path = Path(ref.checkpoint).resolve()
+        return {"kind": "checkpoint", "path": str(path), "sha256": _sha256(path), "model": ref.model}
+    return {"kind": "pretrained", "tag": ref.pretrained, "model": ref.model}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(d.items())}

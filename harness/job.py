@@ -1,0 +1,59 @@
+"""One run, start to finish: data, model, reference, method -> train -> evaluate -> store.
+
+This is the function submitit executes. It records its own failure in the run directory
+before re-raising, so a failure is on disk even if the launcher is gone.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import io, store
+from harness.data.pool import PoolConfig, build_pool
+from harness.evaluate import evaluate
+from harness.models import build_model, model_profile
+from harness.reference import load_reference
+from harness.train import TrainConfig, train
+from methods import get_method
+
+
+def pool_config(data: dict[str, Any]) -> PoolConfig:
+    """A spec's 'data' entry (plain JSON) as a PoolConfig."""
+    return PoolConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def run_job(spec: dict[str, Any], results: str | Path, threads: int = 1, show_progress: bool = True) -> dict[str, Any]:
+    """Execute the run `spec` under `results`; returns (and stores) its result record."""
+    rdir = store.run_dir(Path(results), spec["run_id"])
+    store.begin(rdir, spec)
+    try:
+        result = _execute(spec, Path(results), rdir, threads, show_progress)
+    except BaseException as error:
+        store.fail(rdir, error)
+        raise
+    store.finish(rdir, result)
+    return result
+
+
+def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show_progress: bool) -> dict[str, Any]:
+    start = time.perf_counter()
+    torch.set_num_threads(threads)
+    cfg = TrainConfig(**spec["train"])
+    pool = build_pool(pool_config(spec["data"]))
+    reference = load_reference(spec["reference"], results, cfg.device) if spec["reference"] else None
+    torch.manual_seed(spec["seed"])
+    built = build_model(spec["model"], device=cfg.device)
+    method = get_method(spec["method"]["name"])(spec["method"]["params"], num_indices=pool.num_indices)
+    summary = train(built, method, pool, spec["samples_seen"], cfg, spec["seed"], rdir, reference=reference,
+                    show_progress=show_progress)
+    eval_start = time.perf_counter()
+    scores = evaluate(built, spec["eval_tasks"], device=cfg.device)
+    io.write_json(rdir / "eval.json", scores)
+    gflops = model_profile(spec["model"])["gflops"]
+    return {"run_id": spec["run_id"], "gflops_per_pair": gflops, "samples_seen": summary.samples_seen,
+            "c_paper": gflops * summary.samples_seen, "train": vars(summary), "eval": scores,
+            "eval_time_s": time.perf_counter() - eval_start, "wall_time_s": time.perf_counter() - start,
+            "threads": threads}

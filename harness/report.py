@@ -1,0 +1,140 @@
+"""Write a sweep's report: leaderboard (CSV and Markdown), scaling-law fits (JSON) and a log-log plot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.ticker as mticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from harness.fit import PowerLaw, fit_methods
+from harness.io import save_with, write_json, write_text
+
+COMPUTE_NOTE = (
+    "Compute: C_paper = forward GFLOPs per image-text pair of the trained model x samples seen "
+    "(FLOPs counted with torch FlopCounterMode)."
+)
+LEADING_COLUMNS = ["stage", "method", "model", "samples_seen", "seed", "gflops_per_pair", "c_paper"]
+TRAILING_COLUMNS = ["average", "wall_time_s", "status", "error", "reference", "run_id"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+
+
+def task_columns(df: pd.DataFrame) -> list[str]:
+    """The `task:<name>` score columns, in table order."""
+    return [c for c in df.columns if str(c).startswith("task:")]
+
+
+def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
+    """Every row, reference runs first, then by model, samples seen and average (best first); readable column order."""
+    ordered = [c for c in LEADING_COLUMNS + task_columns(df) + TRAILING_COLUMNS if c in df.columns]
+    columns = ordered + [c for c in df.columns if c not in ordered]
+    rows = df.assign(_ref=df["is_reference"].eq(True)).sort_values(
+        ["_ref", "model", "samples_seen", "average"], ascending=[False, True, True, False], na_position="last", kind="stable"
+    )
+    return rows[columns].reset_index(drop=True)
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_table(rows: pd.DataFrame, tasks: list[str]) -> str:
+    table = pd.DataFrame({
+        "method": rows["method"].map(_cell),
+        "model": rows["model"].map(_cell),
+        "samples seen": rows["samples_seen"].map(lambda n: f"{int(n):,}"),
+        "seed": rows["seed"].astype(int),
+        "GFLOPs/pair": rows["gflops_per_pair"].map(lambda g: f"{g:.4g}"),
+        "C_paper (GFLOPs)": rows["c_paper"].map(lambda c: f"{c:.2e}"),
+    })
+    done = rows["status"].eq("done")
+    for column in tasks + ["average"]:
+        name = column.removeprefix("task:") + " (%)"
+        table[name] = [f"{100 * v:.1f}" if ok else "-" for v, ok in zip(rows[column], done)]
+    table.loc[~done.to_numpy(), "average (%)"] = [
+        _cell(f"failed: {reason}" if isinstance(reason, str) and reason else "failed") for reason in rows.loc[~done, "error"]
+    ]
+    table["wall time (s)"] = rows["wall_time_s"].map(lambda t: f"{t:.1f}")
+    align = ["left", "left"] + ["right"] * (len(table.columns) - 2)
+    return table.to_markdown(index=False, colalign=align, disable_numparse=True)
+
+
+def leaderboard_markdown(df: pd.DataFrame, title: str) -> str:
+    """Markdown leaderboard: title, compute note, a reference-model table, then the sweep runs."""
+    board = leaderboard(df)
+    tasks = task_columns(board)
+    is_ref = board["is_reference"].eq(True)
+    parts = [f"# {title}", COMPUTE_NOTE]
+    if is_ref.any():
+        parts += ["## Reference models", _markdown_table(board[is_ref], tasks)]
+    parts += ["## Runs", _markdown_table(board[~is_ref], tasks) if (~is_ref).any() else "No runs."]
+    return "\n\n".join(parts) + "\n"
+
+
+def scaling_summary(fits: list[PowerLaw], skipped: dict[str, str]) -> dict:
+    """The scaling.json document for fits of error against C_paper."""
+    return {
+        "compute": "c_paper",
+        "unit": "GFLOPs",
+        "form": "E = a * C^b",
+        "points": "all done non-reference runs",
+        "fits": [fit.to_dict() for fit in fits],
+        "skipped": skipped,
+    }
+
+
+def _fit_label(method: str, fit: PowerLaw | None) -> str:
+    return f"{method}: $E = {fit.a:.3g} \\cdot C^{{{fit.b:.3f}}}$" if fit else f"{method}: no fit"
+
+
+def scaling_figure(df: pd.DataFrame, fits: list[PowerLaw], title: str) -> Figure:
+    """Log-log plot of zero-shot error against C_paper: points per run, fitted line per method."""
+    points = df[df["status"].eq("done") & ~df["is_reference"].eq(True)]
+    points = points.assign(error=1.0 - points["average"]).dropna(subset=["c_paper", "error"])
+    methods = sorted(df.loc[~df["is_reference"].eq(True), "method"].unique())
+    models = sorted(points["model"].unique())
+    colours = dict(zip(methods, sns.color_palette("tab10" if len(methods) <= 10 else "husl", len(methods))))
+    markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)}
+    by_method = {fit.method: fit for fit in fits}
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(7, 5), dpi=150, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+    if not points.empty:
+        sns.scatterplot(data=points, x="c_paper", y="error", hue="method", style="model", palette=colours,
+                        markers=markers, s=50, ax=ax, legend=False)
+    for fit in fits:
+        c = np.geomspace(fit.compute_min, fit.compute_max, 50)
+        ax.plot(c, fit.predict(c), color=colours[fit.method], linewidth=1.5)
+    handles = [Line2D([], [], color=colours[m], label=_fit_label(m, by_method.get(m))) for m in methods]
+    handles += [Line2D([], [], color="0.4", marker=markers[m], linestyle="none", label=m) for m in models]
+    ax.set(xscale="log", yscale="log", xlabel="compute C_paper (GFLOPs)", ylabel="zero-shot error (1 - average)",
+           title=f"{title}: error vs compute")
+    ax.grid(True, which="both", alpha=0.3)
+    plain = mticker.FuncFormatter(lambda v, _: f"{v:.2g}")
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain if high < 10 * low else mticker.NullFormatter())
+    if handles:
+        ax.legend(handles=handles, fontsize="small", loc="best")
+    return fig
+
+
+def write_report(df: pd.DataFrame, out_dir: Path, title: str) -> dict[str, Path]:
+    """Write leaderboard.csv, leaderboard.md, scaling.json and plots/scaling_law.png under out_dir (atomically).
+
+    Returns their paths keyed "leaderboard_csv", "leaderboard_md", "scaling_json", "scaling_plot".
+    """
+    out_dir = Path(out_dir)
+    fits, skipped = fit_methods(df, compute_col="c_paper")
+    fig = scaling_figure(df, fits, title)
+    return {
+        "leaderboard_csv": write_text(out_dir / "leaderboard.csv", leaderboard(df).to_csv(index=False)),
+        "leaderboard_md": write_text(out_dir / "leaderboard.md", leaderboard_markdown(df, title)),
+        "scaling_json": write_json(out_dir / "scaling.json", scaling_summary(fits, skipped)),
+        "scaling_plot": save_with(out_dir / "plots" / "scaling_law.png", lambda p: fig.savefig(p, format="png")),
+    }

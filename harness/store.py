@@ -1,0 +1,97 @@
+"""The result store: one directory per run, written atomically, and the results table read from it.
+
+results/<grid>/runs/<run_id>/
+    spec.json      the run's spec (what the id hashes)
+    status.json    state: running | done | failed, with times, host, pid, error
+    metrics.jsonl  training log;  checkpoints/last.pt;  model.pt (final weights)
+    eval.json      per-task metrics and the average
+    result.json    the run's row of the leaderboard (written last: its presence means done)
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness import io
+
+RUNS = "runs"
+
+
+def run_dir(results: Path, run_id: str) -> Path:
+    """Directory of run `run_id` under a grid's results directory."""
+    return Path(results) / RUNS / run_id
+
+
+def read_status(rdir: Path) -> dict[str, Any] | None:
+    """The run's status record, or None if it never started."""
+    path = Path(rdir) / "status.json"
+    return io.read_json(path) if path.exists() else None
+
+
+def is_done(results: Path, spec: dict[str, Any]) -> bool:
+    """True when the run finished and its stored spec is exactly `spec`."""
+    rdir = run_dir(results, spec["run_id"])
+    return (rdir / "result.json").exists() and io.read_json(rdir / "spec.json") == spec
+
+
+def begin(rdir: Path, spec: dict[str, Any]) -> None:
+    """Record that a run starts (its spec and a 'running' status); clears an earlier failure's result."""
+    io.write_json(rdir / "spec.json", spec)
+    (rdir / "result.json").unlink(missing_ok=True)
+    io.write_json(rdir / "status.json", {"state": "running", "started": time.time(), "host": socket.gethostname(),
+                                         "pid": os.getpid()})
+
+
+def fail(rdir: Path, error: BaseException) -> None:
+    """Record a failed run: the error's last line in status.json, the traceback in error.txt."""
+    io.write_text(rdir / "error.txt", "".join(traceback.format_exception(error)))
+    io.write_json(rdir / "status.json", {"state": "failed", "finished": time.time(),
+                                         "error": f"{type(error).__name__}: {error}".strip().splitlines()[-1]})
+
+
+def fail_unstarted(rdir: Path, spec: dict[str, Any], reason: str) -> None:
+    """Record a run that could not start (e.g. its reference failed)."""
+    io.write_json(rdir / "spec.json", spec)
+    io.write_json(rdir / "status.json", {"state": "failed", "finished": time.time(), "error": reason})
+
+
+def finish(rdir: Path, result: dict[str, Any]) -> None:
+    """Record a finished run: result.json then a 'done' status."""
+    io.write_json(rdir / "result.json", result)
+    io.write_json(rdir / "status.json", {"state": "done", "finished": time.time()})
+
+
+def results_table(results: Path, specs: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per spec (done or failed; never-started runs are left out), in the report schema."""
+    reference_ids = {s["reference"]["run_id"] for s in specs if s.get("reference") and s["reference"]["kind"] == "run"}
+    rows = []
+    for spec in specs:
+        rdir = run_dir(results, spec["run_id"])
+        status = read_status(rdir)
+        if status is None or status["state"] == "running":
+            continue
+        row = {"run_id": spec["run_id"], "stage": spec["stage"], "method": spec["method"]["name"],
+               "model": spec["model"], "samples_seen": spec["samples_seen"], "seed": spec["seed"],
+               "is_reference": spec["run_id"] in reference_ids, "reference": _reference_label(spec),
+               "status": "failed", "error": status.get("error")}
+        if status["state"] == "done" and is_done(results, spec):
+            result = io.read_json(rdir / "result.json")
+            row.update(status="done", error=None, gflops_per_pair=result["gflops_per_pair"], c_paper=result["c_paper"],
+                       average=result["eval"]["average"], wall_time_s=result["wall_time_s"],
+                       **{f"task:{t}": v["main_metric"] for t, v in result["eval"]["tasks"].items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _reference_label(spec: dict[str, Any]) -> str | None:
+    ref = spec.get("reference")
+    if ref is None:
+        return None
+    return {"run": lambda: ref["run_id"], "checkpoint": lambda: f"{ref['model']}@{ref['path']}",
+            "pretrained": lambda: f"{ref['model']}:{ref['tag']}"}[ref["kind"]]()

@@ -1,0 +1,52 @@
+"""A sweep end to end: expand the grid, launch what is missing, write the report."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import io, store
+from harness.config import ExecutorConfig, GridConfig
+from harness.errors import ConfigError
+from harness.grid import expand
+from harness.launch import LaunchReport, launch, pending
+from harness.models import model_profile
+from harness.report import write_report
+
+SPECS = "specs.json"
+
+
+@dataclass
+class SweepOutcome:
+    launch: LaunchReport
+    report_paths: dict[str, Path]
+
+
+def plan(grid: GridConfig, results: Path) -> list[str]:
+    """Human-readable lines: the runs `run` would launch now and how many are already done."""
+    specs = expand(grid)
+    todo = pending(specs, results)
+    lines = [f"grid {grid.name}: {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to launch "
+             f"(executor {grid.executor.kind}, results {results})"]
+    for spec in todo:
+        compute = model_profile(spec["model"])["gflops"] * spec["samples_seen"]
+        lines.append(f"  {spec['run_id']}  C_paper={compute:.3g} GFLOPs")
+    return lines
+
+
+def run(grid: GridConfig, results: Path, executor: ExecutorConfig) -> SweepOutcome:
+    """Launch every run of `grid` that is not done under `results`, then write the report."""
+    specs = expand(grid)
+    results = Path(results)
+    io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": specs})
+    outcome = launch(specs, results, executor)
+    return SweepOutcome(launch=outcome, report_paths=report(results))
+
+
+def report(results: Path) -> dict[str, Path]:
+    """Write leaderboard, fit and plots for the grid whose runs live in `results`."""
+    path = Path(results) / SPECS
+    if not path.exists():
+        raise ConfigError(str(results), "", f"not a results directory of `clipsteer run` (no {SPECS})")
+    saved = io.read_json(path)
+    table = store.results_table(Path(results), saved["specs"])
+    return write_report(table, Path(results), title=f"clipsteer: {saved['grid']}")

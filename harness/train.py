@@ -1,0 +1,202 @@
+"""The one training loop: AdamW, warmup + cosine, seeded, resumable; it asks the method for a loss
+and knows no method by name.
+
+Determinism: the batch of step k and its augmentation are functions of (seed, k) alone, so a
+run resumed from a checkpoint follows the same trajectory as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from harness import io
+from harness.models import BuiltModel
+from methods import Features, Method, Progress
+
+CHECKPOINT = "checkpoints/last.pt"
+FINAL_MODEL = "model.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one run (the samples-seen budget lives in the run spec)."""
+
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 10
+    beta1: float = 0.9
+    beta2: float = 0.98
+    adam_eps: float = 1e-6
+    augment: bool = True
+    checkpoint_every: int = 0
+    log_every: int = 10
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "lr", "log_every", "adam_eps")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "warmup_steps", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2 (contrastive losses need negatives)")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("beta1 and beta2 must be in [0, 1)")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf: training stops with the step and the loss parts."""
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    samples_seen: int
+    final_loss: float
+    train_time_s: float
+    resumed_from_step: int
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr over warmup_steps, then cosine decay to 0 at `total`."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(total - cfg.warmup_steps, 1)
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * (step - cfg.warmup_steps) / span))
+
+
+def batch_positions(step: int, pool_size: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Pool positions of step `step`: a seeded permutation per epoch, cut into full batches."""
+    per_epoch = pool_size // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"pool has {pool_size} samples, fewer than one batch of {batch_size}")
+    epoch, offset = divmod(step, per_epoch)
+    perm = torch.randperm(pool_size, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return perm[offset * batch_size:(offset + 1) * batch_size]
+
+
+def random_shift(images: torch.Tensor, seed: int, step: int, pad: int = 2) -> torch.Tensor:
+    """Translate each uint8 image by up to `pad` pixels (zero fill), seeded by (seed, step)."""
+    g = torch.Generator().manual_seed(seed * 7_919 + step)
+    b, _, h, w = images.shape
+    shifts = torch.randint(0, 2 * pad + 1, (b, 2), generator=g).tolist()
+    padded = F.pad(images, (pad, pad, pad, pad))
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(shifts)])
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """open_clip's convention: no weight decay on gains, biases, embeddings' scalars and logit scale."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if exclude else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def encode(built: BuiltModel, images: torch.Tensor, tokens: torch.Tensor, device: str) -> Features:
+    """Normalised features of a uint8 image batch and its tokens, with the model's logit scale."""
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    with amp:
+        img, txt, scale = built.model(built.preprocess(images.to(device)), tokens.to(device))[:3]
+    return Features(img.float(), txt.float(), scale.float())
+
+
+def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: TrainConfig, seed: int,
+          run_dir: Path, reference: BuiltModel | None = None, show_progress: bool = True) -> TrainSummary:
+    """Train `built.model` on `pool` with `method` for exactly `samples_seen` samples.
+
+    Resumes from run_dir/checkpoints/last.pt when it exists; writes metrics.jsonl, periodic and
+    final checkpoints and, at the end, model.pt (open_clip-loadable weights).
+    """
+    if samples_seen % cfg.batch_size:
+        raise ValueError(f"samples_seen {samples_seen} is not a multiple of batch_size {cfg.batch_size}")
+    if method.needs_reference and reference is None:
+        raise ValueError(f"method {method.name!r} needs a reference model")
+    run_dir = Path(run_dir)
+    device, model = cfg.device, built.model.to(cfg.device)
+    total = samples_seen // cfg.batch_size
+    tokens = pool.tokenize(built.tokenizer)
+    ref_tokens = pool.tokenize(reference.tokenizer) if method.needs_reference else None
+    if ref_tokens is not None:
+        reference.model.to(device).eval()
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                            eps=cfg.adam_eps)
+    start = _resume(run_dir, model, opt, method)
+    model.train()
+    loss_value, t0 = float("nan"), time.perf_counter()
+    bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {method.name}/{built.name}",
+               disable=not show_progress, dynamic_ncols=True)
+    for step in bar:
+        pos = batch_positions(step, len(pool), cfg.batch_size, seed)
+        images = pool.images[pos]
+        if cfg.augment:
+            images = random_shift(images, seed, step)
+        caption_ids = pool.caption_ids[pos]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, cfg)
+        feats = encode(built, images, tokens[caption_ids], device)
+        ref = None
+        if ref_tokens is not None:
+            with torch.no_grad():
+                ref = encode(reference, images, ref_tokens[caption_ids], device)
+        out = method.loss(feats, ref, pool.indices[pos], Progress(step=step, epoch=step * cfg.batch_size / len(pool)))
+        loss_value = float(out.loss.detach())
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(f"non-finite loss {loss_value} at step {step}; loss parts: {out.logs}")
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        done = step + 1
+        if done % cfg.log_every == 0 or done == total:
+            record = {"step": done, "samples_seen": done * cfg.batch_size, "loss": loss_value,
+                      "lr": opt.param_groups[0]["lr"], "logit_scale": float(model.logit_scale.detach().exp()),
+                      "time_s": time.perf_counter() - t0, **out.logs}
+            io.append_jsonl(run_dir / METRICS, record)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        if done == total or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+            _checkpoint(run_dir, model, opt, method, done)
+    bar.close()
+    io.torch_save(run_dir / FINAL_MODEL, {"state_dict": model.state_dict()})
+    return TrainSummary(steps=total, samples_seen=total * cfg.batch_size, final_loss=loss_value,
+                        train_time_s=time.perf_counter() - t0, resumed_from_step=start)
+
+
+def _checkpoint(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method, step: int) -> None:
+    io.torch_save(run_dir / CHECKPOINT, {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                         "method": method.state_dict()})
+
+
+def _resume(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method) -> int:
+    """Load the last checkpoint if there is one; drop metric lines logged after it. Returns the step."""
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        (run_dir / METRICS).unlink(missing_ok=True)
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    method.load_state_dict(state["method"])
+    step = int(state["step"])
+    metrics = run_dir / METRICS
+    if metrics.exists():
+        kept = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        io.write_text(metrics, "".join(line + "\n" for line in kept))
+    return step

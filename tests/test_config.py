@@ -1,0 +1,133 @@
+"""Grid files: every kind of bad input is refused before anything runs, naming file, key and what is allowed."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from harness.config import load_grid
+from harness.errors import ConfigError
+from harness.grid import expand
+
+GOOD = """
+name: t
+data: {sources: [shapes], shapes_count: 512, noise: 0.2}
+eval: {tasks: [shapes_retrieval]}
+train: {batch_size: 32}
+executor: {kind: debug}
+stages:
+  - name: ref
+    methods: [clip]
+    models: [tiny-s]
+    samples_seen: [64]
+  - name: sweep
+    reference: ref
+    methods: [clip, {name: drrho, tau: 0.02}]
+    models: [tiny-s, tiny-m]
+    samples_seen: [64, 128]
+    seeds: [0, 1]
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def mutate(old, new):
+    assert old in GOOD, old
+    return GOOD.replace(old, new, 1)
+
+
+BAD = [
+    ("stages: [", "not valid YAML"),
+    (mutate("stages:", "stage:"), "stage: unknown key (did you mean 'stages'?)"),
+    ("name: x\n", "stages: required"),
+    (mutate("methods: [clip, {name: drrho", "methods: [clip, {name: drho"), "stages[1].methods[1]: unknown method 'drho' (did you mean 'drrho'?)"),
+    (mutate("tau: 0.02", "taux: 0.02"), "stages[1].methods[1]: method 'drrho' has no parameter 'taux'"),
+    (mutate("tau: 0.02", "tau: hot"), "parameter 'tau' must be float"),
+    (mutate("models: [tiny-s, tiny-m]", "models: [tiny-s, tiny-xl]"), "stages[1].models[1]: unknown model 'tiny-xl'"),
+    (mutate("tasks: [shapes_retrieval]", "tasks: [shape_retrieval]"), "eval.tasks[0]: unknown task 'shape_retrieval' (did you mean 'shapes_retrieval'?)"),
+    (mutate("samples_seen: [64, 128]", "samples_seen: [64, 100]"), "stages[1].samples_seen[1]: 100 is not a multiple of batch_size 32 (samples seen are counted exactly); use 96 or 128"),
+    (mutate("samples_seen: [64, 128]", "samples_seen: [-64]"), "stages[1].samples_seen[0]: must be >= 1"),
+    (mutate("samples_seen: [64, 128]", "samples_seen: [many]"), "stages[1].samples_seen[0]: must be an integer"),
+    (mutate("samples_seen: [64, 128]", "samples_seen: []"), "stages[1].samples_seen: must not be empty"),
+    (mutate("reference: ref", "reference: reff"), "stages[1].reference: stage 'reff' does not exist (did you mean 'ref'?)"),
+    (mutate("reference: ref", "reference: sweep"), "cannot be its own reference"),
+    (mutate("    reference: ref\n", "    reference: null\n"), "stages[1].methods[1]: method 'drrho' needs a reference model"),
+    (mutate("  - name: ref\n", "  - name: ref\n    reference: sweep\n"), "stages[0].reference: stage 'sweep' comes later"),
+    (mutate("    samples_seen: [64]\n", "    samples_seen: [64, 128]\n"), "stages[1].reference: stage 'ref' has 2 runs; a reference stage must have exactly one"),
+    (mutate("reference: ref", "reference: {checkpoint: /nonexistent/ref.pt, model: tiny-s}"), "stages[1].reference.checkpoint: no such file"),
+    (mutate("reference: ref", "reference: {pretrained: openai}"), "stages[1].reference.model: required with 'pretrained'"),
+    (mutate("executor: {kind: debug}", "executor: {kind: slurmm}"), "executor.kind: unknown executor 'slurmm'"),
+    (mutate("executor: {kind: debug}", "executor: {kind: local, max_parallel: 0}"), "executor.max_parallel: must be >= 1"),
+    (mutate("noise: 0.2", "noise: 1.5"), "data: "),
+    (mutate("noise: 0.2", "noyse: 0.2"), "data.noyse: unknown key (did you mean 'noise'?)"),
+    (mutate("train: {batch_size: 32}", "train: {batch_size: 0}"), "train: batch_size must be > 0"),
+    (mutate("train: {batch_size: 32}", "train: {weight_decy: 0.1}"), "train.weight_decy: unknown key (did you mean 'weight_decay'?)"),
+    (mutate("  - name: ref\n", "  - name: sweep\n"), "stages[1].name: duplicate stage name 'sweep'"),
+    ("- just\n- a list\n", "must be a mapping, got list"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD, ids=[m[:40] for _, m in BAD])
+def test_bad_grid_is_refused_with_file_and_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_grid(path)
+    assert str(info.value).startswith(str(path))
+    assert message in str(info.value)
+
+
+def test_noise_error_names_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="noise"):
+        load_grid(write(tmp_path, mutate("noise: 0.2", "noise: 1.5")))
+
+
+def test_missing_grid_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such grid file"):
+        load_grid(tmp_path / "nope.yaml")
+
+
+def test_good_grid_expands_into_stable_specs(tmp_path):
+    grid = load_grid(write(tmp_path, GOOD))
+    specs = expand(grid)
+    assert len(specs) == 1 + 2 * 2 * 2 * 2
+    assert [s["run_id"] for s in specs] == [s["run_id"] for s in expand(load_grid(write(tmp_path, GOOD)))]
+    assert len({s["run_id"] for s in specs}) == len(specs)
+    ref_id = specs[0]["run_id"]
+    drrho = [s for s in specs if s["method"]["name"] == "drrho"]
+    assert all(s["reference"] == {"kind": "run", "run_id": ref_id, "model": "tiny-s"} for s in drrho)
+    assert all(s["method"]["params"]["tau"] == 0.02 and s["method"]["params"]["eps"] == 1e-4 for s in drrho)
+    assert all(s["reference"] is None for s in specs if s["method"]["name"] == "clip")
+
+
+def test_run_id_changes_with_the_spec_and_only_then(tmp_path):
+    base = {s["run_id"] for s in expand(load_grid(write(tmp_path, GOOD)))}
+    changed = {s["run_id"] for s in expand(load_grid(write(tmp_path, mutate("noise: 0.2", "noise: 0.3"))))}
+    assert not base & changed  # the data changed: every run is a different run
+    # a change to the sweep stage alone leaves the reference run's id as it was
+    only_sweep = {s["run_id"] for s in expand(load_grid(write(tmp_path, mutate("tau: 0.02", "tau: 0.03"))))}
+    assert len(base & only_sweep) == 1 + 8  # the reference and every clip run are unchanged
+
+
+def test_cli_bad_grid_exits_2_and_writes_nothing(tmp_path):
+    path = write(tmp_path, mutate("methods: [clip, {name: drrho", "methods: [clip, {name: drho"))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--results", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown method 'drho' (did you mean 'drrho'?)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_cli_dry_run_lists_runs_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(write(tmp_path, GOOD)), "--results", str(out),
+                           "--dry-run"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "17 runs, 0 done, 17 to launch" in proc.stdout
+    assert proc.stdout.count("C_paper=") == 17
+    assert not out.exists()

@@ -1,0 +1,109 @@
+"""Tests for harness.report.write_report on a small hand-built results table."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from harness.fit import fit_methods
+from harness.io import read_json
+from harness.report import write_report
+
+TASKS = ["task:fashion_mnist", "task:digits", "task:shapes_retrieval"]
+FAILURE = "RuntimeError: CUDA out of memory | tried to allocate 2 GiB"
+
+
+def _row(run_id, stage, method, model, samples, average, *, status="done", is_reference=False, reference="ref-0", error=None):
+    gflops = {"tiny": 0.5, "small": 1.5}[model]
+    done = status == "done"
+    scores = {t: (average + d if done else np.nan) for t, d in zip(TASKS, (-0.05, 0.05, 0.0))}
+    return {
+        "run_id": run_id, "stage": stage, "method": method, "model": model, "samples_seen": samples, "seed": 0,
+        "status": status, "error": error, "is_reference": is_reference, "reference": reference,
+        "gflops_per_pair": gflops, "c_paper": gflops * samples, **scores,
+        "average": average if done else np.nan, "wall_time_s": samples / 1000.0,
+    }
+
+
+@pytest.fixture
+def results() -> pd.DataFrame:
+    rows = [_row("ref-0", "reference", "clip", "small", 40_000, 0.62, is_reference=True, reference=None)]
+    for i, samples in enumerate([10_000, 20_000, 40_000]):
+        rows.append(_row(f"clip-{i}", "sweep", "clip", "tiny", samples, 1 - 0.9 * (0.5 * samples) ** -0.1, reference=None))
+        rows.append(_row(f"drrho-{i}", "sweep", "drrho", "tiny", samples, 1 - 1.2 * (0.5 * samples) ** -0.13))
+    rows.append(_row("drrho-3", "sweep", "drrho", "small", 20_000, np.nan, status="failed", error=FAILURE))
+    return pd.DataFrame(rows)
+
+
+def test_write_report_writes_all_four_files(results, tmp_path):
+    paths = write_report(results, tmp_path / "report", "Demo sweep")
+    assert set(paths) == {"leaderboard_csv", "leaderboard_md", "scaling_json", "scaling_plot"}
+    assert paths["scaling_plot"] == tmp_path / "report" / "plots" / "scaling_law.png"
+    for path in paths.values():
+        assert path.is_file() and path.stat().st_size > 0
+    assert not list((tmp_path / "report").rglob("*.tmp"))
+
+
+def test_leaderboard_csv_round_trips(results, tmp_path):
+    paths = write_report(results, tmp_path, "Demo sweep")
+    board = pd.read_csv(paths["leaderboard_csv"])
+    assert len(board) == len(results)
+    assert sorted(board["run_id"]) == sorted(results["run_id"])
+    assert list(board.columns[:7]) == ["stage", "method", "model", "samples_seen", "seed", "gflops_per_pair", "c_paper"]
+    assert list(board.columns[7:16]) == TASKS + ["average", "wall_time_s", "status", "error", "reference", "run_id"]
+    assert board["run_id"].iloc[0] == "ref-0"
+    merged = board.merge(results, on="run_id", suffixes=("", "_in"))
+    np.testing.assert_allclose(merged["average"], merged["average_in"], equal_nan=True)
+
+
+def test_leaderboard_markdown(results, tmp_path):
+    text = write_report(results, tmp_path, "Demo sweep")["leaderboard_md"].read_text()
+    assert text.startswith("# Demo sweep\n")
+    assert "FlopCounterMode" in text and "C_paper" in text
+    ref_at, runs_at = text.index("## Reference models"), text.index("## Runs")
+    assert ref_at < runs_at
+    reference_table = text[ref_at:runs_at]
+    assert "6.00e+04" in reference_table and "62.0" in reference_table  # C_paper = 1.5 * 40k; average 62%
+    assert "clip-" not in reference_table and reference_table.count("\n| clip") == 1
+    assert "failed: RuntimeError: CUDA out of memory \\| tried to allocate 2 GiB" in text
+    runs = [line for line in text[runs_at:].splitlines() if line.startswith("| ")][1:]
+    assert len(runs) == 7
+    assert "failed:" in runs[0] and "| small " in runs[0]  # by model name: small before tiny
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in runs[1:]]
+    assert [(c[0], c[2]) for c in cells] == [
+        ("clip", "10,000"), ("drrho", "10,000"), ("clip", "20,000"), ("drrho", "20,000"), ("drrho", "40,000"), ("clip", "40,000"),
+    ]  # by samples seen, then average descending
+    assert cells[0][5] == "5.00e+03" and cells[0][9] == "61.6"
+
+
+def test_scaling_json_matches_fit_methods(results, tmp_path):
+    doc = read_json(write_report(results, tmp_path, "Demo sweep")["scaling_json"])
+    fits, skipped = fit_methods(results)
+    assert (doc["compute"], doc["unit"], doc["form"]) == ("c_paper", "GFLOPs", "E = a * C^b")
+    assert [f["method"] for f in doc["fits"]] == [f.method for f in fits] == ["clip", "drrho"]
+    for got, want in zip(doc["fits"], fits):
+        assert got["a"] == pytest.approx(want.a, rel=1e-12) and got["b"] == pytest.approx(want.b, rel=1e-12)
+        assert {"n_points", "r2", "compute_min", "compute_max"} <= set(got)
+        assert got["n_points"] == 3
+    assert doc["fits"][0]["a"] == pytest.approx(0.9) and doc["fits"][0]["b"] == pytest.approx(-0.1)
+    assert doc["skipped"] == skipped == {}
+
+
+def test_scaling_plot_is_a_png(results, tmp_path):
+    path = write_report(results, tmp_path, "Demo sweep")["scaling_plot"]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        width, height = image.size
+    assert 900 <= width <= 1200 and 600 <= height <= 900  # ~7 x 5 in at ~150 dpi
+
+
+def test_report_with_only_failed_and_reference_runs(results, tmp_path):
+    subset = results[results["is_reference"] | results["status"].eq("failed")]
+    paths = write_report(subset, tmp_path, "Nothing finished")
+    doc = read_json(paths["scaling_json"])
+    assert doc["fits"] == [] and doc["skipped"] == {}
+    assert "failed: RuntimeError" in paths["leaderboard_md"].read_text()
+    assert paths["scaling_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
