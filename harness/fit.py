@@ -73,21 +73,47 @@ def fit_power_law(compute: ArrayLike, error: ArrayLike) -> tuple[float, float, f
     return float(np.exp(line.intercept)), float(line.slope), float(r2)
 
 
-def fit_methods(df: pd.DataFrame, compute_col: str = "c_paper") -> tuple[list[PowerLaw], dict[str, str]]:
+POINT_SELECTIONS = ("frontier", "all")
+
+
+def frontier_mask(compute: ArrayLike, error: ArrayLike) -> np.ndarray:
+    """True for the points on the compute frontier: lower error than every point of smaller or equal compute.
+
+    This is the point selection of the OpenCLIP and DRRho scaling-law fits: a run that a cheaper
+    run already beats (e.g. an under-trained large model) says nothing about the best error at that compute.
+    """
+    c, e = np.asarray(compute, dtype=float), np.asarray(error, dtype=float)
+    keep = np.zeros(len(c), dtype=bool)
+    best = np.inf
+    for i in np.lexsort((e, c)):
+        if e[i] < best:
+            keep[i], best = True, e[i]
+    return keep
+
+
+def fit_methods(df: pd.DataFrame, compute_col: str = "c_paper",
+                points: str = "frontier") -> tuple[list[PowerLaw], dict[str, str]]:
     """Fit error = 1 - average against `compute_col` for each method, on done non-reference runs.
 
+    `points` is "frontier" (each method's compute frontier, see frontier_mask) or "all".
     Returns (fits sorted by method, {method: reason} for each method whose points could not be fitted).
     """
+    if points not in POINT_SELECTIONS:
+        raise ValueError(f"points must be one of {', '.join(POINT_SELECTIONS)}, got {points!r}")
     missing = {"method", "status", "is_reference", "average", compute_col} - set(df.columns)
     if missing:
         raise KeyError(f"results table lacks column(s) {sorted(missing)}")
-    points = df[(df["status"] == "done") & ~df["is_reference"].eq(True)]
+    rows = df[(df["status"] == "done") & ~df["is_reference"].eq(True)]
     fits: list[PowerLaw] = []
     skipped: dict[str, str] = {}
-    for method, group in points.groupby("method", sort=True):
+    for method, group in rows.groupby("method", sort=True):
         compute = group[compute_col].to_numpy(dtype=float)
+        error = 1.0 - group["average"].to_numpy(dtype=float)
+        if points == "frontier" and np.isfinite(compute).all() and np.isfinite(error).all():
+            keep = frontier_mask(compute, error)
+            compute, error, group = compute[keep], error[keep], group[keep]
         try:
-            a, b, r2 = fit_power_law(compute, 1.0 - group["average"].to_numpy(dtype=float))
+            a, b, r2 = fit_power_law(compute, error)
         except FitError as exc:
             skipped[str(method)] = str(exc)
             continue

@@ -1,4 +1,4 @@
-"""Launch a grid's runs through submitit, stage by stage, skipping what is already done.
+"""Launch a grid's runs through submitit, skipping what is already done, references first.
 
 Local sweeps are throttled here (submitit's LocalExecutor starts every job at once): at
 most `max_parallel` jobs run, each with `cpus_per_job` threads. A failed run is recorded
@@ -13,10 +13,12 @@ from typing import Any
 
 import submitit
 from submitit.local.debug import DebugJob
+from tqdm import tqdm
 
 from harness import store
 from harness.config import ExecutorConfig
 from harness.job import run_job
+from harness.models import model_profile
 
 
 @dataclass
@@ -42,54 +44,29 @@ def make_executor(cfg: ExecutorConfig, folder: Path) -> submitit.Executor:
     return executor
 
 
-def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=print) -> LaunchReport:
-    """Run every spec that is not done, in stage order (a stage waits for the stages before it)."""
+def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=tqdm.write) -> LaunchReport:
+    """Run every spec that is not done; a run whose reference is another run starts once that run is done.
+
+    Runs without such a dependency start at once (up to max_parallel), whatever their stage,
+    so a reference stage does not leave cores idle. Among ready runs, those that others depend
+    on go first, then the largest compute first (so the sweep does not end on one long run).
+    """
     results = Path(results)
     report = LaunchReport()
+    needed = {s["reference"]["run_id"] for s in specs if s.get("reference") and s["reference"]["kind"] == "run"}
+    todo = sorted(pending(specs, results), key=lambda s: (s["run_id"] not in needed,
+                                                          -model_profile(s["model"])["gflops"] * s["samples_seen"]))
+    report.skipped = [s["run_id"] for s in specs if s not in todo]
+    log(f"{len(todo)} runs to launch, {len(report.skipped)} already done")
     executor = make_executor(cfg, results / "submitit")
-    stages: dict[str, list[dict[str, Any]]] = {}
-    for spec in specs:
-        stages.setdefault(spec["stage"], []).append(spec)
-    for stage, stage_specs in stages.items():
-        todo = pending(stage_specs, results)
-        report.skipped += [s["run_id"] for s in stage_specs if s not in todo]
-        runnable = []
-        for spec in todo:
-            blocker = _reference_blocker(spec, results)
-            if blocker:
-                store.fail_unstarted(store.run_dir(results, spec["run_id"]), spec, blocker)
-                report.failed[spec["run_id"]] = blocker
-            else:
-                runnable.append(spec)
-        log(f"stage {stage}: {len(runnable)} to run, {len(stage_specs) - len(todo)} already done")
-        _run_throttled(executor, runnable, results, cfg, report, log)
-    return report
-
-
-def _reference_blocker(spec: dict[str, Any], results: Path) -> str | None:
-    ref = spec.get("reference")
-    if not ref or ref["kind"] != "run":
-        return None
-    status = store.read_status(store.run_dir(results, ref["run_id"])) or {"state": "missing"}
-    return None if status["state"] == "done" else f"reference run {ref['run_id']} is {status['state']}"
-
-
-def _outcome(job: submitit.Job) -> tuple[bool, BaseException | None]:
-    """(finished, error) without blocking; a debug job runs here, via exception() (done() would open pdb)."""
-    if isinstance(job, DebugJob):
-        return True, job.exception()
-    if not job.done():
-        return False, None
-    return True, job.exception()
-
-
-def _run_throttled(executor: submitit.Executor, specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig,
-                   report: LaunchReport, log) -> None:
-    queue, running = list(specs), {}
-    show = cfg.kind == "debug"
+    queue, running = list(todo), {}
+    show = cfg.kind == "debug"  # per-run training bars only in-process; local jobs log to submitit's folder
+    bar = tqdm(total=len(todo), desc="runs", unit="run", disable=show or not todo, dynamic_ncols=True)
     while queue or running:
-        while queue and len(running) < cfg.max_parallel:
-            spec = queue.pop(0)
+        for spec in _ready(queue, running, results, report, bar, log):
+            if len(running) >= cfg.max_parallel:
+                break
+            queue.remove(spec)
             job = executor.submit(run_job, spec, str(results), cfg.cpus_per_job, show)
             running[spec["run_id"]] = job
             log(f"  started {spec['run_id']} (job {job.job_id})")
@@ -98,6 +75,7 @@ def _run_throttled(executor: submitit.Executor, specs: list[dict[str, Any]], res
             if not finished:
                 continue
             del running[run_id]
+            bar.update(1)
             if error is None:
                 report.done.append(run_id)
                 log(f"  done    {run_id}")
@@ -108,3 +86,35 @@ def _run_throttled(executor: submitit.Executor, specs: list[dict[str, Any]], res
                 log(f"  FAILED  {run_id}: {reason}")
         if running:
             time.sleep(0.5)
+    bar.close()
+    return report
+
+
+def _ready(queue: list[dict[str, Any]], running: dict, results: Path, report: LaunchReport, bar: tqdm,
+           log) -> list[dict[str, Any]]:
+    """Queued specs that can start now. A spec whose reference run is neither done nor still queued or
+    running in this launch (it failed) is recorded as failed and dropped from the queue."""
+    waiting = {s["run_id"] for s in queue} | set(running)
+    ready = []
+    for spec in list(queue):
+        ref = spec.get("reference")
+        if not ref or ref["kind"] != "run" or store.state(results, ref["run_id"]) == "done":
+            ready.append(spec)
+        elif ref["run_id"] not in waiting:
+            status = store.read_status(store.run_dir(results, ref["run_id"])) or {"state": "missing"}
+            reason = f"reference run {ref['run_id']} is {status['state']}" + (f": {status['error']}" if status.get("error") else "")
+            store.fail_unstarted(store.run_dir(results, spec["run_id"]), spec, reason)
+            report.failed[spec["run_id"]] = reason
+            queue.remove(spec)
+            bar.update(1)
+            log(f"  FAILED  {spec['run_id']}: {reason}")
+    return ready
+
+
+def _outcome(job: submitit.Job) -> tuple[bool, BaseException | None]:
+    """(finished, error) without blocking; a debug job runs here, via exception() (done() would open pdb)."""
+    if isinstance(job, DebugJob):
+        return True, job.exception()
+    if not job.done():
+        return False, None
+    return True, job.exception()

@@ -20,12 +20,10 @@ class ReferenceNotReady(RuntimeError):
 def load_reference(ref: dict[str, Any], results: Path, device: str = "cpu") -> BuiltModel:
     """Build and freeze the reference model that `ref` (a spec's 'reference' entry) names."""
     if ref["kind"] == "run":
-        rdir = store.run_dir(results, ref["run_id"])
-        status = store.read_status(rdir) or {"state": "missing"}
-        if status["state"] != "done":
-            raise ReferenceNotReady(f"reference run {ref['run_id']} is {status['state']}"
-                                    + (f": {status['error']}" if status.get("error") else ""))
-        source = str(rdir / FINAL_MODEL)
+        state = store.state(results, ref["run_id"])
+        if state != "done":
+            raise ReferenceNotReady(f"reference run {ref['run_id']} is {state}")
+        source = str(store.run_dir(results, ref["run_id"]) / FINAL_MODEL)
     elif ref["kind"] == "checkpoint":
         source = ref["path"]
     else:

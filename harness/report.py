@@ -81,7 +81,7 @@ def scaling_summary(fits: list[PowerLaw], skipped: dict[str, str]) -> dict:
         "compute": "c_paper",
         "unit": "GFLOPs",
         "form": "E = a * C^b",
-        "points": "all done non-reference runs",
+        "points": "compute frontier of each method's done non-reference runs (lower error than every cheaper run)",
         "fits": [fit.to_dict() for fit in fits],
         "skipped": skipped,
     }
@@ -92,7 +92,7 @@ def _fit_label(method: str, fit: PowerLaw | None) -> str:
 
 
 def scaling_figure(df: pd.DataFrame, fits: list[PowerLaw], title: str) -> Figure:
-    """Log-log plot of zero-shot error against C_paper: points per run, fitted line per method."""
+    """Log-log plot of zero-shot error against C_paper: points per run, a line per method fitted on its frontier."""
     points = df[df["status"].eq("done") & ~df["is_reference"].eq(True)]
     points = points.assign(error=1.0 - points["average"]).dropna(subset=["c_paper", "error"])
     methods = sorted(df.loc[~df["is_reference"].eq(True), "method"].unique())
@@ -113,7 +113,7 @@ def scaling_figure(df: pd.DataFrame, fits: list[PowerLaw], title: str) -> Figure
     handles = [Line2D([], [], color=colours[m], label=_fit_label(m, by_method.get(m))) for m in methods]
     handles += [Line2D([], [], color="0.4", marker=markers[m], linestyle="none", label=m) for m in models]
     ax.set(xscale="log", yscale="log", xlabel="compute C_paper (GFLOPs)", ylabel="zero-shot error (1 - average)",
-           title=f"{title}: error vs compute")
+           title=f"{title}: error vs compute\nlines: power laws fitted on each method's compute frontier")
     ax.grid(True, which="both", alpha=0.3)
     plain = mticker.FuncFormatter(lambda v, _: f"{v:.2g}")
     low, high = ax.get_ylim()

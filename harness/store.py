@@ -34,6 +34,12 @@ def read_status(rdir: Path) -> dict[str, Any] | None:
     return io.read_json(path) if path.exists() else None
 
 
+def state(results: Path, run_id: str) -> str:
+    """'done', 'failed', 'running' or 'missing' (never started) for run `run_id`."""
+    status = read_status(run_dir(results, run_id))
+    return status["state"] if status else "missing"
+
+
 def is_done(results: Path, spec: dict[str, Any]) -> bool:
     """True when the run finished and its stored spec is exactly `spec`."""
     rdir = run_dir(results, spec["run_id"])

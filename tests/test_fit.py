@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.fit import FitError, PowerLaw, fit_methods, fit_power_law
+from harness.fit import FitError, PowerLaw, fit_methods, fit_power_law, frontier_mask
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OPENCLIP_DIR = SHARED_DATA / "scaling-laws-openclip"
@@ -114,10 +114,12 @@ def test_fit_methods_uses_the_compute_column_given():
 
 def test_fit_methods_reports_unfittable_points_instead_of_raising():
     rows = [_row("clip", 1e4, 0.5), _row("clip", 1e4, 0.6), _row("clip", 1e4, 0.7), _row("jest", 1e3, 1.0)]
-    fits, skipped = fit_methods(pd.DataFrame(rows))
+    fits, skipped = fit_methods(pd.DataFrame(rows), points="all")
     assert fits == []
     assert "one compute value" in skipped["clip"]
     assert "non-positive error" in skipped["jest"]
+    _, on_frontier = fit_methods(pd.DataFrame(rows))  # the frontier keeps one of the three clip points
+    assert "need at least 3 points" in on_frontier["clip"]
 
 
 def test_fit_methods_names_missing_columns():
@@ -162,3 +164,24 @@ def test_golden_openclip_imagenet_scaling_law():
     assert a == pytest.approx(5.86, abs=0.005)
     assert b == pytest.approx(-0.111, abs=0.0005)
     assert r2 > 0.9
+
+
+def test_frontier_keeps_only_points_no_cheaper_run_beats():
+    compute = [10, 20, 20, 40, 80, 80, 160]
+    error = [0.9, 0.8, 0.85, 0.82, 0.7, 0.6, 0.65]
+    # 10:0.9 kept; 20:0.8 kept (0.85 at the same compute is beaten); 40:0.82 beaten by 0.8;
+    # 80:0.6 kept (0.7 at the same compute is beaten by 0.6); 160:0.65 beaten by 0.6
+    assert frontier_mask(compute, error).tolist() == [True, True, False, False, False, True, False]
+
+
+def test_fit_methods_on_the_frontier_ignores_dominated_runs():
+    law = lambda c: 3.0 * c ** -0.2  # noqa: E731
+    rows = [{"method": "clip", "status": "done", "is_reference": False, "c_paper": c, "average": 1 - law(c)}
+            for c in (1e2, 1e3, 1e4)]
+    rows.append({"method": "clip", "status": "done", "is_reference": False, "c_paper": 5e3, "average": 0.0})
+    (frontier,), _ = fit_methods(pd.DataFrame(rows))
+    assert (frontier.a, frontier.b, frontier.n_points) == (pytest.approx(3.0), pytest.approx(-0.2), 3)
+    (everything,), _ = fit_methods(pd.DataFrame(rows), points="all")
+    assert everything.n_points == 4 and everything.b != pytest.approx(-0.2, abs=1e-3)
+    with pytest.raises(ValueError, match="points must be one of frontier, all"):
+        fit_methods(pd.DataFrame(rows), points="best")
