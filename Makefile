@@ -1,5 +1,6 @@
 # clipsteer: `make demo` runs the main job, `make test` runs the tests. Both set everything up first.
 # INSTALLER=pip uses plain pip instead of uv; CONSTRAINTS= (empty) installs without the CPU pins (GPU machines).
+# Bytecode is compiled at install: this machine sets PYTHONDONTWRITEBYTECODE, and every job is a new process.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLER ?= uv
@@ -22,7 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	python3 -m venv $(VENV)
 ifeq ($(INSTALLER),uv)
 	$(PY) -m pip install -q uv
-	$(VENV)/bin/uv pip install -q --python $(PY) $(FIND_LINKS) $(CONSTRAINT_ARGS) -e '.[test]'
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) $(FIND_LINKS) $(CONSTRAINT_ARGS) -e '.[test]'
 else
 	$(PY) -m pip install -q $(CONSTRAINT_ARGS) -e '.[test]'
 endif

@@ -1,0 +1,121 @@
+"""End to end on tiny real data: grid -> submitit jobs -> train -> clip_benchmark eval -> store -> report."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from harness import store
+
+GRID = """
+name: e2e
+data: {sources: [shapes, digits], shapes_count: 384, noise: 0.2}
+eval: {tasks: [digits, shapes_retrieval]}
+train: {batch_size: 32, warmup_steps: 1}
+executor: {kind: local, max_parallel: 2, timeout_min: 10}
+stages:
+  - name: reference
+    data: {subset: clean}
+    methods: [clip]
+    models: [tiny-s]
+    samples_seen: [128]
+  - name: sweep
+    reference: reference
+    methods: [clip, drrho]
+    models: [tiny-s]
+    samples_seen: [32, 64, 96]
+{extra}
+"""
+BROKEN_REFERENCE = """
+  - name: broken
+    reference: {checkpoint: CKPT, model: tiny-s}
+    methods: [drrho]
+    models: [tiny-s]
+    samples_seen: [32]
+"""
+
+
+def clipsteer(*args):
+    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    ckpt = root / "not_a_checkpoint.pt"
+    ckpt.write_bytes(b"this is not a torch file")
+    grid = root / "e2e.yaml"
+    grid.write_text(textwrap.dedent(GRID).replace("{extra}", BROKEN_REFERENCE.replace("CKPT", str(ckpt))))
+    results = root / "results"
+    first = clipsteer("run", grid, "--results", results)
+    return grid, results, first
+
+
+def test_sweep_runs_every_stage_and_writes_the_report(sweep):
+    grid, results, first = sweep
+    assert first.returncode == 1, first.stderr  # one run fails on purpose: its reference checkpoint is garbage
+    table = pd.read_csv(results / "leaderboard.csv")
+    assert len(table) == 1 + 6 + 1
+    done = table[table.status == "done"]
+    assert len(done) == 7
+    assert done.is_reference.sum() == 1 and (done[done.is_reference].stage == "reference").all()
+    assert set(done.method) == {"clip", "drrho"}
+    for column in ("task:digits", "task:shapes_retrieval", "average"):
+        assert done[column].between(0, 1).all()
+    assert done.average.round(10).tolist() == done[["task:digits", "task:shapes_retrieval"]].mean(axis=1).round(10).tolist()
+    assert (done.c_paper == done.gflops_per_pair * done.samples_seen).all()
+    drrho = done[done.method == "drrho"]
+    ref_id = done[done.is_reference].run_id.item()
+    assert (drrho.reference == ref_id).all()
+    scaling = json.loads((results / "scaling.json").read_text())
+    assert scaling["compute"] == "c_paper"
+    assert (results / "plots" / "scaling_law.png").stat().st_size > 10_000
+    md = (results / "leaderboard.md").read_text()
+    assert "Reference models" in md and "failed:" in md
+
+
+def test_a_failed_run_is_recorded_with_its_reason_and_does_not_stop_the_others(sweep):
+    _, results, first = sweep
+    table = pd.read_csv(results / "leaderboard.csv")
+    failed = table[table.status == "failed"]
+    assert failed.stage.tolist() == ["broken"]
+    status = store.read_status(results / "runs" / failed.run_id.item())
+    assert status["state"] == "failed" and status["error"]
+    assert "FAILED" in first.stderr + first.stdout
+
+
+def test_eval_results_hold_clip_benchmark_metrics(sweep):
+    _, results, _ = sweep
+    table = pd.read_csv(results / "leaderboard.csv")
+    run_id = table[(table.status == "done") & (table.method == "drrho")].run_id.iloc[0]
+    scores = json.loads((results / "runs" / run_id / "eval.json").read_text())
+    assert {"acc1", "acc5", "mean_per_class_recall"} <= set(scores["tasks"]["digits"])
+    assert {"image_retrieval_recall@1", "text_retrieval_recall@5"} <= set(scores["tasks"]["shapes_retrieval"])
+    metrics = [json.loads(line) for line in (results / "runs" / run_id / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == metrics[-1]["samples_seen"] // 32 and "objective" in metrics[-1]
+
+
+def test_rerun_launches_only_what_is_missing_or_failed(sweep):
+    grid, results, _ = sweep
+    done_before = {p.name: (p / "result.json").stat().st_mtime_ns for p in (results / "runs").iterdir()
+                   if (p / "result.json").exists()}
+    again = clipsteer("run", grid, "--results", results)
+    assert again.returncode == 1
+    assert "1 runs to launch, 7 already done" in again.stderr + again.stdout
+    after = {name: (results / "runs" / name / "result.json").stat().st_mtime_ns for name in done_before}
+    assert after == done_before
+    dry = clipsteer("run", grid, "--results", results, "--dry-run")
+    assert "8 runs, 7 done, 1 to launch" in dry.stdout
+
+
+def test_report_command_rebuilds_the_report(sweep):
+    _, results, _ = sweep
+    (results / "leaderboard.md").unlink()
+    out = clipsteer("report", results)
+    assert out.returncode == 0, out.stderr
+    assert (results / "leaderboard.md").exists()
+    missing = clipsteer("report", results / "nope")
+    assert missing.returncode == 2 and "not a results directory" in missing.stderr

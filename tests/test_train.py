@@ -1,0 +1,131 @@
+"""The training loop on tiny real data: exact resume, schedules, batches, failure on NaN."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.data.pool import PoolConfig, build_pool
+from harness.models import build_model
+from harness.train import CHECKPOINT, FINAL_MODEL, METRICS, NonFiniteLoss, TrainConfig, batch_positions, lr_at, train
+from methods import get_method
+from methods.base import LossOutput
+
+POOL = PoolConfig(sources=("shapes",), shapes_count=256, noise=0.2)
+CFG = TrainConfig(batch_size=32, lr=1e-3, warmup_steps=2, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return build_pool(POOL)
+
+
+def fresh(name="tiny-s", seed=0):
+    torch.manual_seed(seed)
+    return build_model(name)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def interrupted(method, at_step):
+    """Wrap a method so that training dies at `at_step`, as a killed process would."""
+    inner = method.loss
+
+    def loss(feats, ref, indices, progress):
+        if progress.step == at_step:
+            raise Killed(f"killed at step {at_step}")
+        return inner(feats, ref, indices, progress)
+
+    method.loss = loss
+    return method
+
+
+def metrics_without_time(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / METRICS).read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
+
+@pytest.mark.parametrize("method_name, kill_at", [("clip", 5), ("drrho", 4)])
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(pool, tmp_path, method_name, kill_at):
+    cfg = TrainConfig(**{**CFG.__dict__, "checkpoint_every": 3})
+    reference = fresh("tiny-s", seed=1)
+    reference.model.eval().requires_grad_(False)
+    samples = 8 * cfg.batch_size
+
+    straight = fresh()
+    train(straight, get_method(method_name)({}, pool.num_indices), pool, samples, cfg, 0, tmp_path / "a",
+          reference=reference, show_progress=False)
+
+    broken = fresh()
+    with pytest.raises(Killed):
+        train(broken, interrupted(get_method(method_name)({}, pool.num_indices), kill_at), pool, samples, cfg, 0,
+              tmp_path / "b", reference=reference, show_progress=False)
+    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["step"] == 3
+    resumed = fresh(seed=123)  # weights come from the checkpoint, not from this init
+    summary = train(resumed, get_method(method_name)({}, pool.num_indices), pool, samples, cfg, 0, tmp_path / "b",
+                    reference=reference, show_progress=False)
+
+    assert summary.resumed_from_step == 3 and summary.steps == 8 and summary.samples_seen == samples
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert metrics_without_time(tmp_path / "a") == metrics_without_time(tmp_path / "b")
+
+
+def test_final_weights_load_through_open_clip_as_a_reference(pool, tmp_path):
+    built = fresh()
+    train(built, get_method("clip")({}, pool.num_indices), pool, 64, CFG, 0, tmp_path, show_progress=False)
+    loaded = build_model("tiny-s", pretrained=str(tmp_path / FINAL_MODEL))  # open_clip's own loading path
+    images, tokens = built.preprocess(pool.images[:4]), built.tokenizer(pool.captions[:4])
+    built.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encode_image(images), built.model.encode_image(images))
+        torch.testing.assert_close(loaded.model.encode_text(tokens), built.model.encode_text(tokens))
+
+
+def test_every_epoch_is_a_permutation_cut_into_disjoint_batches():
+    n, b = 100, 32  # 3 full batches per epoch; the 4 leftover samples wait for the next epoch's shuffle
+    epoch0 = torch.cat([batch_positions(k, n, b, seed=5) for k in range(3)])
+    assert len(set(epoch0.tolist())) == 96 and epoch0.max() < n
+    assert not torch.equal(batch_positions(3, n, b, seed=5), batch_positions(0, n, b, seed=5))
+    assert torch.equal(batch_positions(4, n, b, seed=5), batch_positions(4, n, b, seed=5))
+    assert not torch.equal(batch_positions(0, n, b, seed=5), batch_positions(0, n, b, seed=6))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        batch_positions(0, 10, 32, seed=0)
+
+
+def test_lr_schedule_warms_up_then_follows_a_cosine_to_zero():
+    cfg = TrainConfig(lr=1.0, warmup_steps=4)
+    assert [lr_at(s, 14, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(4, 14, cfg) == 1.0
+    assert lr_at(9, 14, cfg) == pytest.approx(0.5)
+    assert lr_at(13, 14, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.9)))
+
+
+def test_non_finite_loss_stops_the_run_with_step_and_loss_parts(pool, tmp_path):
+    method = get_method("clip")({}, pool.num_indices)
+    real = method.loss
+
+    def poisoned(feats, ref, indices, progress):
+        out = real(feats, ref, indices, progress)
+        return LossOutput(out.loss * float("nan"), out.logs) if progress.step == 2 else out
+
+    method.loss = poisoned
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss nan at step 2; loss parts: \{'contrastive_loss'"):
+        train(fresh(), method, pool, 5 * 32, CFG, 0, tmp_path, show_progress=False)
+
+
+def test_budget_must_be_whole_batches_and_steering_needs_a_reference(pool, tmp_path):
+    with pytest.raises(ValueError, match="not a multiple of batch_size 32"):
+        train(fresh(), get_method("clip")({}, pool.num_indices), pool, 100, CFG, 0, tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match="needs a reference model"):
+        train(fresh(), get_method("drrho")({}, pool.num_indices), pool, 64, CFG, 0, tmp_path, show_progress=False)
+
+
+def test_training_lowers_the_loss_on_real_data(pool, tmp_path):
+    cfg = TrainConfig(batch_size=32, lr=2e-3, warmup_steps=2, log_every=1)
+    train(fresh(), get_method("clip")({}, pool.num_indices), pool, 24 * 32, cfg, 0, tmp_path, show_progress=False)
+    losses = [r["loss"] for r in metrics_without_time(tmp_path)]
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.1
