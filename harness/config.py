@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import yaml
 
 from harness.data.pool import PoolConfig
@@ -76,6 +77,11 @@ class GridConfig:
     description: str = ""
 
 
+def pool_config(data: dict[str, Any]) -> PoolConfig:
+    """A grid's or spec's 'data' mapping (YAML/JSON lists allowed) as a PoolConfig."""
+    return PoolConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
 def load_grid(path: str | Path) -> GridConfig:
     """Read and validate a grid file; raise ConfigError on anything wrong, before anything runs."""
     path = Path(path)
@@ -131,7 +137,7 @@ def _stage(raw: Any, src: str, key: str, data: dict, train: dict) -> StageConfig
     batch = TrainConfig(**merged_train).batch_size
     samples = tuple(_samples(x, batch, src, f"{key}.samples_seen[{i}]")
                     for i, x in enumerate(_nonempty_list(m["samples_seen"], src, f"{key}.samples_seen")))
-    seeds = tuple(_int(x, src, f"{key}.seeds[{i}]", minimum=0) for i, x in enumerate(_nonempty_list(m.get("seeds", [0]), src, f"{key}.seeds")))
+    seeds = tuple(_int(x, src, f"{key}.seeds[{i}]", minimum=0, maximum=2**31 - 1) for i, x in enumerate(_nonempty_list(m.get("seeds", [0]), src, f"{key}.seeds")))
     reference = _reference(m["reference"], src, f"{key}.reference") if m.get("reference") is not None else None
     if reference is None:
         for i, method in enumerate(methods):
@@ -185,10 +191,17 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
     kinds = [k for k in REFERENCE_KINDS if k in m]
     if len(kinds) != 1:
         raise ConfigError(src, key, "give exactly one of 'stage', 'checkpoint' (with 'model') or 'pretrained' (with 'model')")
+    if kinds[0] == "stage" and "model" in m:
+        raise ConfigError(src, f"{key}.model", "not allowed with 'stage': the model is the reference run's own")
     if kinds[0] != "stage":
         if "model" not in m:
             raise ConfigError(src, f"{key}.model", f"required with '{kinds[0]}'")
         _model(m["model"], src, f"{key}.model")
+    if "pretrained" in m:
+        tags = open_clip.list_pretrained_tags_by_model(m["model"])
+        if m["pretrained"] not in tags:
+            raise ConfigError(src, f"{key}.pretrained", f"open_clip has no pretrained tag {m['pretrained']!r} for "
+                              f"{m['model']}{did_you_mean(str(m['pretrained']), tags)}; tags: {', '.join(tags) or 'none'}")
     if "checkpoint" in m:
         ckpt = Path(_string(m["checkpoint"], src, f"{key}.checkpoint"))
         if not ckpt.is_file():
@@ -221,7 +234,7 @@ def _check_stage_references(stages: tuple[StageConfig, ...], src: str) -> None:
 def _check_pool(data: dict, src: str, key: str) -> None:
     _known_keys(data, {f.name for f in dataclasses.fields(PoolConfig)}, src, key)
     try:
-        PoolConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        pool_config(data)
     except (TypeError, ValueError) as e:
         raise ConfigError(src, key, str(e)) from None
 
@@ -284,11 +297,13 @@ def _string(raw: Any, src: str, key: str) -> str:
     return raw
 
 
-def _int(raw: Any, src: str, key: str, minimum: int) -> int:
+def _int(raw: Any, src: str, key: str, minimum: int, maximum: int | None = None) -> int:
     if isinstance(raw, float) and raw.is_integer():
         raw = int(raw)
     if not isinstance(raw, int) or isinstance(raw, bool):
         raise ConfigError(src, key, f"must be an integer, got {raw!r}")
     if raw < minimum:
         raise ConfigError(src, key, f"must be >= {minimum}, got {raw}")
+    if maximum is not None and raw > maximum:
+        raise ConfigError(src, key, f"must be <= {maximum}, got {raw}")
     return raw

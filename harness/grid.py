@@ -12,14 +12,29 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from harness.config import GridConfig, ReferenceConfig, StageConfig
+from harness.config import GridConfig, ReferenceConfig, StageConfig, pool_config
+from harness.errors import ConfigError
+from harness.evaluate import SUITE_VERSION
 from harness.train import TrainConfig
 from methods import get_method
 
 
+NOT_IN_ID = {"train": ("log_every", "checkpoint_every"), "reference": ("path",)}
+
+
+def identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a spec that determines the result: all of it but logging, checkpoint cadence,
+    where a reference checkpoint lies (its sha256 is kept) and the id itself."""
+    ident = {k: v for k, v in spec.items() if k != "run_id"}
+    for key, dropped in NOT_IN_ID.items():
+        if isinstance(ident.get(key), dict):
+            ident[key] = {k: v for k, v in ident[key].items() if k not in dropped}
+    return ident
+
+
 def run_id(spec: dict[str, Any]) -> str:
-    """A readable, stable id: stage-method-model-samples-seed plus 10 hex digits of the spec's hash."""
-    blob = json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
+    """A readable, stable id: stage-method-model-samples-seed plus 10 hex digits of the hash of identity(spec)."""
+    blob = json.dumps(identity(spec), sort_keys=True, separators=(",", ":")).encode()
     digest = hashlib.sha256(blob).hexdigest()[:10]
     return f"{spec['stage']}-{spec['method']['name']}-{spec['model']}-n{spec['samples_seen']}-s{spec['seed']}-{digest}"
 
@@ -28,8 +43,14 @@ def expand(grid: GridConfig) -> list[dict[str, Any]]:
     """All run specs of the grid, stage by stage, each with its 'run_id' (stable across calls)."""
     specs: list[dict[str, Any]] = []
     stage_runs: dict[str, dict[str, Any]] = {}
-    for stage in grid.stages:
+    seen: dict[str, str] = {}
+    for i, stage in enumerate(grid.stages):
         stage_specs = list(_stage_specs(grid, stage, stage_runs))
+        for spec in stage_specs:
+            if spec["run_id"] in seen:
+                raise ConfigError(grid.source, f"stages[{i}]", f"run {spec['run_id']} appears twice (also in stage "
+                                  f"{seen[spec['run_id']]!r}): repeated seed, model, budget or method with the same parameters")
+            seen[spec["run_id"]] = stage.name
         specs.extend(stage_specs)
         if len(stage_specs) == 1:
             stage_runs[stage.name] = stage_specs[0]
@@ -37,7 +58,7 @@ def expand(grid: GridConfig) -> list[dict[str, Any]]:
 
 
 def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, dict[str, Any]]):
-    data = _plain({**grid.data, **stage.data})
+    data = _plain(asdict(pool_config({**grid.data, **stage.data})))
     train = asdict(TrainConfig(**{**grid.train, **stage.train}))
     for method in stage.methods:
         cls = get_method(method.name)
@@ -47,7 +68,7 @@ def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, dic
                 for seed in stage.seeds:
                     spec = {"grid": grid.name, "stage": stage.name, "method": {"name": method.name, "params": params},
                             "model": model, "samples_seen": samples, "seed": seed, "data": data, "train": train,
-                            "eval_tasks": list(grid.eval_tasks),
+                            "eval_tasks": list(grid.eval_tasks), "eval_suite": SUITE_VERSION,
                             "reference": _reference(stage.reference, stage_runs) if cls.needs_reference else None}
                     spec["run_id"] = run_id(spec)
                     yield spec

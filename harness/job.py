@@ -12,17 +12,13 @@ from typing import Any
 import torch
 
 from harness import io, store
-from harness.data.pool import PoolConfig, build_pool
+from harness.config import pool_config
+from harness.data.pool import build_pool
 from harness.evaluate import evaluate
 from harness.models import build_model, model_profile
 from harness.reference import load_reference
 from harness.train import TrainConfig, train
 from methods import get_method
-
-
-def pool_config(data: dict[str, Any]) -> PoolConfig:
-    """A spec's 'data' entry (plain JSON) as a PoolConfig."""
-    return PoolConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def run_job(spec: dict[str, Any], results: str | Path, threads: int = 1, show_progress: bool = True) -> dict[str, Any]:

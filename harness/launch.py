@@ -80,8 +80,10 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
                 report.done.append(run_id)
                 log(f"  done    {run_id}")
             else:
-                status = store.read_status(store.run_dir(results, run_id)) or {}
-                reason = status.get("error") or str(error).strip().splitlines()[-1]
+                rdir = store.run_dir(results, run_id)
+                if store.state(results, run_id) != "failed":  # killed (OOM, SIGKILL) before it could say so
+                    store.fail(rdir, error)
+                reason = store.read_status(rdir)["error"]
                 report.failed[run_id] = reason
                 log(f"  FAILED  {run_id}: {reason}")
         if running:

@@ -42,6 +42,8 @@ def check_model_name(name: str) -> None:
     if name not in open_clip.list_models():
         raise ValueError(f"unknown model {name!r}; presets: {', '.join(preset_names())} "
                          f"(or any of open_clip's {len(open_clip.list_models())} configs)")
+    if "multimodal_cfg" in open_clip.get_model_config(name):
+        raise ValueError(f"model {name!r} is a captioning (CoCa) model; clipsteer trains contrastive CLIP models")
 
 
 @dataclass

@@ -35,15 +35,20 @@ def read_status(rdir: Path) -> dict[str, Any] | None:
 
 
 def state(results: Path, run_id: str) -> str:
-    """'done', 'failed', 'running' or 'missing' (never started) for run `run_id`."""
-    status = read_status(run_dir(results, run_id))
+    """'done' (result.json exists: the one test of done), 'failed', 'running' or 'missing' (never started).
+
+    The run id hashes everything that determines a result, so a result under that id is the spec's result.
+    """
+    rdir = run_dir(results, run_id)
+    if (rdir / "result.json").exists():
+        return "done"
+    status = read_status(rdir)
     return status["state"] if status else "missing"
 
 
 def is_done(results: Path, spec: dict[str, Any]) -> bool:
-    """True when the run finished and its stored spec is exactly `spec`."""
-    rdir = run_dir(results, spec["run_id"])
-    return (rdir / "result.json").exists() and io.read_json(rdir / "spec.json") == spec
+    """True when run `spec` has finished."""
+    return state(results, spec["run_id"]) == "done"
 
 
 def begin(rdir: Path, spec: dict[str, Any]) -> None:
@@ -68,7 +73,7 @@ def fail_unstarted(rdir: Path, spec: dict[str, Any], reason: str) -> None:
 
 
 def finish(rdir: Path, result: dict[str, Any]) -> None:
-    """Record a finished run: result.json then a 'done' status."""
+    """Record a finished run: result.json (from here on the run is done), then a 'done' status."""
     io.write_json(rdir / "result.json", result)
     io.write_json(rdir / "status.json", {"state": "done", "finished": time.time()})
 
@@ -80,13 +85,13 @@ def results_table(results: Path, specs: list[dict[str, Any]]) -> pd.DataFrame:
     for spec in specs:
         rdir = run_dir(results, spec["run_id"])
         status = read_status(rdir)
-        if status is None or status["state"] == "running":
+        if status is None or state(results, spec["run_id"]) == "running":
             continue
         row = {"run_id": spec["run_id"], "stage": spec["stage"], "method": spec["method"]["name"],
                "model": spec["model"], "samples_seen": spec["samples_seen"], "seed": spec["seed"],
                "is_reference": spec["run_id"] in reference_ids, "reference": _reference_label(spec),
                "status": "failed", "error": status.get("error")}
-        if status["state"] == "done" and is_done(results, spec):
+        if is_done(results, spec):
             result = io.read_json(rdir / "result.json")
             row.update(status="done", error=None, gflops_per_pair=result["gflops_per_pair"], c_paper=result["c_paper"],
                        average=result["eval"]["average"], wall_time_s=result["wall_time_s"],

@@ -6,10 +6,11 @@ run resumed from a checkpoint follows the same trajectory as an uninterrupted on
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,14 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value, kind = getattr(self, f.name), {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))  # lr: 1 and lr: 1.0 are the same run
+            elif type(value) is not kind:
+                raise ValueError(f"{f.name} must be {kind.__name__}, got {value!r}")
+            elif kind is float and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be finite, got {value!r}")
         positive = ("batch_size", "lr", "log_every", "adam_eps")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -79,19 +88,29 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * (step - cfg.warmup_steps) / span))
 
 
+def generator(seed: int, stream: str, index: int) -> torch.Generator:
+    """An independent random stream per (seed, purpose, index): no two (seed, index) pairs share one."""
+    digest = hashlib.blake2b(f"{stream}/{seed}/{index}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def steps_per_epoch(pool_size: int, batch_size: int) -> int:
+    """Full batches per pass over the pool (the remainder waits for the next epoch's shuffle)."""
+    if pool_size < batch_size:
+        raise ValueError(f"pool has {pool_size} samples, fewer than one batch of {batch_size}")
+    return pool_size // batch_size
+
+
 def batch_positions(step: int, pool_size: int, batch_size: int, seed: int) -> torch.Tensor:
     """Pool positions of step `step`: a seeded permutation per epoch, cut into full batches."""
-    per_epoch = pool_size // batch_size
-    if per_epoch < 1:
-        raise ValueError(f"pool has {pool_size} samples, fewer than one batch of {batch_size}")
-    epoch, offset = divmod(step, per_epoch)
-    perm = torch.randperm(pool_size, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    epoch, offset = divmod(step, steps_per_epoch(pool_size, batch_size))
+    perm = torch.randperm(pool_size, generator=generator(seed, "order", epoch))
     return perm[offset * batch_size:(offset + 1) * batch_size]
 
 
 def random_shift(images: torch.Tensor, seed: int, step: int, pad: int = 2) -> torch.Tensor:
     """Translate each uint8 image by up to `pad` pixels (zero fill), seeded by (seed, step)."""
-    g = torch.Generator().manual_seed(seed * 7_919 + step)
+    g = generator(seed, "augment", step)
     b, _, h, w = images.shape
     shifts = torch.randint(0, 2 * pad + 1, (b, 2), generator=g).tolist()
     padded = F.pad(images, (pad, pad, pad, pad))
@@ -137,9 +156,10 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
         reference.model.to(device).eval()
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             eps=cfg.adam_eps, fused=True)  # fused kernels exist for CPU and CUDA: 5-8x faster steps here
-    start = _resume(run_dir, model, opt, method)
+    start, loss_value, time_before = _resume(run_dir, model, opt, method)
     model.train()
-    loss_value, t0 = float("nan"), time.perf_counter()
+    per_epoch = steps_per_epoch(len(pool), cfg.batch_size)
+    t0 = time.perf_counter() - time_before
     bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {method.name}/{built.name}",
                disable=not show_progress, dynamic_ncols=True)
     for step in bar:
@@ -155,7 +175,7 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
         if ref_tokens is not None:
             with torch.no_grad():
                 ref = encode(reference, images, ref_tokens[caption_ids], device)
-        out = method.loss(feats, ref, pool.indices[pos], Progress(step=step, epoch=step * cfg.batch_size / len(pool)))
+        out = method.loss(feats, ref, pool.indices[pos], Progress(step=step, epoch=step / per_epoch))
         loss_value = float(out.loss.detach())
         if not math.isfinite(loss_value):
             raise NonFiniteLoss(f"non-finite loss {loss_value} at step {step}; loss parts: {out.logs}")
@@ -172,24 +192,27 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
             io.append_jsonl(run_dir / METRICS, record)
             bar.set_postfix(loss=f"{loss_value:.4f}")
         if done == total or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-            _checkpoint(run_dir, model, opt, method, done)
+            _checkpoint(run_dir, model, opt, method, done, loss_value, time.perf_counter() - t0)
     bar.close()
     io.torch_save(run_dir / FINAL_MODEL, {"state_dict": model.state_dict()})
     return TrainSummary(steps=total, samples_seen=total * cfg.batch_size, final_loss=loss_value,
                         train_time_s=time.perf_counter() - t0, resumed_from_step=start)
 
 
-def _checkpoint(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method, step: int) -> None:
+def _checkpoint(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method, step: int,
+                loss: float, train_time_s: float) -> None:
     io.torch_save(run_dir / CHECKPOINT, {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "method": method.state_dict()})
+                                         "method": method.state_dict(), "loss": loss, "train_time_s": train_time_s})
 
 
-def _resume(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method) -> int:
-    """Load the last checkpoint if there is one; drop metric lines logged after it. Returns the step."""
+def _resume(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+            method: Method) -> tuple[int, float, float]:
+    """Load the last checkpoint if there is one and drop metric lines logged after it (and a line cut
+    short by a kill). Returns (step, loss at that step, training seconds spent before it)."""
     path = run_dir / CHECKPOINT
     if not path.exists():
         (run_dir / METRICS).unlink(missing_ok=True)
-        return 0
+        return 0, float("nan"), 0.0
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
@@ -197,6 +220,14 @@ def _resume(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, m
     step = int(state["step"])
     metrics = run_dir / METRICS
     if metrics.exists():
-        kept = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        kept = [line for line in metrics.read_text().splitlines() if _logged_step(line) <= step]
         io.write_text(metrics, "".join(line + "\n" for line in kept))
-    return step
+    return step, float(state["loss"]), float(state["train_time_s"])
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; infinity for a line that a kill cut short (so it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf

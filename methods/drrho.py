@@ -7,6 +7,8 @@ average u (gamma = 1 in the first epoch, then cosine-decayed to gamma_min).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from methods.base import Features, LossOutput, Method, Progress
@@ -34,10 +36,12 @@ class DRRho(Method):
 
     def __init__(self, params: dict, num_indices: int) -> None:
         super().__init__(params, num_indices)
-        if self.params["tau"] <= 0 or self.params["eps"] <= 0:
-            raise ValueError("method 'drrho': tau and eps must be > 0")
+        if not all(0 < self.params[k] < math.inf for k in ("tau", "eps")):
+            raise ValueError("method 'drrho': tau and eps must be finite and > 0")
         if not 0.0 < self.params["gamma_min"] <= 1.0:
             raise ValueError("method 'drrho': gamma_min must be in (0, 1]")
+        if not 0.0 <= self.params["gamma_decay_epochs"] < math.inf:
+            raise ValueError("method 'drrho': gamma_decay_epochs must be finite and >= 0")
         self.u_img = MovingLogMean(num_indices)
         self.u_txt = MovingLogMean(num_indices)
 

@@ -68,6 +68,15 @@ BAD = [
     (mutate("train: {batch_size: 32}", "train: {weight_decy: 0.1}"), "train.weight_decy: unknown key (did you mean 'weight_decay'?)"),
     (mutate("  - name: ref\n", "  - name: sweep\n"), "stages[1].name: duplicate stage name 'sweep'"),
     ("- just\n- a list\n", "must be a mapping, got list"),
+    (mutate("seeds: [0, 1]", "seeds: [0, 0]"), "stages[1]: run sweep-clip-tiny-s-n64-s0-"),
+    (mutate("methods: [clip, {name: drrho, tau: 0.02}]", "methods: [drrho, {name: drrho, tau: 0.01}]"), "appears twice"),
+    (mutate("seeds: [0, 1]", "seeds: [0, 4294967296]"), "stages[1].seeds[1]: must be <= 2147483647"),
+    (mutate("train: {batch_size: 32}", "train: {batch_size: 32.5}"), "train: batch_size must be int"),
+    (mutate("train: {batch_size: 32}", "train: {batch_size: 32, augment: 'no'}"), "train: augment must be bool"),
+    (mutate("train: {batch_size: 32}", "train: {batch_size: 32, lr: .nan}"), "train: lr must be finite"),
+    (mutate("reference: ref", "reference: {stage: ref, model: tiny-m}"), "stages[1].reference.model: not allowed with 'stage'"),
+    (mutate("reference: ref", "reference: {pretrained: opneai, model: ViT-B-32}"), "stages[1].reference.pretrained: open_clip has no pretrained tag 'opneai' for ViT-B-32 (did you mean 'openai'?)"),
+    (mutate("models: [tiny-s, tiny-m]", "models: [tiny-s, coca_ViT-B-32]"), "captioning (CoCa) model"),
 ]
 
 
@@ -75,7 +84,7 @@ BAD = [
 def test_bad_grid_is_refused_with_file_and_key(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
-        load_grid(path)
+        expand(load_grid(path))  # what `clipsteer run` does before launching anything
     assert str(info.value).startswith(str(path))
     assert message in str(info.value)
 
@@ -110,6 +119,30 @@ def test_run_id_changes_with_the_spec_and_only_then(tmp_path):
     # a change to the sweep stage alone leaves the reference run's id as it was
     only_sweep = {s["run_id"] for s in expand(load_grid(write(tmp_path, mutate("tau: 0.02", "tau: 0.03"))))}
     assert len(base & only_sweep) == 1 + 8  # the reference and every clip run are unchanged
+
+
+def test_run_id_ignores_what_does_not_change_the_result(tmp_path):
+    base = [s["run_id"] for s in expand(load_grid(write(tmp_path, GOOD)))]
+    same = [
+        mutate("train: {batch_size: 32}", "train: {batch_size: 32, log_every: 3, checkpoint_every: 7}"),
+        mutate("train: {batch_size: 32}", "train: {batch_size: 32, lr: 0.001}"),  # the default, written out
+        mutate("noise: 0.2", "noise: 0.2, image_size: 32"),
+    ]
+    for text in same:
+        assert [s["run_id"] for s in expand(load_grid(write(tmp_path, text)))] == base
+    assert [s["run_id"] for s in expand(load_grid(write(tmp_path, mutate("train: {batch_size: 32}", "train: {batch_size: 32, lr: 1}"))))] == \
+        [s["run_id"] for s in expand(load_grid(write(tmp_path, mutate("train: {batch_size: 32}", "train: {batch_size: 32, lr: 1.0}"))))]
+
+
+def test_checkpoint_reference_is_identified_by_content_not_location(tmp_path):
+    ids = []
+    for folder, payload in (("a", b"weights"), ("b", b"weights"), ("c", b"other weights")):
+        ckpt = tmp_path / folder / "ref.pt"
+        ckpt.parent.mkdir()
+        ckpt.write_bytes(payload)
+        grid = load_grid(write(tmp_path, mutate("reference: ref", f"reference: {{checkpoint: {ckpt}, model: tiny-s}}")))
+        ids.append({s["run_id"] for s in expand(grid) if s["method"]["name"] == "drrho"})
+    assert ids[0] == ids[1] and not ids[0] & ids[2]
 
 
 def test_cli_bad_grid_exits_2_and_writes_nothing(tmp_path):

@@ -147,7 +147,9 @@ def test_state_round_trips():
 @pytest.mark.parametrize("params, message", [
     ({"taux": 0.1}, "no parameter 'taux'; allowed: eps, gamma_decay_epochs, gamma_min, tau"),
     ({"tau": "hot"}, "parameter 'tau' must be float"),
-    ({"tau": 0.0}, "tau and eps must be > 0"),
+    ({"tau": 0.0}, "tau and eps must be finite and > 0"),
+    ({"tau": float("nan")}, "tau and eps must be finite and > 0"),
+    ({"gamma_decay_epochs": -1.0}, "gamma_decay_epochs must be finite and >= 0"),
 ])
 def test_bad_parameters_are_refused(params, message):
     with pytest.raises(ValueError, match=message):

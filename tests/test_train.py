@@ -64,11 +64,14 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(pool, tmp_path, me
         train(broken, interrupted(get_method(method_name)({}, pool.num_indices), kill_at), pool, samples, cfg, 0,
               tmp_path / "b", reference=reference, show_progress=False)
     assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["step"] == 3
+    with open(tmp_path / "b" / METRICS, "a") as f:
+        f.write('{"step": 5, "loss": 4.')  # a line the kill cut short
     resumed = fresh(seed=123)  # weights come from the checkpoint, not from this init
     summary = train(resumed, get_method(method_name)({}, pool.num_indices), pool, samples, cfg, 0, tmp_path / "b",
                     reference=reference, show_progress=False)
 
     assert summary.resumed_from_step == 3 and summary.steps == 8 and summary.samples_seen == samples
+    assert math.isfinite(summary.final_loss)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert metrics_without_time(tmp_path / "a") == metrics_without_time(tmp_path / "b")

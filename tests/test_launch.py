@@ -1,0 +1,45 @@
+"""The launcher's bookkeeping, with submitit's DebugExecutor and stand-in jobs."""
+import pytest
+
+from harness import launch, store
+from harness.config import ExecutorConfig
+
+
+def spec(run_id, reference=None):
+    return {"run_id": run_id, "stage": "s", "model": "tiny-s", "samples_seen": 32,
+            "reference": {"kind": "run", "run_id": reference, "model": "tiny-s"} if reference else None}
+
+
+def test_a_job_that_dies_without_a_word_is_recorded_failed_and_its_dependents_too(tmp_path, monkeypatch):
+    started = []
+
+    def job(s, results, threads, show):
+        started.append(s["run_id"])
+        if s["run_id"] == "ref":
+            raise MemoryError("killed by the OOM killer")  # dies before run_job could record anything
+        store.finish(store.run_dir(results, s["run_id"]), {"ok": True})
+
+    monkeypatch.setattr(launch, "run_job", job)
+    specs = [spec("ref"), spec("child", reference="ref"), spec("free")]
+    report = launch.launch(specs, tmp_path, ExecutorConfig(kind="debug"), log=lambda *_: None)
+    assert started == ["ref", "free"]  # the reference goes first; its dependent never starts
+    assert store.read_status(store.run_dir(tmp_path, "ref"))["error"] == "MemoryError: killed by the OOM killer"
+    assert report.failed["child"].startswith("reference run ref is failed: MemoryError")
+    assert store.state(tmp_path, "child") == "failed" and report.done == ["free"]
+
+
+def test_done_runs_are_skipped_and_larger_compute_starts_first(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(launch, "run_job", lambda s, r, t, show: (started.append(s["run_id"]),
+                                                                  store.finish(store.run_dir(r, s["run_id"]), {})))
+    small, big, old = spec("small"), {**spec("big"), "model": "tiny-l"}, spec("old")
+    store.finish(store.run_dir(tmp_path, "old"), {})
+    report = launch.launch([small, big, old], tmp_path, ExecutorConfig(kind="debug"), log=lambda *_: None)
+    assert started == ["big", "small"] and report.skipped == ["old"]
+
+
+@pytest.mark.parametrize("state", ["missing", "running"])
+def test_reference_state_decides_readiness(tmp_path, state):
+    if state == "running":
+        store.begin(store.run_dir(tmp_path, "ref"), spec("ref"))
+    assert store.state(tmp_path, "ref") == state
