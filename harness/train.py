@@ -154,34 +154,47 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
     ref_tokens = pool.tokenize(reference.tokenizer) if method.needs_reference else None
     if ref_tokens is not None:
         reference.model.to(device).eval()
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    groups = param_groups(model, cfg.weight_decay)
+    if method.parameters():
+        groups.append({"params": method.parameters(), "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             eps=cfg.adam_eps, fused=True)  # fused kernels exist for CPU and CUDA: 5-8x faster steps here
     start, loss_value, time_before = _resume(run_dir, model, opt, method)
     model.train()
-    per_epoch = steps_per_epoch(len(pool), cfg.batch_size)
+    drawn = method.candidates(cfg.batch_size)  # > batch_size: a super-batch the method selects from
+    per_epoch = steps_per_epoch(len(pool), drawn)
     t0 = time.perf_counter() - time_before
     bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {method.name}/{built.name}",
                disable=not show_progress, dynamic_ncols=True)
     for step in bar:
-        pos = batch_positions(step, len(pool), cfg.batch_size, seed)
+        progress = Progress(step=step, epoch=step / per_epoch)
+        pos = batch_positions(step, len(pool), drawn, seed)
         images = pool.images[pos]
         if cfg.augment:
             images = random_shift(images, seed, step)
         caption_ids = pool.caption_ids[pos]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg)
-        feats = encode(built, images, tokens[caption_ids], device)
         ref = None
         if ref_tokens is not None:
             with torch.no_grad():
                 ref = encode(reference, images, ref_tokens[caption_ids], device)
-        out = method.loss(feats, ref, pool.indices[pos], Progress(step=step, epoch=step / per_epoch))
+        if drawn != cfg.batch_size:
+            with torch.no_grad():
+                scored = encode(built, images, tokens[caption_ids], device)
+            keep = method.select(scored, ref, pool.indices[pos], progress, generator(seed, "select", step),
+                                 cfg.batch_size).cpu()
+            pos, images, caption_ids = pos[keep], images[keep], caption_ids[keep]
+            ref = None if ref is None else Features(ref.image[keep.to(device)], ref.text[keep.to(device)], ref.logit_scale)
+        feats = encode(built, images, tokens[caption_ids], device)
+        out = method.loss(feats, ref, pool.indices[pos], progress)
         loss_value = float(out.loss.detach())
         if not math.isfinite(loss_value):
             raise NonFiniteLoss(f"non-finite loss {loss_value} at step {step}; loss parts: {out.logs}")
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
+        method.after_step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         done = step + 1

@@ -53,8 +53,25 @@ class Method:
     def loss(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress) -> LossOutput:
         raise NotImplementedError
 
+    def candidates(self, batch_size: int) -> int:
+        """Candidates drawn per step (a super-batch) for a batch of `batch_size`; equal means no selection."""
+        return batch_size
+
+    def select(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress,
+               generator: torch.Generator, batch_size: int) -> torch.Tensor:
+        """Positions (into the candidates) of the `batch_size` samples to train on. `feats` are the
+        learner's features of the candidates, computed without gradient."""
+        raise NotImplementedError(f"method {self.name!r} draws no super-batch, so it selects nothing")
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable tensors the method owns (e.g. a learnable temperature); optimised with the model, no decay."""
+        return []
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (e.g. to project a temperature onto its bounds)."""
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Method state to checkpoint (tensors only); stateless methods return {}."""
+        """Method state to checkpoint (tensors only, including `parameters()`); stateless methods return {}."""
         return {}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
