@@ -8,10 +8,25 @@ import harness  # noqa: F401  (torchvision guard before open_clip)
 from methods.base import Features, LossOutput, Method, Progress
 from methods.clip import Clip
 from methods.drrho import DRRho
+from methods.drrho_kd import DRRhoKD
+from methods.fastclip import FastCLIP
+from methods.fastclip_kd import FastCLIPKD
+from methods.jest import Jest, JestTopK
+from methods.kd import KD
+from methods.random_subset import RandomSubset
+from methods.rho_topk import RhoTopK
 
 REGISTRY: dict[str, type[Method]] = {
     Clip.name: Clip,
     DRRho.name: DRRho,
+    FastCLIP.name: FastCLIP,
+    KD.name: KD,
+    FastCLIPKD.name: FastCLIPKD,
+    DRRhoKD.name: DRRhoKD,
+    Jest.name: Jest,
+    JestTopK.name: JestTopK,
+    RandomSubset.name: RandomSubset,
+    RhoTopK.name: RhoTopK,
 }
 
 

@@ -37,17 +37,17 @@ class DRRho(Method):
     def __init__(self, params: dict, num_indices: int) -> None:
         super().__init__(params, num_indices)
         if not all(0 < self.params[k] < math.inf for k in ("tau", "eps")):
-            raise ValueError("method 'drrho': tau and eps must be finite and > 0")
+            raise ValueError(f"method {self.name!r}: tau and eps must be finite and > 0")
         if not 0.0 < self.params["gamma_min"] <= 1.0:
-            raise ValueError("method 'drrho': gamma_min must be in (0, 1]")
+            raise ValueError(f"method {self.name!r}: gamma_min must be in (0, 1]")
         if not 0.0 <= self.params["gamma_decay_epochs"] < math.inf:
-            raise ValueError("method 'drrho': gamma_decay_epochs must be finite and >= 0")
+            raise ValueError(f"method {self.name!r}: gamma_decay_epochs must be finite and >= 0")
         self.u_img = MovingLogMean(num_indices)
         self.u_txt = MovingLogMean(num_indices)
 
     def loss(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress) -> LossOutput:
         if ref is None:
-            raise ValueError("method 'drrho' needs reference features")
+            raise ValueError(f"method {self.name!r} needs reference features")
         tau, eps = self.params["tau"], self.params["eps"]
         gamma = gamma_at(progress.epoch, self.params["gamma_min"], self.params["gamma_decay_epochs"])
         d_img, d_txt = margins(feats, ref, tau)

@@ -1,0 +1,70 @@
+"""kd: MobileCLIP-style distillation from the reference model mixed with plain CLIP (Vasu et al., CVPR 2024).
+
+    loss = (1 - lam) * ClipLoss(s * logit_scale) + lam * KD,
+KD (`distillation_loss`) being the symmetric cross-entropy from the teacher's softmax(r * t_scale) to
+the student's log_softmax(s * logit_scale) over the batch, rows (image -> text) and columns
+(text -> image), averaged over the two directions and the batch. It is written as a cross-entropy
+(METHODS.md, and open_clip's and the public DRRho code's distillation loss); MobileCLIP writes a KL
+divergence, which differs by the teacher's entropy: the same gradient, a different logged value.
+METHODS.md gives no lam for kd, so the default 0.5 weighs the two terms equally; t_scale 100 is
+METHODS.md's teacher scale.
+
+`distillation_loss`, `check_distillation_params` and `add_distillation` are also used by
+fastclip_kd and drrho_kd, which add lam * tau * KD to their objective.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from methods.base import Features, LossOutput, Progress
+from methods.clip import Clip
+
+
+def distillation_loss(feats: Features, ref: Features, student_scale: float | torch.Tensor,
+                      teacher_scale: float) -> torch.Tensor:
+    """Symmetric cross-entropy of the student's batch softmax against the teacher's (rows and columns, averaged)."""
+    student = student_scale * feats.image @ feats.text.T
+    teacher = teacher_scale * ref.image @ ref.text.T
+    rows = -(teacher.softmax(dim=1) * student.log_softmax(dim=1)).sum(dim=1).mean()
+    cols = -(teacher.softmax(dim=0) * student.log_softmax(dim=0)).sum(dim=0).mean()
+    return (rows + cols) / 2
+
+
+def check_distillation_params(name: str, params: dict[str, Any]) -> None:
+    """Refuse a distillation weight lam outside [0, 1] and a teacher scale t_scale that is not finite and > 0."""
+    if not 0.0 <= params["lam"] <= 1.0:
+        raise ValueError(f"method {name!r}: lam must be in [0, 1], got {params['lam']!r}")
+    if not 0.0 < params["t_scale"] < math.inf:
+        raise ValueError(f"method {name!r}: t_scale must be finite and > 0, got {params['t_scale']!r}")
+
+
+def add_distillation(out: LossOutput, feats: Features, ref: Features, tau: float | torch.Tensor,
+                     params: dict[str, Any]) -> LossOutput:
+    """`out` plus lam * tau * KD with student logits s / tau (fastclip_kd, drrho_kd); tau may be trainable."""
+    distill = distillation_loss(feats, ref, 1.0 / tau, params["t_scale"])
+    return LossOutput(out.loss + params["lam"] * tau * distill,
+                      {**out.logs, "distill_loss": float(distill.detach())})
+
+
+class KD(Clip):
+    """(1 - lam) * clip + lam * KD, the student using the model's learnable logit scale as clip does."""
+
+    name = "kd"
+    needs_reference = True
+    defaults = {"lam": 0.5, "t_scale": 100.0}
+
+    def __init__(self, params: dict, num_indices: int) -> None:
+        super().__init__(params, num_indices)
+        check_distillation_params(self.name, self.params)
+
+    def loss(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress) -> LossOutput:
+        if ref is None:
+            raise ValueError(f"method {self.name!r} needs reference features")
+        contrastive = super().loss(feats, ref, indices, progress).loss
+        distill = distillation_loss(feats, ref, feats.logit_scale, self.params["t_scale"])
+        lam = self.params["lam"]
+        return LossOutput((1.0 - lam) * contrastive + lam * distill,
+                          {"contrastive_loss": float(contrastive.detach()), "distill_loss": float(distill.detach())})
