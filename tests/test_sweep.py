@@ -119,3 +119,34 @@ def test_report_command_rebuilds_the_report(sweep):
     assert (results / "leaderboard.md").exists()
     missing = clipsteer("report", results / "nope")
     assert missing.returncode == 2 and "not a results directory" in missing.stderr
+
+
+def test_every_registered_method_runs_a_tiny_sweep_end_to_end(tmp_path):
+    from harness import sweep
+    from harness.config import load_grid
+    from methods import REGISTRY
+
+    grid_file = tmp_path / "zoo.yaml"
+    grid_file.write_text(textwrap.dedent(f"""
+        name: zoo
+        data: {{sources: [shapes], shapes_count: 640, noise: 0.2}}
+        eval: {{tasks: [shapes_retrieval]}}
+        train: {{batch_size: 32, warmup_steps: 1}}
+        executor: {{kind: debug}}
+        stages:
+          - name: reference
+            methods: [clip]
+            models: [tiny-s]
+            samples_seen: [64]
+          - name: zoo
+            reference: reference
+            methods: [{", ".join(sorted(REGISTRY))}]
+            models: [tiny-s]
+            samples_seen: [64]
+        """))
+    grid = load_grid(grid_file)
+    outcome = sweep.run(grid, tmp_path / "results", grid.executor)
+    assert not outcome.launch.failed
+    table = pd.read_csv(tmp_path / "results" / "leaderboard.csv")
+    assert set(table[table.stage == "zoo"].method) == set(REGISTRY)
+    assert (table.status == "done").all() and table.average.between(0, 1).all()
