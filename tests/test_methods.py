@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import methods
+from brute_force import brute_fastclip
 from methods import Features, Progress, get_method
 from methods.drrho import DRRho, drrho_objective
 from methods.gcl import MovingLogMean, gamma_at, off_diagonal
@@ -24,18 +25,6 @@ def brute_drrho(img, txt, rimg, rtxt, tau, eps):
     for i in range(b):
         g_img = sum(math.exp(((s(i, j) - s(i, i)) - (r(i, j) - r(i, i))) / tau) for j in range(b) if j != i) / (b - 1)
         g_txt = sum(math.exp(((s(j, i) - s(i, i)) - (r(j, i) - r(i, i))) / tau) for j in range(b) if j != i) / (b - 1)
-        total += math.log(eps + g_img) + math.log(eps + g_txt)
-    return tau * total / b
-
-
-def brute_fastclip_fixed_tau(img, txt, tau, eps):
-    """FastCLIP's objective with a fixed tau and rho = 0, written independently of methods/."""
-    b = img.shape[0]
-    sim = (img @ txt.T).tolist()
-    total = 0.0
-    for i in range(b):
-        g_img = sum(math.exp((sim[i][j] - sim[i][i]) / tau) for j in range(b) if j != i) / (b - 1)
-        g_txt = sum(math.exp((sim[j][i] - sim[i][i]) / tau) for j in range(b) if j != i) / (b - 1)
         total += math.log(eps + g_img) + math.log(eps + g_txt)
     return tau * total / b
 
@@ -60,7 +49,7 @@ def test_constant_reference_equals_fixed_tau_fastclip():
     img, txt = unit(7, 4, 5), unit(7, 4, 6)
     same = F.normalize(torch.ones(7, 4, dtype=torch.float64), dim=-1)  # every reference similarity r_ij = 1
     got = drrho_objective(img, txt, same, same, tau=0.1, eps=1e-4)
-    assert float(got) == pytest.approx(brute_fastclip_fixed_tau(img, txt, 0.1, 1e-4), rel=1e-10)
+    assert float(got) == pytest.approx(brute_fastclip(img, txt, 0.1, 1e-4, rho=0.0), rel=1e-10)
 
 
 def test_reference_equal_to_model_gives_uniform_weights():

@@ -12,23 +12,12 @@ from methods.drrho_kd import DRRhoKD
 from methods.fastclip import FastCLIP, fastclip_objective
 from methods.fastclip_kd import FastCLIPKD
 from methods.kd import KD, distillation_loss
+from brute_force import brute_fastclip
 
 
 def unit(b: int, d: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=-1)
-
-
-def brute_fastclip(img, txt, tau, eps, rho):
-    """FastCLIP's objective as the nested sums of METHODS.md, one scalar at a time."""
-    b = img.shape[0]
-    sim = (img @ txt.T).tolist()
-    total = 0.0
-    for i in range(b):
-        g_img = sum(math.exp((sim[i][j] - sim[i][i]) / tau) for j in range(b) if j != i) / (b - 1)
-        g_txt = sum(math.exp((sim[j][i] - sim[i][i]) / tau) for j in range(b) if j != i) / (b - 1)
-        total += math.log(eps + g_img) + math.log(eps + g_txt)
-    return tau * total / b + 2 * rho * tau
 
 
 def brute_kd(img, txt, rimg, rtxt, student_scale, teacher_scale):
