@@ -53,10 +53,11 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
     """
     results = Path(results)
     report = LaunchReport()
-    needed = {s["reference"]["run_id"] for s in specs if s.get("reference") and s["reference"]["kind"] == "run"}
+    needed = store.reference_run_ids(specs)
     todo = sorted(pending(specs, results), key=lambda s: (s["run_id"] not in needed,
                                                           -model_profile(s["model"])["gflops"] * s["samples_seen"]))
-    report.skipped = [s["run_id"] for s in specs if s not in todo]
+    launching = {s["run_id"] for s in todo}
+    report.skipped = [s["run_id"] for s in specs if s["run_id"] not in launching]
     log(f"{len(todo)} runs to launch, {len(report.skipped)} already done")
     executor = make_executor(cfg, results / "submitit")
     queue, running = list(todo), {}
@@ -95,12 +96,14 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
 def _ready(queue: list[dict[str, Any]], running: dict, results: Path, report: LaunchReport, bar: tqdm,
            log) -> list[dict[str, Any]]:
     """Queued specs that can start now. A spec whose reference run is neither done nor still queued or
-    running in this launch (it failed) is recorded as failed and dropped from the queue."""
+    running in this launch (it failed) is recorded as failed and dropped from the queue. Done-ness
+    comes from this launch's own record (done now or skipped as done before), not from the disk."""
     waiting = {s["run_id"] for s in queue} | set(running)
+    finished = set(report.done) | set(report.skipped)
     ready = []
     for spec in list(queue):
         ref = spec.get("reference")
-        if not ref or ref["kind"] != "run" or store.state(results, ref["run_id"]) == "done":
+        if not ref or ref["kind"] != "run" or ref["run_id"] in finished:
             ready.append(spec)
         elif ref["run_id"] not in waiting:
             status = store.read_status(store.run_dir(results, ref["run_id"])) or {"state": "missing"}

@@ -78,20 +78,25 @@ def finish(rdir: Path, result: dict[str, Any]) -> None:
     io.write_json(rdir / "status.json", {"state": "done", "finished": time.time()})
 
 
+def reference_run_ids(specs: list[dict[str, Any]]) -> set[str]:
+    """Ids of the runs that other specs use as their reference model."""
+    return {s["reference"]["run_id"] for s in specs if s.get("reference") and s["reference"]["kind"] == "run"}
+
+
 def results_table(results: Path, specs: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per spec (done or failed; never-started runs are left out), in the report schema."""
-    reference_ids = {s["reference"]["run_id"] for s in specs if s.get("reference") and s["reference"]["kind"] == "run"}
+    reference_ids = reference_run_ids(specs)
     rows = []
     for spec in specs:
         rdir = run_dir(results, spec["run_id"])
-        status = read_status(rdir)
-        if status is None or state(results, spec["run_id"]) == "running":
+        if state(results, spec["run_id"]) in ("missing", "running"):
             continue
+        status = read_status(rdir) or {}
         row = {"run_id": spec["run_id"], "stage": spec["stage"], "method": spec["method"]["name"],
                "model": spec["model"], "samples_seen": spec["samples_seen"], "seed": spec["seed"],
                "is_reference": spec["run_id"] in reference_ids, "reference": _reference_label(spec),
                "status": "failed", "error": status.get("error")}
-        if is_done(results, spec):
+        if (rdir / "result.json").exists():
             result = io.read_json(rdir / "result.json")
             row.update(status="done", error=None, gflops_per_pair=result["gflops_per_pair"], c_paper=result["c_paper"],
                        average=result["eval"]["average"], wall_time_s=result["wall_time_s"],

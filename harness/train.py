@@ -6,6 +6,7 @@ run resumed from a checkpoint follows the same trajectory as an uninterrupted on
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -101,11 +102,16 @@ def steps_per_epoch(pool_size: int, batch_size: int) -> int:
     return pool_size // batch_size
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_order(pool_size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The pool's shuffled order in `epoch` (cached: drawn once per epoch, not once per step)."""
+    return torch.randperm(pool_size, generator=generator(seed, "order", epoch))
+
+
 def batch_positions(step: int, pool_size: int, batch_size: int, seed: int) -> torch.Tensor:
     """Pool positions of step `step`: a seeded permutation per epoch, cut into full batches."""
     epoch, offset = divmod(step, steps_per_epoch(pool_size, batch_size))
-    perm = torch.randperm(pool_size, generator=generator(seed, "order", epoch))
-    return perm[offset * batch_size:(offset + 1) * batch_size]
+    return _epoch_order(pool_size, seed, epoch)[offset * batch_size:(offset + 1) * batch_size]
 
 
 def random_shift(images: torch.Tensor, seed: int, step: int, pad: int = 2) -> torch.Tensor:

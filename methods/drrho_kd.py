@@ -6,23 +6,14 @@ t_scale = 100 are the public DRRho code's defaults (METHODS.md gives no lam).
 """
 from __future__ import annotations
 
-import torch
-
-from methods.base import Features, LossOutput, Progress
+from methods.base import Features, LossOutput
 from methods.drrho import DRRho
-from methods.kd import add_distillation, check_distillation_params
+from methods.kd import Distilling, add_distillation
 
 
-class DRRhoKD(DRRho):
+class DRRhoKD(Distilling, DRRho):
     name = "drrho_kd"
     defaults = {**DRRho.defaults, "lam": 1.0, "t_scale": 100.0}
 
-    def __init__(self, params: dict, num_indices: int) -> None:
-        super().__init__(params, num_indices)
-        check_distillation_params(self.name, self.params)
-
-    def loss(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress) -> LossOutput:
-        if ref is None:
-            raise ValueError(f"method {self.name!r} needs reference features")
-        return add_distillation(super().loss(feats, ref, indices, progress), feats, ref, self.params["tau"],
-                                self.params)
+    def distill(self, out: LossOutput, feats: Features, ref: Features) -> LossOutput:
+        return add_distillation(out, feats, ref, self.params["tau"], self.params)

@@ -9,8 +9,8 @@ divergence, which differs by the teacher's entropy: the same gradient, a differe
 METHODS.md gives no lam for kd, so the default 0.5 weighs the two terms equally; t_scale 100 is
 METHODS.md's teacher scale.
 
-`distillation_loss`, `check_distillation_params` and `add_distillation` are also used by
-fastclip_kd and drrho_kd, which add lam * tau * KD to their objective.
+`Distilling` (the parameter and reference checks) and `distillation_loss` serve all three KD
+methods; fastclip_kd and drrho_kd add lam * tau * KD to their objective with `add_distillation`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from methods.base import Features, LossOutput, Progress
+from methods.base import Features, LossOutput, Method, Progress
 from methods.clip import Clip
 
 
@@ -49,12 +49,11 @@ def add_distillation(out: LossOutput, feats: Features, ref: Features, tau: float
                       {**out.logs, "distill_loss": float(distill.detach())})
 
 
-class KD(Clip):
-    """(1 - lam) * clip + lam * KD, the student using the model's learnable logit scale as clip does."""
+class Distilling(Method):
+    """Mixin placed before a contrastive method: checks lam and t_scale, requires reference features,
+    and hands the parent's loss to `distill` to add the distillation term."""
 
-    name = "kd"
     needs_reference = True
-    defaults = {"lam": 0.5, "t_scale": 100.0}
 
     def __init__(self, params: dict, num_indices: int) -> None:
         super().__init__(params, num_indices)
@@ -63,8 +62,20 @@ class KD(Clip):
     def loss(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress) -> LossOutput:
         if ref is None:
             raise ValueError(f"method {self.name!r} needs reference features")
-        contrastive = super().loss(feats, ref, indices, progress).loss
+        return self.distill(super().loss(feats, ref, indices, progress), feats, ref)
+
+    def distill(self, out: LossOutput, feats: Features, ref: Features) -> LossOutput:
+        raise NotImplementedError
+
+
+class KD(Distilling, Clip):
+    """(1 - lam) * clip + lam * KD, the student using the model's learnable logit scale as clip does."""
+
+    name = "kd"
+    defaults = {"lam": 0.5, "t_scale": 100.0}
+
+    def distill(self, out: LossOutput, feats: Features, ref: Features) -> LossOutput:
         distill = distillation_loss(feats, ref, feats.logit_scale, self.params["t_scale"])
         lam = self.params["lam"]
-        return LossOutput((1.0 - lam) * contrastive + lam * distill,
-                          {"contrastive_loss": float(contrastive.detach()), "distill_loss": float(distill.detach())})
+        return LossOutput((1.0 - lam) * out.loss + lam * distill,
+                          {"contrastive_loss": float(out.loss.detach()), "distill_loss": float(distill.detach())})
