@@ -41,6 +41,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-parallel", type=int, default=None, help="override the grid's executor.max_parallel")
     run.set_defaults(func=_cmd_run)
 
+    cache = sub.add_parser("cache-ref", help="compute the reference-feature caches a grid's runs read",
+                           description="Compute, once per (reference, pool), the reference model's image and text "
+                                       "features of every pool sample, for the stages of GRID whose reference says "
+                                       "'features: cached'. `clipsteer run` builds missing caches itself; this "
+                                       "builds them ahead (their reference runs must be done). Exit code 0: built "
+                                       "or already there; 1: some failed; 2: bad input.")
+    cache.add_argument("grid", type=Path, help="grid file (YAML)")
+    cache.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
+    cache.add_argument("--executor", choices=["local", "debug"], default=None,
+                       help="override the grid's executor: local (subprocesses) or debug (in this process)")
+    cache.set_defaults(func=_cmd_cache_ref)
+
     models = sub.add_parser("models", help="list model presets with parameters and forward GFLOPs per pair",
                             description="List every model preset: parameters (millions) and forward GFLOPs per "
                                         "image-text pair, counted with torch's FlopCounterMode.")
@@ -54,18 +66,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from harness import sweep
+def _grid_and_executor(args: argparse.Namespace):
+    """The grid file's config and its executor with the command line's overrides applied."""
     from harness.config import load_grid
 
     grid = load_grid(args.grid)
     executor = grid.executor
     if args.executor:
         executor = dataclasses.replace(executor, kind=args.executor)
-    if args.max_parallel is not None:
+    if getattr(args, "max_parallel", None) is not None:
         if args.max_parallel < 1:
             raise ConfigError("--max-parallel", "", f"must be >= 1, got {args.max_parallel}")
         executor = dataclasses.replace(executor, max_parallel=args.max_parallel)
+    return grid, executor
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness import sweep
+
+    grid, executor = _grid_and_executor(args)
     results = args.results or Path("results") / grid.name
     if args.dry_run:
         for line in sweep.plan(grid, results):
@@ -75,6 +94,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for path in outcome.report_paths.values():
         print(f"wrote {path}")
     return 1 if outcome.launch.failed else 0
+
+
+def _cmd_cache_ref(args: argparse.Namespace) -> int:
+    from harness import sweep
+
+    grid, executor = _grid_and_executor(args)
+    outcome = sweep.cache_references(grid, args.results or Path("results") / grid.name, executor)
+    for run_id, reason in outcome.failed.items():
+        print(f"failed: {run_id}: {reason}", file=sys.stderr)
+    return 1 if outcome.failed else 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

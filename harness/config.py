@@ -19,12 +19,13 @@ from harness.errors import ConfigError, did_you_mean
 from harness.evaluate import TASKS
 from harness.models import check_model_name, preset_names
 from harness.train import TrainConfig
-from methods import REGISTRY, get_method
+from methods import REGISTRY, get_method, needs_reference
 
 EXECUTORS = ("local", "debug")
 TOP_KEYS = {"name", "description", "data", "eval", "train", "executor", "stages"}
 STAGE_KEYS = {"name", "methods", "models", "samples_seen", "seeds", "reference", "data", "train"}
 REFERENCE_KINDS = {"stage", "checkpoint", "pretrained"}
+REFERENCE_FEATURES = ("online", "cached")
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,15 @@ class ExecutorConfig:
 
 @dataclass(frozen=True)
 class ReferenceConfig:
-    """A stage's reference model: an earlier stage's single run, a local checkpoint, or a pretrained tag."""
+    """A stage's reference model: an earlier stage's single run, a local checkpoint, or a pretrained tag;
+    its features computed on the fly or read from a cache (built by the sweep, or an explicit directory)."""
 
     stage: str | None = None
     checkpoint: str | None = None
     pretrained: str | None = None
     model: str | None = None
+    features: str = "online"
+    cache: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ def _stage(raw: Any, src: str, key: str, data: dict, train: dict) -> StageConfig
     reference = _reference(m["reference"], src, f"{key}.reference") if m.get("reference") is not None else None
     if reference is None:
         for i, method in enumerate(methods):
-            if get_method(method.name).needs_reference:
+            if needs_reference(get_method(method.name)):
                 raise ConfigError(src, f"{key}.methods[{i}]", f"method {method.name!r} needs a reference model; "
                                   "give the stage a 'reference' (an earlier stage, a checkpoint or a pretrained model)")
     return StageConfig(name=_string(m["name"], src, f"{key}.name"), methods=methods, models=models,
@@ -187,7 +191,7 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
     if isinstance(raw, str):
         return ReferenceConfig(stage=raw)
     m = _mapping(raw, src, key)
-    _known_keys(m, REFERENCE_KINDS | {"model"}, src, key)
+    _known_keys(m, REFERENCE_KINDS | {"model", "features", "cache"}, src, key)
     kinds = [k for k in REFERENCE_KINDS if k in m]
     if len(kinds) != 1:
         raise ConfigError(src, key, "give exactly one of 'stage', 'checkpoint' (with 'model') or 'pretrained' (with 'model')")
@@ -206,7 +210,16 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
         ckpt = Path(_string(m["checkpoint"], src, f"{key}.checkpoint"))
         if not ckpt.is_file():
             raise ConfigError(src, f"{key}.checkpoint", f"no such file: {ckpt}")
-    return ReferenceConfig(**{k: _string(v, src, f"{key}.{k}") for k, v in m.items()})
+    features = _string(m.get("features", "cached" if "cache" in m else "online"), src, f"{key}.features")
+    if features not in REFERENCE_FEATURES:
+        raise ConfigError(src, f"{key}.features", f"unknown {features!r}{did_you_mean(features, REFERENCE_FEATURES)}; "
+                          f"allowed: {', '.join(REFERENCE_FEATURES)}")
+    if "cache" in m:
+        if features != "cached":
+            raise ConfigError(src, f"{key}.cache", "a cache directory needs 'features: cached'")
+        if not Path(_string(m["cache"], src, f"{key}.cache")).is_dir():
+            raise ConfigError(src, f"{key}.cache", f"no such directory: {m['cache']}")
+    return ReferenceConfig(features=features, **{k: _string(v, src, f"{key}.{k}") for k, v in m.items() if k != "features"})
 
 
 def _check_stage_references(stages: tuple[StageConfig, ...], src: str) -> None:

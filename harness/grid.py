@@ -16,15 +16,17 @@ from harness.config import GridConfig, ReferenceConfig, StageConfig, pool_config
 from harness.errors import ConfigError
 from harness.evaluate import SUITE_VERSION
 from harness.train import TrainConfig
-from methods import get_method
+from harness.refcache import check_cache
+from methods import get_method, needs_reference
 
 
-NOT_IN_ID = {"train": ("log_every", "checkpoint_every"), "reference": ("path",)}
+NOT_IN_ID = {"train": ("log_every", "checkpoint_every"), "reference": ("path", "cache")}
 
 
 def identity(spec: dict[str, Any]) -> dict[str, Any]:
     """The part of a spec that determines the result: all of it but logging, checkpoint cadence,
-    where a reference checkpoint lies (its sha256 is kept) and the id itself."""
+    where a reference checkpoint or feature cache lies (the checkpoint's sha256 is kept; a cache is
+    checked to match the reference and pool) and the id itself."""
     ident = {k: v for k, v in spec.items() if k != "run_id"}
     for key, dropped in NOT_IN_ID.items():
         if isinstance(ident.get(key), dict):
@@ -46,6 +48,7 @@ def expand(grid: GridConfig) -> list[dict[str, Any]]:
     seen: dict[str, str] = {}
     for i, stage in enumerate(grid.stages):
         stage_specs = list(_stage_specs(grid, stage, stage_runs))
+        _check_caches(stage_specs, grid.source, f"stages[{i}].reference.cache")
         for spec in stage_specs:
             if spec["run_id"] in seen:
                 raise ConfigError(grid.source, f"stages[{i}]", f"run {spec['run_id']} appears twice (also in stage "
@@ -69,7 +72,7 @@ def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, dic
                     spec = {"grid": grid.name, "stage": stage.name, "method": {"name": method.name, "params": params},
                             "model": model, "samples_seen": samples, "seed": seed, "data": data, "train": train,
                             "eval_tasks": list(grid.eval_tasks), "eval_suite": SUITE_VERSION,
-                            "reference": _reference(stage.reference, stage_runs) if cls.needs_reference else None}
+                            "reference": _reference(stage.reference, stage_runs) if needs_reference(cls) else None}
                     spec["run_id"] = run_id(spec)
                     yield spec
 
@@ -79,11 +82,27 @@ def _reference(ref: ReferenceConfig | None, stage_runs: dict[str, dict[str, Any]
         return None
     if ref.stage is not None:
         target = stage_runs[ref.stage]
-        return {"kind": "run", "run_id": target["run_id"], "model": target["model"]}
-    if ref.checkpoint is not None:
+        source = {"kind": "run", "run_id": target["run_id"], "model": target["model"]}
+    elif ref.checkpoint is not None:
         path = Path(ref.checkpoint).resolve()
-        return {"kind": "checkpoint", "path": str(path), "sha256": _sha256(path), "model": ref.model}
-    return {"kind": "pretrained", "tag": ref.pretrained, "model": ref.model}
+        source = {"kind": "checkpoint", "path": str(path), "sha256": _sha256(path), "model": ref.model}
+    else:
+        source = {"kind": "pretrained", "tag": ref.pretrained, "model": ref.model}
+    source["features"] = ref.features
+    if ref.cache is not None:
+        source["cache"] = str(Path(ref.cache).resolve())
+    return source
+
+
+def _check_caches(specs: list[dict[str, Any]], src: str, key: str) -> None:
+    """Refuse an explicit feature cache that another reference, or another pool, made."""
+    for spec in specs:
+        ref = spec["reference"]
+        if ref and ref.get("cache"):
+            try:
+                check_cache(Path(ref["cache"]), ref, spec["data"])
+            except ValueError as e:
+                raise ConfigError(src, key, str(e)) from None
 
 
 def _sha256(path: Path) -> str:

@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
-from harness import io, store
+from harness import io, refcache, store
+from harness.compute import run_compute
 from harness.config import pool_config
 from harness.data.pool import build_pool
 from harness.evaluate import evaluate
-from harness.models import build_model, model_profile
-from harness.reference import load_reference
+from harness.models import build_model
+from harness.reference import OnlineReference, load_reference
 from harness.train import TrainConfig, train
 from methods import get_method
 
@@ -39,7 +40,7 @@ def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show
     torch.set_num_threads(threads)
     cfg = TrainConfig(**spec["train"])
     pool = build_pool(pool_config(spec["data"]))
-    reference = load_reference(spec["reference"], results, cfg.device) if spec["reference"] else None
+    reference = _reference_features(spec, results, pool, cfg.device)
     torch.manual_seed(spec["seed"])
     built = build_model(spec["model"], device=cfg.device)
     method = get_method(spec["method"]["name"])(spec["method"]["params"], num_indices=pool.num_indices)
@@ -48,8 +49,18 @@ def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show
     eval_start = time.perf_counter()
     scores = evaluate(built, spec["eval_tasks"], device=cfg.device)
     io.write_json(rdir / "eval.json", scores)
-    gflops = model_profile(spec["model"])["gflops"]
-    return {"run_id": spec["run_id"], "gflops_per_pair": gflops, "samples_seen": summary.samples_seen,
-            "c_paper": gflops * summary.samples_seen, "train": vars(summary), "eval": scores,
+    compute = run_compute(spec, method, len(pool))
+    return {"run_id": spec["run_id"], "gflops_per_pair": compute["gflops_per_pair"], "samples_seen": summary.samples_seen,
+            "c_paper": compute["c_paper"], "compute": compute, "train": vars(summary), "eval": scores,
             "eval_time_s": time.perf_counter() - eval_start, "wall_time_s": time.perf_counter() - start,
             "threads": threads}
+
+
+def _reference_features(spec: dict[str, Any], results: Path, pool: Any, device: str) -> Any:
+    """The run's reference feature source: none, the reference model on the fly, or its checked cache."""
+    ref = spec["reference"]
+    if ref is None:
+        return None
+    if ref["features"] == "cached":
+        return refcache.load_cache(refcache.cache_dir(spec, results), ref, spec["data"], pool, device)
+    return OnlineReference(load_reference(ref, results, device), device)

@@ -1,6 +1,7 @@
 """Launch a grid's runs through submitit, skipping what is already done, references first.
 
-Local sweeps are throttled here (submitit's LocalExecutor starts every job at once): at
+The units launched are the runs plus the reference-feature caches they read (harness.refcache);
+a unit starts once the units it requires (its reference run, its cache) are done. Local sweeps are throttled here (submitit's LocalExecutor starts every job at once): at
 most `max_parallel` jobs run, each with `cpus_per_job` threads. A failed run is recorded
 and does not stop the others; runs whose reference failed are recorded as failed unstarted.
 """
@@ -15,7 +16,7 @@ import submitit
 from submitit.local.debug import DebugJob
 from tqdm import tqdm
 
-from harness import store
+from harness import refcache, store
 from harness.config import ExecutorConfig
 from harness.job import run_job
 from harness.models import model_profile
@@ -35,6 +36,19 @@ def pending(specs: list[dict[str, Any]], results: Path) -> list[dict[str, Any]]:
     return [s for s in specs if not store.is_done(results, s)]
 
 
+def requirements(unit: dict[str, Any]) -> set[str]:
+    """Ids of the units that must be done before `unit` starts: its reference run and its feature cache."""
+    ref = unit.get("reference")
+    required = {ref["run_id"]} if ref and ref["kind"] == "run" else set()
+    cache = refcache.cache_unit(unit)
+    return required | ({cache["run_id"]} if cache else set())
+
+
+def _compute(unit: dict[str, Any]) -> float:
+    """C_paper of a run (0 for a cache), to start the largest runs first."""
+    return 0.0 if unit.get("kind") == refcache.KIND else model_profile(unit["model"])["gflops"] * unit["samples_seen"]
+
+
 def make_executor(cfg: ExecutorConfig, folder: Path) -> submitit.Executor:
     """submitit executor for `cfg.kind` ('local': subprocesses, 'debug': in this process)."""
     if cfg.kind == "debug":
@@ -45,20 +59,21 @@ def make_executor(cfg: ExecutorConfig, folder: Path) -> submitit.Executor:
 
 
 def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=tqdm.write) -> LaunchReport:
-    """Run every spec that is not done; a run whose reference is another run starts once that run is done.
+    """Run every spec (and every feature cache the specs read) that is not done; a unit starts once the
+    units it requires are done.
 
-    Runs without such a dependency start at once (up to max_parallel), whatever their stage,
-    so a reference stage does not leave cores idle. Among ready runs, those that others depend
-    on go first, then the largest compute first (so the sweep does not end on one long run).
+    Units without a pending requirement start at once (up to max_parallel), whatever their stage,
+    so a reference stage does not leave cores idle. Among ready units, those that others require
+    go first, then the largest compute first (so the sweep does not end on one long run).
     """
     results = Path(results)
     report = LaunchReport()
-    needed = store.reference_run_ids(specs)
-    todo = sorted(pending(specs, results), key=lambda s: (s["run_id"] not in needed,
-                                                          -model_profile(s["model"])["gflops"] * s["samples_seen"]))
-    launching = {s["run_id"] for s in todo}
-    report.skipped = [s["run_id"] for s in specs if s["run_id"] not in launching]
-    log(f"{len(todo)} runs to launch, {len(report.skipped)} already done")
+    units = refcache.cache_units(specs) + list(specs)
+    needed = set().union(*(requirements(u) for u in units))
+    todo = sorted(pending(units, results), key=lambda u: (u["run_id"] not in needed, -_compute(u)))
+    launching = {u["run_id"] for u in todo}
+    report.skipped = [u["run_id"] for u in units if u["run_id"] not in launching]
+    log(f"{len(todo)} units to launch, {len(report.skipped)} already done")
     executor = make_executor(cfg, results / "submitit")
     queue, running = list(todo), {}
     show = cfg.kind == "debug"  # per-run training bars only in-process; local jobs log to submitit's folder
@@ -68,7 +83,8 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
             if len(running) >= cfg.max_parallel:
                 break
             queue.remove(spec)
-            job = executor.submit(run_job, spec, str(results), cfg.cpus_per_job, show)
+            function = refcache.build_cache_job if spec.get("kind") == refcache.KIND else run_job
+            job = executor.submit(function, spec, str(results), cfg.cpus_per_job, show)
             running[spec["run_id"]] = job
             log(f"  started {spec['run_id']} (job {job.job_id})")
         for run_id, job in list(running.items()):
@@ -95,19 +111,24 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
 
 def _ready(queue: list[dict[str, Any]], running: dict, results: Path, report: LaunchReport, bar: tqdm,
            log) -> list[dict[str, Any]]:
-    """Queued specs that can start now. A spec whose reference run is neither done nor still queued or
-    running in this launch (it failed) is recorded as failed and dropped from the queue. Done-ness
-    comes from this launch's own record (done now or skipped as done before), not from the disk."""
+    """Queued units that can start now. A unit with a requirement that is neither done nor still queued
+    or running in this launch (it failed) is recorded as failed and dropped from the queue. Done-ness
+    comes from this launch's own record (done now or skipped as done before); a requirement outside
+    this launch is looked up on disk."""
     waiting = {s["run_id"] for s in queue} | set(running)
     finished = set(report.done) | set(report.skipped)
     ready = []
     for spec in list(queue):
-        ref = spec.get("reference")
-        if not ref or ref["kind"] != "run" or ref["run_id"] in finished:
+        unmet = requirements(spec) - finished
+        if unmet & waiting:
+            continue
+        missing = sorted(r for r in unmet if r in report.failed or store.state(results, r) != "done")
+        if not missing:
             ready.append(spec)
-        elif ref["run_id"] not in waiting:
-            status = store.read_status(store.run_dir(results, ref["run_id"])) or {"state": "missing"}
-            reason = f"reference run {ref['run_id']} is {status['state']}" + (f": {status['error']}" if status.get("error") else "")
+        else:
+            status = store.read_status(store.run_dir(results, missing[0])) or {"state": "missing"}
+            what = "feature cache" if missing[0].startswith(refcache.KIND) else "reference run"
+            reason = f"{what} {missing[0]} is {status['state']}" + (f": {status['error']}" if status.get("error") else "")
             store.fail_unstarted(store.run_dir(results, spec["run_id"]), spec, reason)
             report.failed[spec["run_id"]] = reason
             queue.remove(spec)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from methods.base import Features
+
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_PRESETS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
 CLUSTER_PRESETS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
@@ -85,6 +87,14 @@ def build_model(name: str, pretrained: str | None = None, device: str = "cpu") -
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     return BuiltModel(name=name, model=model, tokenizer=open_clip.get_tokenizer(name), image_size=size,
                       mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+
+
+def encode(built: BuiltModel, images: torch.Tensor, tokens: torch.Tensor, device: str) -> Features:
+    """Normalised features of a uint8 image batch and its tokens, with the model's logit scale."""
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    with amp:
+        img, txt, scale = built.model(built.preprocess(images.to(device)), tokens.to(device))[:3]
+    return Features(img.float(), txt.float(), scale.float())
 
 
 @functools.lru_cache(maxsize=None)

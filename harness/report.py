@@ -16,9 +16,13 @@ from harness.io import save_with, write_json, write_text
 
 COMPUTE_NOTE = (
     "Compute: C_paper = forward GFLOPs per image-text pair of the trained model x samples seen "
-    "(FLOPs counted with torch FlopCounterMode)."
+    "(FLOPs counted with torch FlopCounterMode). C_total adds, in the same forward-GFLOP units, the learner's "
+    "scoring passes over super-batches, the reference's forward passes, the reference's scoring pass over the "
+    "pool and an equal share of a reference-feature cache."
 )
-LEADING_COLUMNS = ["stage", "method", "model", "samples_seen", "seed", "gflops_per_pair", "c_paper"]
+COMPUTE_AXES = {"c_paper": "C_paper", "c_total": "C_total"}
+PLOTS = {"c_paper": "scaling_law.png", "c_total": "scaling_law_c_total.png"}
+LEADING_COLUMNS = ["stage", "method", "model", "samples_seen", "seed", "gflops_per_pair", "c_paper", "c_total"]
 TRAILING_COLUMNS = ["average", "wall_time_s", "status", "error", "reference", "run_id"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
 
@@ -50,6 +54,7 @@ def _markdown_table(rows: pd.DataFrame, tasks: list[str]) -> str:
         "seed": rows["seed"].astype(int),
         "GFLOPs/pair": rows["gflops_per_pair"].map(lambda g: f"{g:.4g}"),
         "C_paper (GFLOPs)": rows["c_paper"].map(lambda c: f"{c:.2e}"),
+        "C_total (GFLOPs)": rows["c_total"].map(lambda c: f"{c:.2e}"),
     })
     done = rows["status"].eq("done")
     for column in tasks + ["average"]:
@@ -75,15 +80,14 @@ def leaderboard_markdown(df: pd.DataFrame, title: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def scaling_summary(fits: list[PowerLaw], skipped: dict[str, str]) -> dict:
-    """The scaling.json document for fits of error against C_paper."""
+def scaling_summary(fits: dict[str, tuple[list[PowerLaw], dict[str, str]]]) -> dict:
+    """The scaling.json document: fits of error against each compute axis (column -> (fits, skipped))."""
     return {
-        "compute": "c_paper",
         "unit": "GFLOPs",
         "form": "E = a * C^b",
         "points": "compute frontier of each method's done non-reference runs (lower error than every cheaper run)",
-        "fits": [fit.to_dict() for fit in fits],
-        "skipped": skipped,
+        **{column: {"fits": [fit.to_dict() for fit in found], "skipped": skipped}
+           for column, (found, skipped) in fits.items()},
     }
 
 
@@ -91,10 +95,10 @@ def _fit_label(method: str, fit: PowerLaw | None) -> str:
     return f"{method}: $E = {fit.a:.3g} \\cdot C^{{{fit.b:.3f}}}$" if fit else f"{method}: no fit"
 
 
-def scaling_figure(df: pd.DataFrame, fits: list[PowerLaw], title: str) -> Figure:
-    """Log-log plot of zero-shot error against C_paper: points per run, a line per method fitted on its frontier."""
+def scaling_figure(df: pd.DataFrame, fits: list[PowerLaw], title: str, compute_col: str = "c_paper") -> Figure:
+    """Log-log plot of zero-shot error against compute: points per run, a line per method fitted on its frontier."""
     points = df[df["status"].eq("done") & ~df["is_reference"].eq(True)]
-    points = points.assign(error=1.0 - points["average"]).dropna(subset=["c_paper", "error"])
+    points = points.assign(error=1.0 - points["average"]).dropna(subset=[compute_col, "error"])
     methods = sorted(df.loc[~df["is_reference"].eq(True), "method"].unique())
     models = sorted(points["model"].unique())
     colours = dict(zip(methods, sns.color_palette("tab10" if len(methods) <= 10 else "husl", len(methods))))
@@ -105,14 +109,14 @@ def scaling_figure(df: pd.DataFrame, fits: list[PowerLaw], title: str) -> Figure
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
     if not points.empty:
-        sns.scatterplot(data=points, x="c_paper", y="error", hue="method", style="model", palette=colours,
+        sns.scatterplot(data=points, x=compute_col, y="error", hue="method", style="model", palette=colours,
                         markers=markers, s=50, ax=ax, legend=False)
     for fit in fits:
         c = np.geomspace(fit.compute_min, fit.compute_max, 50)
         ax.plot(c, fit.predict(c), color=colours[fit.method], linewidth=1.5)
     handles = [Line2D([], [], color=colours[m], label=_fit_label(m, by_method.get(m))) for m in methods]
     handles += [Line2D([], [], color="0.4", marker=markers[m], linestyle="none", label=m) for m in models]
-    ax.set(xscale="log", yscale="log", xlabel="compute C_paper (GFLOPs)", ylabel="zero-shot error (1 - average)",
+    ax.set(xscale="log", yscale="log", xlabel=f"compute {COMPUTE_AXES[compute_col]} (GFLOPs)", ylabel="zero-shot error (1 - average)",
            title=f"{title}: error vs compute\nlines: power laws fitted on each method's compute frontier")
     ax.grid(True, which="both", alpha=0.3)
     plain = mticker.FuncFormatter(lambda v, _: f"{v:.2g}")
@@ -125,16 +129,21 @@ def scaling_figure(df: pd.DataFrame, fits: list[PowerLaw], title: str) -> Figure
 
 
 def write_report(df: pd.DataFrame, out_dir: Path, title: str) -> dict[str, Path]:
-    """Write leaderboard.csv, leaderboard.md, scaling.json and plots/scaling_law.png under out_dir (atomically).
+    """Write leaderboard.csv, leaderboard.md, scaling.json and the plots (error vs C_paper, as the paper
+    plots it, and vs C_total) under out_dir, atomically.
 
-    Returns their paths keyed "leaderboard_csv", "leaderboard_md", "scaling_json", "scaling_plot".
+    Returns their paths keyed "leaderboard_csv", "leaderboard_md", "scaling_json", "scaling_plot",
+    "scaling_plot_c_total".
     """
     out_dir = Path(out_dir)
-    fits, skipped = fit_methods(df, compute_col="c_paper")
-    fig = scaling_figure(df, fits, title)
-    return {
+    fits = {column: fit_methods(df, compute_col=column) for column in COMPUTE_AXES}
+    paths = {
         "leaderboard_csv": write_text(out_dir / "leaderboard.csv", leaderboard(df).to_csv(index=False)),
         "leaderboard_md": write_text(out_dir / "leaderboard.md", leaderboard_markdown(df, title)),
-        "scaling_json": write_json(out_dir / "scaling.json", scaling_summary(fits, skipped)),
-        "scaling_plot": save_with(out_dir / "plots" / "scaling_law.png", lambda p: fig.savefig(p, format="png")),
+        "scaling_json": write_json(out_dir / "scaling.json", scaling_summary(fits)),
     }
+    for column, (found, _) in fits.items():
+        fig = scaling_figure(df, found, title, column)
+        key = "scaling_plot" if column == "c_paper" else f"scaling_plot_{column}"
+        paths[key] = save_with(out_dir / "plots" / PLOTS[column], lambda p, fig=fig: fig.savefig(p, format="png"))
+    return paths

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from harness import io
+from harness.compute import PARTS, c_total
 
 RUNS = "runs"
 
@@ -83,8 +84,12 @@ def reference_run_ids(specs: list[dict[str, Any]]) -> set[str]:
     return {s["reference"]["run_id"] for s in specs if s.get("reference") and s["reference"]["kind"] == "run"}
 
 
-def results_table(results: Path, specs: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per spec (done or failed; never-started runs are left out), in the report schema."""
+def results_table(results: Path, specs: list[dict[str, Any]], cache_shares: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per spec (done or failed; never-started runs are left out), in the report schema.
+
+    Compute columns: C_paper, its companions (harness.compute.PARTS) and C_total, which adds each
+    run's share of a reference-feature cache from `cache_shares` (run id -> GFLOPs)."""
+    cache_shares = cache_shares or {}
     reference_ids = reference_run_ids(specs)
     rows = []
     for spec in specs:
@@ -95,10 +100,14 @@ def results_table(results: Path, specs: list[dict[str, Any]]) -> pd.DataFrame:
         row = {"run_id": spec["run_id"], "stage": spec["stage"], "method": spec["method"]["name"],
                "model": spec["model"], "samples_seen": spec["samples_seen"], "seed": spec["seed"],
                "is_reference": spec["run_id"] in reference_ids, "reference": _reference_label(spec),
+               "reference_features": (spec["reference"] or {}).get("features"),
                "status": "failed", "error": status.get("error")}
         if (rdir / "result.json").exists():
             result = io.read_json(rdir / "result.json")
-            row.update(status="done", error=None, gflops_per_pair=result["gflops_per_pair"], c_paper=result["c_paper"],
+            compute, share = result["compute"], cache_shares.get(spec["run_id"], 0.0)
+            row.update(status="done", error=None, gflops_per_pair=result["gflops_per_pair"],
+                       **{part: compute[part] for part in PARTS}, cache_share=share, c_total=c_total(compute, share),
+                       trained_pool=result["train"]["pool_size"],
                        average=result["eval"]["average"], wall_time_s=result["wall_time_s"],
                        **{f"task:{t}": v["main_metric"] for t, v in result["eval"]["tasks"].items()})
         rows.append(row)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import io, store
+from harness import io, refcache, store
 from harness.config import ExecutorConfig, GridConfig
 from harness.errors import ConfigError
 from harness.grid import expand
@@ -22,15 +22,27 @@ class SweepOutcome:
 
 
 def plan(grid: GridConfig, results: Path) -> list[str]:
-    """Human-readable lines: the runs `run` would launch now and how many are already done."""
+    """Human-readable lines: the runs and feature caches `run` would launch now, and how many are done."""
     specs = expand(grid)
+    caches = refcache.cache_units(specs)
     todo = pending(specs, results)
     lines = [f"grid {grid.name}: {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to launch "
              f"(executor {grid.executor.kind}, results {results})"]
+    for unit in pending(caches, results):
+        lines.append(f"  {unit['run_id']}  reference-feature cache of the pool")
     for spec in todo:
         compute = model_profile(spec["model"])["gflops"] * spec["samples_seen"]
         lines.append(f"  {spec['run_id']}  C_paper={compute:.3g} GFLOPs")
     return lines
+
+
+def cache_references(grid: GridConfig, results: Path, executor: ExecutorConfig) -> LaunchReport:
+    """Build the reference-feature caches that `grid`'s runs read and that are not built yet."""
+    units = refcache.cache_units(expand(grid))
+    if not units:
+        raise ConfigError(grid.source, "stages", "no stage reads cached reference features; set "
+                          "'features: cached' in a stage's reference to use a cache")
+    return launch(units, Path(results), executor)
 
 
 def run(grid: GridConfig, results: Path, executor: ExecutorConfig) -> SweepOutcome:
@@ -48,5 +60,5 @@ def report(results: Path) -> dict[str, Path]:
     if not path.exists():
         raise ConfigError(str(results), "", f"not a results directory of `clipsteer run` (no {SPECS})")
     saved = io.read_json(path)
-    table = store.results_table(Path(results), saved["specs"])
+    table = store.results_table(Path(results), saved["specs"], refcache.cache_shares(saved["specs"], Path(results)))
     return write_report(table, Path(results), title=f"clipsteer: {saved['grid']}")

@@ -20,12 +20,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness import io
-from harness.models import BuiltModel
+from harness.models import BuiltModel, encode
 from methods import Features, Method, Progress
 
 CHECKPOINT = "checkpoints/last.pt"
 FINAL_MODEL = "model.pt"
 METRICS = "metrics.jsonl"
+KEPT_INDICES = "kept_indices.pt"
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class TrainSummary:
     final_loss: float
     train_time_s: float
     resumed_from_step: int
+    pool_size: int
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -134,32 +136,25 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def encode(built: BuiltModel, images: torch.Tensor, tokens: torch.Tensor, device: str) -> Features:
-    """Normalised features of a uint8 image batch and its tokens, with the model's logit scale."""
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
-    with amp:
-        img, txt, scale = built.model(built.preprocess(images.to(device)), tokens.to(device))[:3]
-    return Features(img.float(), txt.float(), scale.float())
-
-
 def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: TrainConfig, seed: int,
-          run_dir: Path, reference: BuiltModel | None = None, show_progress: bool = True) -> TrainSummary:
+          run_dir: Path, reference: Any = None, show_progress: bool = True) -> TrainSummary:
     """Train `built.model` on `pool` with `method` for exactly `samples_seen` samples.
 
-    Resumes from run_dir/checkpoints/last.pt when it exists; writes metrics.jsonl, periodic and
-    final checkpoints and, at the end, model.pt (open_clip-loadable weights).
+    `reference` is a feature source (harness.reference: OnlineReference or CachedReference) when
+    the method needs one. A method with a static selection trains on the subset it picks once;
+    the kept sample indices are saved in the run directory (and reused on resume). Resumes from
+    run_dir/checkpoints/last.pt when it exists; writes metrics.jsonl, periodic and final
+    checkpoints and, at the end, model.pt (open_clip-loadable weights).
     """
     if samples_seen % cfg.batch_size:
         raise ValueError(f"samples_seen {samples_seen} is not a multiple of batch_size {cfg.batch_size}")
-    if method.needs_reference and reference is None:
+    if method.reference is not None and reference is None:
         raise ValueError(f"method {method.name!r} needs a reference model")
     run_dir = Path(run_dir)
     device, model = cfg.device, built.model.to(cfg.device)
     total = samples_seen // cfg.batch_size
+    pool = _static_selection(method, pool, reference, seed, run_dir)
     tokens = pool.tokenize(built.tokenizer)
-    ref_tokens = pool.tokenize(reference.tokenizer) if method.needs_reference else None
-    if ref_tokens is not None:
-        reference.model.to(device).eval()
     groups = param_groups(model, cfg.weight_decay)
     if method.parameters():
         groups.append({"params": method.parameters(), "weight_decay": 0.0})
@@ -181,10 +176,7 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
         caption_ids = pool.caption_ids[pos]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg)
-        ref = None
-        if ref_tokens is not None:
-            with torch.no_grad():
-                ref = encode(reference, images, ref_tokens[caption_ids], device)
+        ref = reference.batch(pool, pos, images) if method.reference == "batch" else None
         if drawn != cfg.batch_size:
             with torch.no_grad():
                 scored = encode(built, images, tokens[caption_ids], device)
@@ -215,7 +207,27 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
     bar.close()
     io.torch_save(run_dir / FINAL_MODEL, {"state_dict": model.state_dict()})
     return TrainSummary(steps=total, samples_seen=total * cfg.batch_size, final_loss=loss_value,
-                        train_time_s=time.perf_counter() - t0, resumed_from_step=start)
+                        train_time_s=time.perf_counter() - t0, resumed_from_step=start, pool_size=len(pool))
+
+
+def _static_selection(method: Method, pool: Any, reference: Any, seed: int, run_dir: Path) -> Any:
+    """The pool the method trains on: all of it, or the subset its `select_pool` keeps (chosen once;
+    a resumed run reads the kept indices back instead of scoring the pool again)."""
+    path = run_dir / KEPT_INDICES
+    if path.exists():
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+        return pool.subset(torch.isin(pool.indices, kept))
+    ref = reference.pool(pool) if method.reference == "pool" else None
+    positions = method.select_pool(ref, pool.indices, generator(seed, "select-pool", 0))
+    if positions is None:
+        return pool
+    keep = torch.zeros(len(pool), dtype=torch.bool)
+    keep[positions.cpu()] = True
+    if int(keep.sum()) != len(positions):
+        raise ValueError(f"method {method.name!r} selected a pool position twice")
+    subset = pool.subset(keep)
+    io.torch_save(path, subset.indices.clone())
+    return subset
 
 
 def _checkpoint(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method, step: int,

@@ -5,12 +5,13 @@ Adding a method: one file in this package and one line in REGISTRY.
 from __future__ import annotations
 
 import harness  # noqa: F401  (torchvision guard before open_clip)
-from methods.base import Features, LossOutput, Method, Progress
+from methods.base import Features, LossOutput, Method, Progress, needs_reference
 from methods.clip import Clip
 from methods.drrho import DRRho
 from methods.drrho_kd import DRRhoKD
 from methods.fastclip import FastCLIP
 from methods.fastclip_kd import FastCLIPKD
+from methods.filter import Filter
 from methods.jest import Jest, JestTopK
 from methods.kd import KD
 from methods.random_subset import RandomSubset
@@ -27,6 +28,7 @@ REGISTRY: dict[str, type[Method]] = {
     JestTopK.name: JestTopK,
     RandomSubset.name: RandomSubset,
     RhoTopK.name: RhoTopK,
+    Filter.name: Filter,
 }
 
 
@@ -38,4 +40,4 @@ def get_method(name: str) -> type[Method]:
         raise ValueError(f"unknown method {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
 
 
-__all__ = ["Features", "LossOutput", "Method", "Progress", "REGISTRY", "get_method"]
+__all__ = ["Features", "LossOutput", "Method", "Progress", "REGISTRY", "get_method", "needs_reference"]

@@ -1,7 +1,8 @@
 """The method interface: what the training loop may ask of a method, and nothing more.
 
 A method sees the batch's features, the reference's features (if it declares it needs
-them), the batch's stable sample indices and the training progress. It never sees the
+them: of every batch, or of every pool sample once before training), the batch's stable
+sample indices and the training progress. It never sees the
 data loader, the optimizer or the disk; its own state (e.g. per-sample moving averages)
 travels in checkpoints through `state_dict`/`load_state_dict`.
 """
@@ -39,11 +40,16 @@ class LossOutput:
 
 
 class Method:
-    """Base class: subclasses set `name`, `defaults` (every parameter, with its default) and `loss`."""
+    """Base class: subclasses set `name`, `defaults` (every parameter, with its default) and `loss`.
+
+    `reference` says which reference features the method needs: None (no reference model),
+    "batch" (the features of every drawn batch, passed to `select` and `loss`) or "pool" (the
+    features of every pool sample, computed once and passed to `select_pool`).
+    """
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
-    needs_reference: ClassVar[bool] = False
+    reference: ClassVar[str | None] = None
 
     def __init__(self, params: dict[str, Any], num_indices: int) -> None:
         """`params` override `defaults` (unknown keys are refused); `num_indices` bounds sample indices."""
@@ -63,6 +69,12 @@ class Method:
         learner's features of the candidates, computed without gradient."""
         raise NotImplementedError(f"method {self.name!r} draws no super-batch, so it selects nothing")
 
+    def select_pool(self, ref: Features | None, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        """Positions of the pool samples to train on, chosen once before training (a static subset);
+        None (the default) trains on the whole pool. `ref` holds the reference's features of every
+        pool sample when `reference == "pool"`."""
+        return None
+
     def parameters(self) -> list[torch.nn.Parameter]:
         """Trainable tensors the method owns (e.g. a learnable temperature); optimised with the model, no decay."""
         return []
@@ -78,6 +90,11 @@ class Method:
         """Restore what `state_dict` returned."""
         if state:
             raise ValueError(f"method {self.name!r} is stateless but got state keys {sorted(state)}")
+
+
+def needs_reference(cls: type[Method]) -> bool:
+    """True when the method cannot run without a reference model."""
+    return cls.reference is not None
 
 
 def resolve_params(cls: type[Method], params: dict[str, Any]) -> dict[str, Any]:

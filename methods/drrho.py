@@ -31,7 +31,7 @@ def drrho_objective(image_features: torch.Tensor, text_features: torch.Tensor,
 
 class DRRho(Method):
     name = "drrho"
-    needs_reference = True
+    reference = "batch"
     defaults = {"tau": 0.01, "eps": 1e-4, "gamma_min": 0.2, "gamma_decay_epochs": 10.0}
 
     def __init__(self, params: dict, num_indices: int) -> None:

@@ -36,7 +36,7 @@ def sample_proportional(scores: torch.Tensor, k: int, generator: torch.Generator
 
 class Jest(Selecting):
     name = "jest"
-    needs_reference = True
+    reference = "batch"
     defaults = {"keep": 0.2, "chunks": 2}
     sample = True
 

@@ -53,7 +53,7 @@ class Distilling(Method):
     """Mixin placed before a contrastive method: checks lam and t_scale, requires reference features,
     and hands the parent's loss to `distill` to add the distillation term."""
 
-    needs_reference = True
+    reference = "batch"
 
     def __init__(self, params: dict, num_indices: int) -> None:
         super().__init__(params, num_indices)

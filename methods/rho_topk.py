@@ -14,7 +14,7 @@ from methods.selection import Selecting, per_sample_clip_loss
 
 class RhoTopK(Selecting):
     name = "rho_topk"
-    needs_reference = True
+    reference = "batch"
 
     def select(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress,
                generator: torch.Generator, batch_size: int) -> torch.Tensor:

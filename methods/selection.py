@@ -1,5 +1,10 @@
-"""Shared pieces of the data-selection methods: a super-batch of candidates, plain CLIP training on
-the chosen ones, and per-sample contrastive losses for scoring."""
+"""Shared pieces of the data-selection methods: a keep fraction, plain CLIP training on the chosen
+samples, and per-sample contrastive losses for scoring.
+
+Two kinds of selection: online (`Selecting`: every step draws a super-batch of batch / keep
+candidates and keeps `batch` of them) and static (`PoolSelecting`: a subset of round(keep * N)
+pool samples is chosen once, before training).
+"""
 from __future__ import annotations
 
 import torch
@@ -9,19 +14,32 @@ from methods.base import Features
 from methods.clip import Clip
 
 
-class Selecting(Clip):
-    """A method that draws candidates = batch / keep per step, selects `batch` of them and trains
-    them with open_clip's ClipLoss. Subclasses implement `select`."""
-
-    defaults = {"keep": 0.2}
+class KeepFraction(Clip):
+    """Plain CLIP on selected samples; `keep` is the kept fraction, checked to lie in (0, 1]."""
 
     def __init__(self, params: dict, num_indices: int) -> None:
         super().__init__(params, num_indices)
         if not 0.0 < self.params["keep"] <= 1.0:
             raise ValueError(f"method {self.name!r}: keep must be in (0, 1], got {self.params['keep']}")
 
+
+class Selecting(KeepFraction):
+    """Online selection: candidates = batch / keep per step; subclasses implement `select`."""
+
+    defaults = {"keep": 0.2}
+
     def candidates(self, batch_size: int) -> int:
         return round(batch_size / self.params["keep"])
+
+
+class PoolSelecting(KeepFraction):
+    """Static selection: keep round(keep * N) of the N pool samples; subclasses implement `select_pool`."""
+
+    defaults = {"keep": 0.3}
+
+    def kept_count(self, pool_size: int) -> int:
+        """How many of `pool_size` samples are kept (at least one)."""
+        return max(1, round(self.params["keep"] * pool_size))
 
 
 def per_sample_clip_loss(feats: Features) -> torch.Tensor:

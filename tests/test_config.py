@@ -107,7 +107,7 @@ def test_good_grid_expands_into_stable_specs(tmp_path):
     assert len({s["run_id"] for s in specs}) == len(specs)
     ref_id = specs[0]["run_id"]
     drrho = [s for s in specs if s["method"]["name"] == "drrho"]
-    assert all(s["reference"] == {"kind": "run", "run_id": ref_id, "model": "tiny-s"} for s in drrho)
+    assert all(s["reference"] == {"kind": "run", "run_id": ref_id, "model": "tiny-s", "features": "online"} for s in drrho)
     assert all(s["method"]["params"]["tau"] == 0.02 and s["method"]["params"]["eps"] == 1e-4 for s in drrho)
     assert all(s["reference"] is None for s in specs if s["method"]["name"] == "clip")
 

@@ -7,7 +7,7 @@ from harness.config import ExecutorConfig
 
 def spec(run_id, reference=None):
     return {"run_id": run_id, "stage": "s", "model": "tiny-s", "samples_seen": 32,
-            "reference": {"kind": "run", "run_id": reference, "model": "tiny-s"} if reference else None}
+            "reference": {"kind": "run", "run_id": reference, "model": "tiny-s", "features": "online"} if reference else None}
 
 
 def test_a_job_that_dies_without_a_word_is_recorded_failed_and_its_dependents_too(tmp_path, monkeypatch):

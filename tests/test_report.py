@@ -21,7 +21,7 @@ def _row(run_id, stage, method, model, samples, average, *, status="done", is_re
     return {
         "run_id": run_id, "stage": stage, "method": method, "model": model, "samples_seen": samples, "seed": 0,
         "status": status, "error": error, "is_reference": is_reference, "reference": reference,
-        "gflops_per_pair": gflops, "c_paper": gflops * samples, **scores,
+        "gflops_per_pair": gflops, "c_paper": gflops * samples, "c_total": 3 * gflops * samples, **scores,
         "average": average if done else np.nan, "wall_time_s": samples / 1000.0,
     }
 
@@ -36,10 +36,11 @@ def results() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_write_report_writes_all_four_files(results, tmp_path):
+def test_write_report_writes_all_five_files(results, tmp_path):
     paths = write_report(results, tmp_path / "report", "Demo sweep")
-    assert set(paths) == {"leaderboard_csv", "leaderboard_md", "scaling_json", "scaling_plot"}
+    assert set(paths) == {"leaderboard_csv", "leaderboard_md", "scaling_json", "scaling_plot", "scaling_plot_c_total"}
     assert paths["scaling_plot"] == tmp_path / "report" / "plots" / "scaling_law.png"
+    assert paths["scaling_plot_c_total"] == tmp_path / "report" / "plots" / "scaling_law_c_total.png"
     for path in paths.values():
         assert path.is_file() and path.stat().st_size > 0
     assert not list((tmp_path / "report").rglob("*.tmp"))
@@ -50,8 +51,9 @@ def test_leaderboard_csv_round_trips(results, tmp_path):
     board = pd.read_csv(paths["leaderboard_csv"])
     assert len(board) == len(results)
     assert sorted(board["run_id"]) == sorted(results["run_id"])
-    assert list(board.columns[:7]) == ["stage", "method", "model", "samples_seen", "seed", "gflops_per_pair", "c_paper"]
-    assert list(board.columns[7:16]) == TASKS + ["average", "wall_time_s", "status", "error", "reference", "run_id"]
+    assert list(board.columns[:8]) == ["stage", "method", "model", "samples_seen", "seed", "gflops_per_pair", "c_paper",
+                                       "c_total"]
+    assert list(board.columns[8:17]) == TASKS + ["average", "wall_time_s", "status", "error", "reference", "run_id"]
     assert board["run_id"].iloc[0] == "ref-0"
     merged = board.merge(results, on="run_id", suffixes=("", "_in"))
     np.testing.assert_allclose(merged["average"], merged["average_in"], equal_nan=True)
@@ -65,6 +67,7 @@ def test_leaderboard_markdown(results, tmp_path):
     assert ref_at < runs_at
     reference_table = text[ref_at:runs_at]
     assert "6.00e+04" in reference_table and "62.0" in reference_table  # C_paper = 1.5 * 40k; average 62%
+    assert "1.80e+05" in reference_table  # C_total = 3 * C_paper in this table
     assert "clip-" not in reference_table and reference_table.count("\n| clip") == 1
     assert "failed: RuntimeError: CUDA out of memory \\| tried to allocate 2 GiB" in text
     runs = [line for line in text[runs_at:].splitlines() if line.startswith("| ")][1:]
@@ -74,20 +77,24 @@ def test_leaderboard_markdown(results, tmp_path):
     assert [(c[0], c[2]) for c in cells] == [
         ("clip", "10,000"), ("drrho", "10,000"), ("clip", "20,000"), ("drrho", "20,000"), ("drrho", "40,000"), ("clip", "40,000"),
     ]  # by samples seen, then average descending
-    assert cells[0][5] == "5.00e+03" and cells[0][9] == "61.6"
+    assert cells[0][5] == "5.00e+03" and cells[0][6] == "1.50e+04" and cells[0][10] == "61.6"
 
 
 def test_scaling_json_matches_fit_methods(results, tmp_path):
     doc = read_json(write_report(results, tmp_path, "Demo sweep")["scaling_json"])
-    fits, skipped = fit_methods(results)
-    assert (doc["compute"], doc["unit"], doc["form"]) == ("c_paper", "GFLOPs", "E = a * C^b")
-    assert [f["method"] for f in doc["fits"]] == [f.method for f in fits] == ["clip", "drrho"]
-    for got, want in zip(doc["fits"], fits):
-        assert got["a"] == pytest.approx(want.a, rel=1e-12) and got["b"] == pytest.approx(want.b, rel=1e-12)
-        assert {"n_points", "r2", "compute_min", "compute_max"} <= set(got)
-        assert got["n_points"] == 3
-    assert doc["fits"][0]["a"] == pytest.approx(0.9) and doc["fits"][0]["b"] == pytest.approx(-0.1)
-    assert doc["skipped"] == skipped == {}
+    assert (doc["unit"], doc["form"]) == ("GFLOPs", "E = a * C^b")
+    for column in ("c_paper", "c_total"):
+        fits, skipped = fit_methods(results, compute_col=column)
+        assert [f["method"] for f in doc[column]["fits"]] == [f.method for f in fits] == ["clip", "drrho"]
+        for got, want in zip(doc[column]["fits"], fits):
+            assert got["a"] == pytest.approx(want.a, rel=1e-12) and got["b"] == pytest.approx(want.b, rel=1e-12)
+            assert {"n_points", "r2", "compute_min", "compute_max"} <= set(got)
+            assert got["n_points"] == 3
+        assert doc[column]["skipped"] == skipped == {}
+    clip_paper, clip_total = doc["c_paper"]["fits"][0], doc["c_total"]["fits"][0]
+    assert clip_paper["a"] == pytest.approx(0.9) and clip_paper["b"] == pytest.approx(-0.1)
+    # C_total = 3 C_paper here, so E = 0.9 (C_total / 3)^-0.1: same exponent, a scaled by 3^0.1
+    assert clip_total["b"] == pytest.approx(-0.1) and clip_total["a"] == pytest.approx(0.9 * 3 ** 0.1)
 
 
 def test_scaling_plot_is_a_png(results, tmp_path):
@@ -104,6 +111,6 @@ def test_report_with_only_failed_and_reference_runs(results, tmp_path):
     subset = results[results["is_reference"] | results["status"].eq("failed")]
     paths = write_report(subset, tmp_path, "Nothing finished")
     doc = read_json(paths["scaling_json"])
-    assert doc["fits"] == [] and doc["skipped"] == {}
+    assert doc["c_paper"] == doc["c_total"] == {"fits": [], "skipped": {}}
     assert "failed: RuntimeError" in paths["leaderboard_md"].read_text()
     assert paths["scaling_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

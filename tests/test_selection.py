@@ -83,7 +83,7 @@ def test_rho_topk_selects_the_largest_reducible_losses():
     assert got.tolist() == expected
 
 
-@pytest.mark.parametrize("name", ["random", "rho_topk", "jest", "jest_topk"])
+@pytest.mark.parametrize("name", ["rho_topk", "jest", "jest_topk"])
 @pytest.mark.parametrize("keep", [0.2, 0.3, 1 / 3, 0.5])
 def test_keep_fraction_is_respected_exactly(name, keep):
     method = get_method(name)({"keep": keep}, 1000)
@@ -94,12 +94,37 @@ def test_keep_fraction_is_respected_exactly(name, keep):
     assert len(got) == 64 and len(set(got.tolist())) == 64 and 0 <= got.min() and got.max() < n
 
 
+@pytest.mark.parametrize("name", ["random", "filter"])
+@pytest.mark.parametrize("n, keep, kept", [(1000, 0.3, 300), (10, 0.25, 2), (7, 0.5, 4), (5, 1.0, 5), (3, 0.01, 1)])
+def test_static_keep_fraction_is_respected_exactly(name, n, keep, kept):
+    method = get_method(name)({"keep": keep}, n)
+    assert method.candidates(64) == 64  # no super-batch: the subset is chosen once
+    got = method.select_pool(feats(n, 4, 2), torch.arange(n), torch.Generator().manual_seed(0))
+    assert len(got) == kept == round(keep * n) or (kept == 1 and round(keep * n) == 0)
+    assert len(set(got.tolist())) == kept and 0 <= got.min() and got.max() < n
+
+
+def test_filter_keeps_the_top_reference_similarities():
+    # hand-built reference features: pair i has cosine similarity cos(angle_i) between image and text
+    angles = torch.tensor([1.2, 0.1, 0.9, 0.3, 1.5, 0.0, 0.6, 1.0], dtype=torch.float64)
+    image = torch.stack([torch.ones_like(angles), torch.zeros_like(angles)], dim=1)
+    text = torch.stack([angles.cos(), angles.sin()], dim=1)
+    ref = Features(image, text, torch.tensor(100.0))
+    got = get_method("filter")({"keep": 0.375}, 8).select_pool(ref, torch.arange(8), torch.Generator())
+    assert sorted(got.tolist()) == [1, 3, 5]  # the three smallest angles: 0.0, 0.1, 0.3
+
+
+def test_filter_needs_the_pool_features():
+    with pytest.raises(ValueError, match="needs the reference's features of the pool"):
+        get_method("filter")({}, 4).select_pool(None, torch.arange(4), torch.Generator())
+
+
 def test_random_subset_is_uniform():
     method = get_method("random")({"keep": 0.25}, 8)
     g = torch.Generator().manual_seed(3)
     counts = torch.zeros(8)
     for _ in range(4000):
-        counts[method.select(feats(8, 2, 0), None, torch.arange(8), Progress(0, 0.0), g, 2)] += 1
+        counts[method.select_pool(None, torch.arange(8), g)] += 1
     assert chisquare(counts.numpy()).pvalue > 0.01
 
 

@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import pandas as pd
+import torch
 import pytest
 
 from harness import store
@@ -71,8 +72,13 @@ def test_sweep_runs_every_stage_and_writes_the_report(sweep):
     ref_id = done[done.is_reference].run_id.item()
     assert (drrho.reference == ref_id).all()
     scaling = json.loads((results / "scaling.json").read_text())
-    assert scaling["compute"] == "c_paper"
+    assert [f["method"] for f in scaling["c_paper"]["fits"]] == [f["method"] for f in scaling["c_total"]["fits"]]
     assert (results / "plots" / "scaling_law.png").stat().st_size > 10_000
+    assert (results / "plots" / "scaling_law_c_total.png").stat().st_size > 10_000
+    # clip spends only its own forward passes; drrho adds the reference's forward on every trained sample
+    clip = done[(done.method == "clip") & ~done.is_reference]
+    assert (clip.c_total == clip.c_paper).all()
+    assert (drrho.c_total - drrho.c_paper).tolist() == pytest.approx((drrho.gflops_per_pair * drrho.samples_seen).tolist())
     md = (results / "leaderboard.md").read_text()
     assert "Reference models" in md and "failed:" in md
 
@@ -104,7 +110,7 @@ def test_rerun_launches_only_what_is_missing_or_failed(sweep):
                    if (p / "result.json").exists()}
     again = clipsteer("run", grid, "--results", results)
     assert again.returncode == 1
-    assert "1 runs to launch, 7 already done" in again.stderr + again.stdout
+    assert "1 units to launch, 7 already done" in again.stderr + again.stdout
     after = {name: (results / "runs" / name / "result.json").stat().st_mtime_ns for name in done_before}
     assert after == done_before
     dry = clipsteer("run", grid, "--results", results, "--dry-run")
@@ -124,6 +130,7 @@ def test_report_command_rebuilds_the_report(sweep):
 def test_every_registered_method_runs_a_tiny_sweep_end_to_end(tmp_path):
     from harness import sweep
     from harness.config import load_grid
+    from harness.models import model_profile
     from methods import REGISTRY
 
     grid_file = tmp_path / "zoo.yaml"
@@ -136,17 +143,41 @@ def test_every_registered_method_runs_a_tiny_sweep_end_to_end(tmp_path):
         stages:
           - name: reference
             methods: [clip]
-            models: [tiny-s]
+            models: [tiny-m]
             samples_seen: [64]
           - name: zoo
             reference: reference
             methods: [{", ".join(sorted(REGISTRY))}]
             models: [tiny-s]
             samples_seen: [64]
+          - name: cached
+            reference: {{stage: reference, features: cached}}
+            methods: [drrho, jest, filter]
+            models: [tiny-s]
+            samples_seen: [64]
         """))
     grid = load_grid(grid_file)
     outcome = sweep.run(grid, tmp_path / "results", grid.executor)
     assert not outcome.launch.failed
-    table = pd.read_csv(tmp_path / "results" / "leaderboard.csv")
-    assert set(table[table.stage == "zoo"].method) == set(REGISTRY)
+    table = pd.read_csv(tmp_path / "results" / "leaderboard.csv").set_index(["stage", "method"])
+    assert set(table.loc["zoo"].index) == set(REGISTRY)
     assert (table.status == "done").all() and table.average.between(0, 1).all()
+
+    # C_total, part by part, against what each method does: 2 steps of 32 samples, a 640-sample pool
+    g, g_ref = model_profile("tiny-s")["gflops"], model_profile("tiny-m")["gflops"]
+    extra = (table.c_total - table.c_paper) / g_ref
+    for name in ("clip", "fastclip", "random"):
+        assert extra["zoo", name] == 0
+    for name in ("drrho", "kd", "fastclip_kd", "drrho_kd"):
+        assert extra["zoo", name] == pytest.approx(64)  # the reference's forward pass of every trained sample
+    for name in ("jest", "jest_topk", "rho_topk"):  # 160 candidates a step, scored by learner and reference
+        assert extra["zoo", name] == pytest.approx(2 * 160 * (1 + g / g_ref))
+    assert extra["zoo", "filter"] == pytest.approx(640)  # one scoring pass over the pool
+    assert table.trained_pool["zoo", "filter"] == table.trained_pool["zoo", "random"] == 192 == round(0.3 * 640)
+    # cached: the one pass over the pool is shared by the three runs that read it; no reference forward
+    assert extra["cached", "drrho"] == extra["cached", "filter"] == pytest.approx(640 / 3)
+    assert extra["cached", "jest"] == pytest.approx(640 / 3 + 2 * 160 * g / g_ref)
+    # the cached filter keeps the same samples as the online one: same features, same top scores
+    runs = tmp_path / "results" / "runs"
+    kept = [torch.load(runs / table.run_id[stage, "filter"] / "kept_indices.pt") for stage in ("zoo", "cached")]
+    assert torch.equal(kept[0], kept[1])

@@ -8,6 +8,7 @@ import torch
 
 from harness.data.pool import PoolConfig, build_pool
 from harness.models import build_model
+from harness.reference import OnlineReference
 from harness.train import CHECKPOINT, FINAL_MODEL, METRICS, NonFiniteLoss, TrainConfig, batch_positions, lr_at, train
 from methods import get_method
 from methods.base import LossOutput
@@ -53,6 +54,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(pool, tmp_path, me
     cfg = TrainConfig(**{**CFG.__dict__, "checkpoint_every": 3})
     reference = fresh("tiny-s", seed=1)
     reference.model.eval().requires_grad_(False)
+    reference = OnlineReference(reference, "cpu")
     samples = 8 * cfg.batch_size  # jest draws 5x candidates per step from the 256-sample pool: several epochs
 
     straight = fresh()

@@ -1,0 +1,42 @@
+"""Compute accounting, in forward GFLOPs per image-text pair (torch FlopCounterMode) times pairs.
+
+C_paper is the DRRho paper's x-axis: the trained model's forward FLOPs x samples seen. C_total
+adds, in the same forward-FLOP units, what a method spends besides: the learner's no-gradient
+scoring passes over super-batches (jest, rho_topk), the reference's forward passes on the fly
+(every drawn sample), the reference's scoring pass over the pool (filter) and, for runs that read
+a reference-feature cache, an equal share of the cache's one pass over the pool. Backward passes
+are counted in neither (a training sample costs about three forwards in wall time, a scoring
+sample one), as the paper counts C.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from harness.models import model_profile
+from methods import Method
+
+PARTS = ("c_paper", "learner_scoring", "reference_forward", "pool_scoring")
+
+
+def run_compute(spec: dict[str, Any], method: Method, pool_size: int) -> dict[str, float]:
+    """GFLOPs a run spends, by part (PARTS); `pool_size` is the pool before any static selection."""
+    gflops = model_profile(spec["model"])["gflops"]
+    batch = spec["train"]["batch_size"]
+    steps = spec["samples_seen"] // batch
+    drawn = method.candidates(batch)
+    ref = spec["reference"]
+    ref_gflops = model_profile(ref["model"])["gflops"] if ref else 0.0
+    online = ref is not None and ref["features"] == "online"
+    return {
+        "gflops_per_pair": gflops,
+        "reference_gflops_per_pair": ref_gflops,
+        "c_paper": gflops * spec["samples_seen"],
+        "learner_scoring": gflops * steps * drawn if drawn != batch else 0.0,
+        "reference_forward": ref_gflops * steps * drawn if online and method.reference == "batch" else 0.0,
+        "pool_scoring": ref_gflops * pool_size if online and method.reference == "pool" else 0.0,
+    }
+
+
+def c_total(compute: dict[str, float], cache_share: float = 0.0) -> float:
+    """C_total of a run: the sum of its parts plus its share of a reference-feature cache."""
+    return sum(compute[part] for part in PARTS) + cache_share

@@ -1,0 +1,147 @@
+"""Reference-feature caches: the reference's image and text features of every pool sample,
+computed once and stored by stable sample index, shared by every run that names the same
+reference and pool.
+
+A cache is a unit of the sweep like a run: results/<grid>/runs/refcache-<model>-<hash>/ holds
+its spec, status, features.pt and result.json (written last: it records which reference and
+which pool made the cache, and its compute). A run can also name a cache directory explicitly;
+a cache made by another reference or for another pool is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import io, store
+from harness.config import pool_config
+from harness.data.pool import build_pool
+from harness.models import model_profile
+from harness.reference import CachedReference, load_reference, pool_features
+
+FEATURES = "features.pt"
+KIND = "refcache"
+
+
+def reference_identity(ref: dict[str, Any]) -> dict[str, Any]:
+    """What makes a reference's features what they are: its run id, checkpoint hash or tag, and model."""
+    return {k: v for k, v in ref.items() if k not in ("path", "features", "cache")}
+
+
+def cache_unit(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The cache-building unit a run needs built in its sweep (None if it uses none or names its own;
+    None for a cache unit itself)."""
+    ref = spec.get("reference")
+    if spec.get("kind") == KIND or not ref or ref["features"] != "cached" or ref.get("cache"):
+        return None
+    source = {k: v for k, v in ref.items() if k not in ("features", "cache")}
+    ident = {"reference": reference_identity(ref), "data": spec["data"]}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
+    return {"kind": KIND, "run_id": f"{KIND}-{ref['model']}-{digest}", "reference": source, "data": spec["data"],
+            "device": spec["train"]["device"]}
+
+
+def cache_units(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct cache units that `specs` need, in first-use order."""
+    units: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        unit = cache_unit(spec)
+        if unit is not None:
+            units.setdefault(unit["run_id"], unit)
+    return list(units.values())
+
+
+def cache_dir(spec: dict[str, Any], results: Path) -> Path | None:
+    """Where the cache that run `spec` reads lies (None for a run without cached reference features)."""
+    ref = spec.get("reference")
+    if not ref or ref["features"] != "cached":
+        return None
+    return Path(ref["cache"]) if ref.get("cache") else store.run_dir(results, cache_unit(spec)["run_id"])
+
+
+def cache_shares(specs: list[dict[str, Any]], results: Path) -> dict[str, float]:
+    """Each cached run's share of its cache's GFLOPs: the cache's cost split equally among the runs of
+    `specs` that read it (run id -> GFLOPs; runs without a cache, or whose cache is missing, are left out)."""
+    readers: dict[Path, list[str]] = {}
+    for spec in specs:
+        where = cache_dir(spec, results)
+        if where is not None:
+            readers.setdefault(where, []).append(spec["run_id"])
+    shares = {}
+    for where, run_ids in readers.items():
+        if (where / "result.json").is_file():
+            cost = io.read_json(where / "result.json")["gflops"]
+            shares.update({run_id: cost / len(run_ids) for run_id in run_ids})
+    return shares
+
+
+def check_cache(path: Path, ref: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """The cache record at `path` if it was made by reference `ref` for pool `data`; ValueError otherwise."""
+    record_path = Path(path) / "result.json"
+    if not record_path.is_file():
+        raise ValueError(f"no finished reference-feature cache at {path} (run `clipsteer cache-ref` to make one)")
+    record = io.read_json(record_path)
+    if record.get("kind") != KIND:
+        raise ValueError(f"{path} is a run directory, not a reference-feature cache")
+    if record["reference"] != reference_identity(ref):
+        raise ValueError(f"the cache at {path} was made by reference {_describe(record['reference'])}, "
+                         f"but this run names reference {_describe(reference_identity(ref))}")
+    if record["data"] != data:
+        changed = sorted(k for k in set(record["data"]) | set(data) if record["data"].get(k) != data.get(k))
+        raise ValueError(f"the cache at {path} was made for another pool (data differs in: {', '.join(changed)})")
+    return record
+
+
+def load_cache(path: Path, ref: dict[str, Any], data: dict[str, Any], pool: Any, device: str) -> CachedReference:
+    """The checked cache at `path` as a feature source; ValueError if it lacks a sample of `pool`."""
+    check_cache(path, ref, data)
+    table = torch.load(Path(path) / FEATURES, map_location="cpu", weights_only=True)
+    cached = CachedReference(table["image"], table["text"], table["logit_scale"], table["present"], device)
+    if not cached.covers(pool.indices):
+        raise ValueError(f"the cache at {path} lacks features of some samples of this run's pool")
+    return cached
+
+
+def build_cache_job(unit: dict[str, Any], results: str | Path, threads: int = 1,
+                    show_progress: bool = True) -> dict[str, Any]:
+    """Compute and store the features of cache `unit` under `results` (the function submitit runs)."""
+    rdir = store.run_dir(Path(results), unit["run_id"])
+    store.begin(rdir, unit)
+    try:
+        record = write_cache(rdir, unit["reference"], unit["data"], Path(results), threads, show_progress,
+                             unit["device"])
+    except BaseException as error:
+        store.fail(rdir, error)
+        raise
+    store.finish(rdir, record)
+    return record
+
+
+def write_cache(rdir: Path, ref: dict[str, Any], data: dict[str, Any], results: Path, threads: int = 1,
+                show_progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """Encode every sample of pool `data` with reference `ref` and write features.pt into `rdir`;
+    returns the cache record (result.json is the caller's to write, last)."""
+    start = time.perf_counter()
+    torch.set_num_threads(threads)
+    pool = build_pool(pool_config(data))
+    built = load_reference(ref, results, device)
+    feats = pool_features(built, pool, device, show_progress=show_progress)
+    dim = feats.image.shape[1]
+    image = torch.zeros(pool.num_indices, dim)
+    text = torch.zeros(pool.num_indices, dim)
+    present = torch.zeros(pool.num_indices, dtype=torch.bool)
+    image[pool.indices], text[pool.indices], present[pool.indices] = feats.image.cpu(), feats.text.cpu(), True
+    io.torch_save(Path(rdir) / FEATURES, {"image": image, "text": text, "present": present,
+                                         "logit_scale": feats.logit_scale.detach().cpu()})
+    gflops = model_profile(ref["model"])["gflops"]
+    return {"kind": KIND, "run_id": Path(rdir).name, "reference": reference_identity(ref), "data": data,
+            "pairs": len(pool), "gflops_per_pair": gflops, "gflops": gflops * len(pool),
+            "wall_time_s": time.perf_counter() - start}
+
+
+def _describe(ident: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(ident.items()))
