@@ -22,6 +22,7 @@ from harness import io
 from harness.compute import PARTS, c_total
 
 RUNS = "runs"
+RESULT_FORMAT = 2  # version of result.json's fields; 2 added the compute breakdown (C_total)
 
 
 def run_dir(results: Path, run_id: str) -> Path:
@@ -36,13 +37,15 @@ def read_status(rdir: Path) -> dict[str, Any] | None:
 
 
 def state(results: Path, run_id: str) -> str:
-    """'done' (result.json exists: the one test of done), 'failed', 'running' or 'missing' (never started).
+    """'done' (a result.json of the current RESULT_FORMAT exists: the one test of done), 'stale' (a result
+    written by an older harness, lacking fields the report needs: run again), 'failed', 'running' or
+    'missing' (never started).
 
     The run id hashes everything that determines a result, so a result under that id is the spec's result.
     """
     rdir = run_dir(results, run_id)
     if (rdir / "result.json").exists():
-        return "done"
+        return "done" if io.read_json(rdir / "result.json").get("format") == RESULT_FORMAT else "stale"
     status = read_status(rdir)
     return status["state"] if status else "missing"
 
@@ -75,7 +78,7 @@ def fail_unstarted(rdir: Path, spec: dict[str, Any], reason: str) -> None:
 
 def finish(rdir: Path, result: dict[str, Any]) -> None:
     """Record a finished run: result.json (from here on the run is done), then a 'done' status."""
-    io.write_json(rdir / "result.json", result)
+    io.write_json(rdir / "result.json", {**result, "format": RESULT_FORMAT})
     io.write_json(rdir / "status.json", {"state": "done", "finished": time.time()})
 
 
@@ -94,7 +97,7 @@ def results_table(results: Path, specs: list[dict[str, Any]], cache_shares: dict
     rows = []
     for spec in specs:
         rdir = run_dir(results, spec["run_id"])
-        if state(results, spec["run_id"]) in ("missing", "running"):
+        if state(results, spec["run_id"]) in ("missing", "running", "stale"):
             continue
         status = read_status(rdir) or {}
         row = {"run_id": spec["run_id"], "stage": spec["stage"], "method": spec["method"]["name"],

@@ -75,6 +75,11 @@ BAD = [
     (mutate("train: {batch_size: 32}", "train: {batch_size: 32, augment: 'no'}"), "train: augment must be bool"),
     (mutate("train: {batch_size: 32}", "train: {batch_size: 32, lr: .nan}"), "train: lr must be finite"),
     (mutate("reference: ref", "reference: {stage: ref, model: tiny-m}"), "stages[1].reference.model: not allowed with 'stage'"),
+    (mutate("reference: ref", "reference: {stage: ref, features: cache}"), "stages[1].reference.features: unknown 'cache' (did you mean 'cached'?); allowed: online, cached"),
+    (mutate("reference: ref", "reference: {stage: ref, cache: /nonexistent/cache}"), "stages[1].reference.cache: no such directory"),
+    (mutate("reference: ref", "reference: {stage: ref, features: online, cache: /tmp}"), "stages[1].reference.cache: a cache directory needs 'features: cached'"),
+    (mutate("reference: ref", "reference: {stage: ref, cache: /tmp}"), "stages[1].reference.cache: no finished reference-feature cache at /tmp"),
+    (mutate("methods: [clip, {name: drrho", "methods: [{name: filter, keep: 0}, {name: drrho"), "stages[1].methods[0]: method 'filter': keep must be in (0, 1]"),
     (mutate("reference: ref", "reference: {pretrained: opneai, model: ViT-B-32}"), "stages[1].reference.pretrained: open_clip has no pretrained tag 'opneai' for ViT-B-32 (did you mean 'openai'?)"),
     (mutate("models: [tiny-s, tiny-m]", "models: [tiny-s, coca_ViT-B-32]"), "captioning (CoCa) model"),
 ]

@@ -1,7 +1,7 @@
 """The launcher's bookkeeping, with submitit's DebugExecutor and stand-in jobs."""
 import pytest
 
-from harness import launch, store
+from harness import io, launch, store
 from harness.config import ExecutorConfig
 
 
@@ -43,3 +43,13 @@ def test_reference_state_decides_readiness(tmp_path, state):
     if state == "running":
         store.begin(store.run_dir(tmp_path, "ref"), spec("ref"))
     assert store.state(tmp_path, "ref") == state
+
+
+def test_a_result_of_an_older_format_is_stale_and_runs_again(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(launch, "run_job", lambda s, r, t, show: (started.append(s["run_id"]),
+                                                                  store.finish(store.run_dir(r, s["run_id"]), {})))
+    io.write_json(store.run_dir(tmp_path, "old") / "result.json", {"c_paper": 1.0})  # no compute, no format
+    assert store.state(tmp_path, "old") == "stale"
+    launch.launch([spec("old")], tmp_path, ExecutorConfig(kind="debug"), log=lambda *_: None)
+    assert started == ["old"] and store.state(tmp_path, "old") == "done"
