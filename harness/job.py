@@ -62,5 +62,5 @@ def _reference_features(spec: dict[str, Any], results: Path, pool: Any, device: 
     if ref is None:
         return None
     if ref["features"] == "cached":
-        return refcache.load_cache(refcache.cache_dir(spec, results), ref, spec["data"], pool, device)
+        return refcache.load_cache(refcache.cache_dir(spec, results), ref, spec["data"], device)
     return OnlineReference(load_reference(ref, results, device), device)

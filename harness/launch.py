@@ -68,7 +68,7 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
     """
     results = Path(results)
     report = LaunchReport()
-    units = refcache.cache_units(specs) + list(specs)
+    units = refcache.cache_units(pending(specs, results)) + list(specs)  # only caches that a run still to do reads
     needed = set().union(*(requirements(u) for u in units))
     todo = sorted(pending(units, results), key=lambda u: (u["run_id"] not in needed, -_compute(u)))
     launching = {u["run_id"] for u in todo}
@@ -126,9 +126,10 @@ def _ready(queue: list[dict[str, Any]], running: dict, results: Path, report: La
         if not missing:
             ready.append(spec)
         else:
-            status = store.read_status(store.run_dir(results, missing[0])) or {"state": "missing"}
-            what = "feature cache" if missing[0].startswith(refcache.KIND) else "reference run"
-            reason = f"{what} {missing[0]} is {status['state']}" + (f": {status['error']}" if status.get("error") else "")
+            status = store.read_status(store.run_dir(results, missing[0])) or {}
+            what = "feature cache" if missing[0].startswith(f"{refcache.KIND}-") else "reference run"
+            reason = f"{what} {missing[0]} is {store.state(results, missing[0])}" + (
+                f": {status['error']}" if status.get("error") else "")
             store.fail_unstarted(store.run_dir(results, spec["run_id"]), spec, reason)
             report.failed[spec["run_id"]] = reason
             queue.remove(spec)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def cache_unit(spec: dict[str, Any]) -> dict[str, Any] | None:
     """The cache-building unit a run needs built in its sweep (None if it uses none or names its own;
     None for a cache unit itself)."""
     ref = spec.get("reference")
-    if spec.get("kind") == KIND or not ref or ref["features"] != "cached" or ref.get("cache"):
+    if spec.get("kind") == KIND or not ref or ref.get("features") != "cached" or ref.get("cache"):
         return None
     source = {k: v for k, v in ref.items() if k not in ("features", "cache")}
     ident = {"reference": reference_identity(ref), "data": spec["data"]}
@@ -58,14 +59,16 @@ def cache_units(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def cache_dir(spec: dict[str, Any], results: Path) -> Path | None:
     """Where the cache that run `spec` reads lies (None for a run without cached reference features)."""
     ref = spec.get("reference")
-    if not ref or ref["features"] != "cached":
+    if not ref or ref.get("features") != "cached":
         return None
-    return Path(ref["cache"]) if ref.get("cache") else store.run_dir(results, cache_unit(spec)["run_id"])
+    where = Path(ref["cache"]) if ref.get("cache") else store.run_dir(results, cache_unit(spec)["run_id"])
+    return where.resolve()
 
 
 def cache_shares(specs: list[dict[str, Any]], results: Path) -> dict[str, float]:
     """Each cached run's share of its cache's GFLOPs: the cache's cost split equally among the runs of
-    `specs` that read it (run id -> GFLOPs; runs without a cache, or whose cache is missing, are left out)."""
+    `specs` that read it, done or not, so a share does not change as a sweep fills in (run id -> GFLOPs;
+    NaN when the cache's record is gone: that run's C_total is unknown, not smaller)."""
     readers: dict[Path, list[str]] = {}
     for spec in specs:
         where = cache_dir(spec, results)
@@ -73,9 +76,9 @@ def cache_shares(specs: list[dict[str, Any]], results: Path) -> dict[str, float]
             readers.setdefault(where, []).append(spec["run_id"])
     shares = {}
     for where, run_ids in readers.items():
-        if (where / "result.json").is_file():
-            cost = io.read_json(where / "result.json")["gflops"]
-            shares.update({run_id: cost / len(run_ids) for run_id in run_ids})
+        record = where / "result.json"
+        cost = io.read_json(record)["gflops"] if record.is_file() else math.nan
+        shares.update({run_id: cost / len(run_ids) for run_id in run_ids})
     return shares
 
 
@@ -96,14 +99,12 @@ def check_cache(path: Path, ref: dict[str, Any], data: dict[str, Any]) -> dict[s
     return record
 
 
-def load_cache(path: Path, ref: dict[str, Any], data: dict[str, Any], pool: Any, device: str) -> CachedReference:
-    """The checked cache at `path` as a feature source; ValueError if it lacks a sample of `pool`."""
+def load_cache(path: Path, ref: dict[str, Any], data: dict[str, Any], device: str) -> CachedReference:
+    """The cache at `path` as a feature source, once checked to be reference `ref`'s of pool `data`
+    (the same pool config builds the same samples, so every one has its features)."""
     check_cache(path, ref, data)
     table = torch.load(Path(path) / FEATURES, map_location="cpu", weights_only=True)
-    cached = CachedReference(table["image"], table["text"], table["logit_scale"], table["present"], device)
-    if not cached.covers(pool.indices):
-        raise ValueError(f"the cache at {path} lacks features of some samples of this run's pool")
-    return cached
+    return CachedReference(table["image"], table["text"], table["logit_scale"], device)
 
 
 def build_cache_job(unit: dict[str, Any], results: str | Path, threads: int = 1,
@@ -133,10 +134,8 @@ def write_cache(rdir: Path, ref: dict[str, Any], data: dict[str, Any], results: 
     dim = feats.image.shape[1]
     image = torch.zeros(pool.num_indices, dim)
     text = torch.zeros(pool.num_indices, dim)
-    present = torch.zeros(pool.num_indices, dtype=torch.bool)
-    image[pool.indices], text[pool.indices], present[pool.indices] = feats.image.cpu(), feats.text.cpu(), True
-    io.torch_save(Path(rdir) / FEATURES, {"image": image, "text": text, "present": present,
-                                         "logit_scale": feats.logit_scale.detach().cpu()})
+    image[pool.indices], text[pool.indices] = feats.image.cpu(), feats.text.cpu()
+    io.torch_save(Path(rdir) / FEATURES, {"image": image, "text": text, "logit_scale": feats.logit_scale.detach().cpu()})
     gflops = model_profile(ref["model"])["gflops"]
     return {"kind": KIND, "run_id": Path(rdir).name, "reference": reference_identity(ref), "data": data,
             "pairs": len(pool), "gflops_per_pair": gflops, "gflops": gflops * len(pool),

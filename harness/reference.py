@@ -85,14 +85,9 @@ class OnlineReference:
 class CachedReference:
     """Reference features looked up by stable sample index in a precomputed table."""
 
-    def __init__(self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, present: torch.Tensor,
-                 device: str) -> None:
+    def __init__(self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, device: str) -> None:
         self.image, self.text = image.to(device), text.to(device)
-        self.logit_scale, self.present, self.device = logit_scale.to(device), present, device
-
-    def covers(self, indices: torch.Tensor) -> bool:
-        """True when the table holds every sample index in `indices`."""
-        return bool(len(indices) == 0 or (indices.max() < len(self.present) and self.present[indices].all()))
+        self.logit_scale, self.device = logit_scale.to(device), device
 
     def batch(self, pool: Any, pos: torch.Tensor, images: torch.Tensor) -> Features:
         """Cached features of pool samples `pos` (the images are not looked at)."""

@@ -68,14 +68,48 @@ def _markdown_table(rows: pd.DataFrame, tasks: list[str]) -> str:
     return table.to_markdown(index=False, colalign=align, disable_numparse=True)
 
 
+def seed_means(df: pd.DataFrame) -> pd.DataFrame:
+    """Done non-reference runs grouped over seeds (method, model, samples seen): the number of seeds,
+    mean and sample standard deviation of the average, mean task scores, compute and wall time;
+    best mean first within each (model, samples seen)."""
+    runs = df[df["status"].eq("done") & ~df["is_reference"].eq(True)]
+    keys = ["model", "samples_seen", "method"]
+    grouped = runs.groupby(keys, sort=False)
+    table = grouped[task_columns(runs) + ["average", "c_paper", "c_total", "wall_time_s"]].mean()
+    table.insert(0, "seeds", grouped["seed"].count())
+    table.insert(1, "average_std", grouped["average"].std())
+    table = table.reset_index()
+    return table.sort_values(["model", "samples_seen", "average"], ascending=[True, True, False]).reset_index(drop=True)
+
+
+def _seed_means_markdown(means: pd.DataFrame) -> str:
+    table = pd.DataFrame({
+        "method": means["method"].map(_cell), "model": means["model"].map(_cell),
+        "samples seen": means["samples_seen"].map(lambda n: f"{int(n):,}"), "seeds": means["seeds"].astype(int),
+        "average (%)": [f"{100 * m:.1f} ± {100 * sd:.1f}" if n > 1 else f"{100 * m:.1f}"
+                        for m, sd, n in zip(means["average"], means["average_std"], means["seeds"])],
+    })
+    for column in task_columns(means):
+        table[column.removeprefix("task:") + " (%)"] = means[column].map(lambda v: f"{100 * v:.1f}")
+    table["C_total / C_paper"] = (means["c_total"] / means["c_paper"]).map(lambda r: f"{r:.2f}")
+    table["wall time (s)"] = means["wall_time_s"].map(lambda t: f"{t:.1f}")
+    return table.to_markdown(index=False, colalign=["left", "left"] + ["right"] * (len(table.columns) - 2),
+                             disable_numparse=True)
+
+
 def leaderboard_markdown(df: pd.DataFrame, title: str) -> str:
-    """Markdown leaderboard: title, compute note, a reference-model table, then the sweep runs."""
+    """Markdown leaderboard: title, compute note, a reference-model table, means over seeds (when a
+    configuration has several), then every sweep run."""
     board = leaderboard(df)
     tasks = task_columns(board)
     is_ref = board["is_reference"].eq(True)
     parts = [f"# {title}", COMPUTE_NOTE]
     if is_ref.any():
         parts += ["## Reference models", _markdown_table(board[is_ref], tasks)]
+    means = seed_means(board)
+    if (means["seeds"] > 1).any():
+        parts += ["## Mean over seeds", "average: mean ± sample standard deviation over seeds.",
+                  _seed_means_markdown(means)]
     parts += ["## Runs", _markdown_table(board[~is_ref], tasks) if (~is_ref).any() else "No runs."]
     return "\n\n".join(parts) + "\n"
 

@@ -24,11 +24,10 @@ class SweepOutcome:
 def plan(grid: GridConfig, results: Path) -> list[str]:
     """Human-readable lines: the runs and feature caches `run` would launch now, and how many are done."""
     specs = expand(grid)
-    caches = refcache.cache_units(specs)
     todo = pending(specs, results)
     lines = [f"grid {grid.name}: {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to launch "
              f"(executor {grid.executor.kind}, results {results})"]
-    for unit in pending(caches, results):
+    for unit in refcache.cache_units(todo):
         lines.append(f"  {unit['run_id']}  reference-feature cache of the pool")
     for spec in todo:
         compute = model_profile(spec["model"])["gflops"] * spec["samples_seen"]
@@ -38,9 +37,12 @@ def plan(grid: GridConfig, results: Path) -> list[str]:
 
 def cache_references(grid: GridConfig, results: Path, executor: ExecutorConfig) -> LaunchReport:
     """Build the reference-feature caches that `grid`'s runs read and that are not built yet."""
-    units = refcache.cache_units(expand(grid))
+    specs = expand(grid)
+    units = refcache.cache_units(specs)
     if not units:
-        raise ConfigError(grid.source, "stages", "no stage reads cached reference features; set "
+        named = any(s["reference"] and s["reference"].get("cache") for s in specs)
+        raise ConfigError(grid.source, "stages", "every cache the grid reads is named by a 'cache' directory: "
+                          "nothing to build" if named else "no stage reads cached reference features; set "
                           "'features: cached' in a stage's reference to use a cache")
     return launch(units, Path(results), executor)
 

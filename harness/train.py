@@ -153,7 +153,7 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
     run_dir = Path(run_dir)
     device, model = cfg.device, built.model.to(cfg.device)
     total = samples_seen // cfg.batch_size
-    pool = _static_selection(method, pool, reference, seed, run_dir)
+    pool = _static_selection(method, pool, reference, seed, run_dir, cfg.batch_size)
     tokens = pool.tokenize(built.tokenizer)
     groups = param_groups(model, cfg.weight_decay)
     if method.parameters():
@@ -210,7 +210,7 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
                         train_time_s=time.perf_counter() - t0, resumed_from_step=start, pool_size=len(pool))
 
 
-def _static_selection(method: Method, pool: Any, reference: Any, seed: int, run_dir: Path) -> Any:
+def _static_selection(method: Method, pool: Any, reference: Any, seed: int, run_dir: Path, batch_size: int) -> Any:
     """The pool the method trains on: all of it, or the subset its `select_pool` keeps (chosen once;
     a resumed run reads the kept indices back instead of scoring the pool again)."""
     path = run_dir / KEPT_INDICES
@@ -226,6 +226,9 @@ def _static_selection(method: Method, pool: Any, reference: Any, seed: int, run_
     if int(keep.sum()) != len(positions):
         raise ValueError(f"method {method.name!r} selected a pool position twice")
     subset = pool.subset(keep)
+    if len(subset) < batch_size:
+        raise ValueError(f"method {method.name!r} keeps {len(subset)} of {len(pool)} pool samples, fewer than one "
+                         f"batch of {batch_size}; raise 'keep' or use a larger pool")
     io.torch_save(path, subset.indices.clone())
     return subset
 

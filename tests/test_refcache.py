@@ -1,6 +1,7 @@
 """Reference features on the fly vs from a cache: same trajectory, refused when made by another
 reference, built by `clipsteer cache-ref`; and the compute a run records against the passes it makes."""
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -19,8 +20,11 @@ from harness.reference import OnlineReference, load_reference
 from harness.train import KEPT_INDICES, METRICS, TrainConfig, train
 from methods import get_method
 
+# the clean subset of a noisy pool: sample indices differ from pool positions, so a lookup by
+# position instead of by index would give other samples' features
 DATA = {k: list(v) if isinstance(v, tuple) else v
-        for k, v in dataclasses.asdict(PoolConfig(sources=("shapes",), shapes_count=256, noise=0.2)).items()}
+        for k, v in dataclasses.asdict(PoolConfig(sources=("shapes",), shapes_count=320, noise=0.2,
+                                                  subset="clean")).items()}
 CFG = TrainConfig(batch_size=32, lr=1e-3, warmup_steps=2, log_every=1, augment=False)
 
 
@@ -50,8 +54,9 @@ def losses(run_dir: Path) -> list[float]:
 def test_cached_features_give_the_trajectory_of_on_the_fly_ones(made, tmp_path, name):
     root, ref, record = made
     pool = build_pool(pool_config(DATA))
+    assert not torch.equal(pool.indices, torch.arange(len(pool)))
     online = OnlineReference(load_reference(ref, root), "cpu")
-    cached = refcache.load_cache(root / "cache", ref, DATA, pool, "cpu")
+    cached = refcache.load_cache(root / "cache", ref, DATA, "cpu")
     models = []
     for label, source in (("online", online), ("cached", cached)):
         torch.manual_seed(0)
@@ -69,36 +74,46 @@ def test_cached_features_give_the_trajectory_of_on_the_fly_ones(made, tmp_path, 
 def test_a_cache_made_by_another_reference_or_pool_is_refused(made, tmp_path):
     root, ref, _ = made
     other = checkpoint(tmp_path, 1)
-    pool = build_pool(pool_config(DATA))
     with pytest.raises(ValueError, match="made by reference .*sha256=sha-of-seed-0.*this run names reference "
                                          ".*sha256=sha-of-seed-1"):
-        refcache.load_cache(root / "cache", other, DATA, pool, "cpu")
+        refcache.load_cache(root / "cache", other, DATA, "cpu")
     with pytest.raises(ValueError, match="made for another pool \\(data differs in: noise\\)"):
         refcache.check_cache(root / "cache", ref, {**DATA, "noise": 0.3})
     with pytest.raises(ValueError, match="no finished reference-feature cache"):
         refcache.check_cache(tmp_path, ref, DATA)
 
 
-def test_a_grid_naming_a_cache_of_another_reference_exits_2(made, tmp_path):
+def test_a_grid_naming_a_cache_takes_it_only_from_its_own_reference(made, tmp_path):
     root, ref, _ = made
     torch.manual_seed(1)
     other = io.torch_save(tmp_path / "other.pt", {"state_dict": build_model("tiny-s").model.state_dict()})
     data = ", ".join(f"{k}: {json.dumps(v)}" for k, v in DATA.items())
     grid = tmp_path / "g.yaml"
-    grid.write_text(textwrap.dedent(f"""
-        data: {{{data}}}
-        eval: {{tasks: [shapes_retrieval]}}
-        train: {{batch_size: 32}}
-        stages:
-          - name: s
-            reference: {{checkpoint: {other}, model: tiny-s, cache: {root / "cache"}}}
-            methods: [drrho]
-            models: [tiny-s]
-            samples_seen: [64]
-        """))
-    out = subprocess.run([sys.executable, "-m", "harness", "run", grid, "--dry-run"], capture_output=True, text=True)
-    assert out.returncode == 2
-    assert "stages[0].reference.cache" in out.stderr and "was made by reference" in out.stderr
+
+    def dry_run(cache: Path) -> subprocess.CompletedProcess:
+        grid.write_text(textwrap.dedent(f"""
+            data: {{{data}}}
+            eval: {{tasks: [shapes_retrieval]}}
+            train: {{batch_size: 32}}
+            stages:
+              - name: s
+                reference: {{checkpoint: {other}, model: tiny-s, cache: {cache}}}
+                methods: [drrho]
+                models: [tiny-s]
+                samples_seen: [64]
+            """))
+        return subprocess.run([sys.executable, "-m", "harness", "run", grid, "--dry-run", "--results",
+                               tmp_path / "results"], capture_output=True, text=True)
+
+    refused = dry_run(root / "cache")  # made by reference 0
+    assert refused.returncode == 2
+    assert "stages[0].reference.cache" in refused.stderr and "was made by reference" in refused.stderr
+    own = {**ref, "path": str(other), "sha256": hashlib.sha256(other.read_bytes()).hexdigest()}
+    io.write_json(tmp_path / "own" / "result.json",
+                  refcache.write_cache(tmp_path / "own", own, DATA, tmp_path, show_progress=False))
+    accepted = dry_run(tmp_path / "own")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "1 to launch" in accepted.stdout and "refcache-" not in accepted.stdout  # named cache: nothing to build
     assert not (tmp_path / "results").exists()
 
 
@@ -163,7 +178,7 @@ def test_recorded_compute_matches_the_forward_passes_made(made, tmp_path, name, 
         reference = OnlineReference(load_reference(ref, root), "cpu")
         referred = Counter(reference.built.model)
     elif features == "cached":
-        reference = refcache.load_cache(root / "cache", ref, DATA, pool, "cpu")
+        reference = refcache.load_cache(root / "cache", ref, DATA, "cpu")
     train(learner, method, pool, spec["samples_seen"], CFG, 0, tmp_path, reference=reference, show_progress=False)
     compute = run_compute(spec, method, len(pool))
     g = model_profile("tiny-s")["gflops"]

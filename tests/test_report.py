@@ -8,7 +8,7 @@ from PIL import Image
 
 from harness.fit import fit_methods
 from harness.io import read_json
-from harness.report import write_report
+from harness.report import seed_means, write_report
 
 TASKS = ["task:fashion_mnist", "task:digits", "task:shapes_retrieval"]
 FAILURE = "RuntimeError: CUDA out of memory | tried to allocate 2 GiB"
@@ -114,3 +114,19 @@ def test_report_with_only_failed_and_reference_runs(results, tmp_path):
     assert doc["c_paper"] == doc["c_total"] == {"fits": [], "skipped": {}}
     assert "failed: RuntimeError" in paths["leaderboard_md"].read_text()
     assert paths["scaling_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seed_means_group_runs_over_seeds(results, tmp_path):
+    extra = results[results["run_id"].isin(["clip-0", "drrho-0"])].assign(seed=1)
+    extra = extra.assign(run_id=extra["run_id"] + "-s1", average=extra["average"] + 0.02)
+    table = pd.concat([results, extra], ignore_index=True)
+    means = seed_means(table)
+    assert len(means) == 6  # (tiny, 3 budgets) x (clip, drrho); the failed run and the reference are left out
+    first = means[(means.method == "clip") & (means.samples_seen == 10_000)].iloc[0]
+    one = results.set_index("run_id").loc["clip-0", "average"]
+    assert first.seeds == 2 and first.average == pytest.approx(one + 0.01)
+    assert first.average_std == pytest.approx(0.02 / 2 ** 0.5)  # sample std of two values 0.02 apart
+    text = write_report(table, tmp_path, "Seeds")["leaderboard_md"].read_text()
+    section = text[text.index("## Mean over seeds"):text.index("## Runs")]
+    assert f"{100 * (one + 0.01):.1f} ± 1.4" in section and "3.00" in section  # C_total / C_paper = 3
+    assert "## Mean over seeds" not in write_report(results, tmp_path / "one", "One seed")["leaderboard_md"].read_text()

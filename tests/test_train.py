@@ -9,7 +9,7 @@ import torch
 from harness.data.pool import PoolConfig, build_pool
 from harness.models import build_model
 from harness.reference import OnlineReference
-from harness.train import CHECKPOINT, FINAL_MODEL, METRICS, NonFiniteLoss, TrainConfig, batch_positions, lr_at, train
+from harness.train import CHECKPOINT, FINAL_MODEL, KEPT_INDICES, METRICS, NonFiniteLoss, TrainConfig, batch_positions, lr_at, train
 from methods import get_method
 from methods.base import LossOutput
 
@@ -49,7 +49,7 @@ def metrics_without_time(run_dir):
     return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
 
 
-@pytest.mark.parametrize("method_name, kill_at", [("clip", 5), ("drrho", 4), ("jest", 6)])
+@pytest.mark.parametrize("method_name, kill_at", [("clip", 5), ("drrho", 4), ("jest", 6), ("filter", 4)])
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(pool, tmp_path, method_name, kill_at):
     cfg = TrainConfig(**{**CFG.__dict__, "checkpoint_every": 3})
     reference = fresh("tiny-s", seed=1)
@@ -78,6 +78,32 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(pool, tmp_path, me
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert metrics_without_time(tmp_path / "a") == metrics_without_time(tmp_path / "b")
+
+
+def test_a_resumed_static_selection_reads_its_kept_indices_back(pool, tmp_path):
+    cfg = TrainConfig(**{**CFG.__dict__, "checkpoint_every": 1})
+    reference = fresh("tiny-s", seed=1)
+    reference.model.eval().requires_grad_(False)
+    with pytest.raises(Killed):
+        train(fresh(), interrupted(get_method("filter")({}, pool.num_indices), 2), pool, 4 * 32, cfg, 0, tmp_path,
+              reference=OnlineReference(reference, "cpu"), show_progress=False)
+    kept = torch.load(tmp_path / KEPT_INDICES, weights_only=True)
+    assert len(kept) == round(0.3 * len(pool)) and torch.isin(kept, pool.indices).all()
+
+    class NoScoring:
+        def pool(self, pool):
+            raise AssertionError("the pool was scored again on resume")
+
+    summary = train(fresh(), get_method("filter")({}, pool.num_indices), pool, 4 * 32, cfg, 0, tmp_path,
+                    reference=NoScoring(), show_progress=False)
+    assert summary.resumed_from_step == 2 and summary.pool_size == len(kept)
+    assert torch.equal(torch.load(tmp_path / KEPT_INDICES, weights_only=True), kept)
+
+
+def test_a_subset_smaller_than_a_batch_is_refused_naming_keep(pool, tmp_path):
+    with pytest.raises(ValueError, match="keeps 3 of 256 pool samples, fewer than one batch of 32; raise 'keep'"):
+        train(fresh(), get_method("random")({"keep": 0.01}, pool.num_indices), pool, 64, CFG, 0, tmp_path,
+              show_progress=False)
 
 
 def test_final_weights_load_through_open_clip_as_a_reference(pool, tmp_path):
