@@ -7,16 +7,16 @@ launched (executor, threads) is not part of it. Change anything in it and the id
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from harness import io
 from harness.config import GridConfig, ReferenceConfig, StageConfig, pool_config
 from harness.errors import ConfigError
 from harness.evaluate import SUITE_VERSION
-from harness.train import TrainConfig
 from harness.refcache import check_cache
+from harness.train import TrainConfig
 from methods import get_method, needs_reference
 
 
@@ -36,9 +36,8 @@ def identity(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_id(spec: dict[str, Any]) -> str:
     """A readable, stable id: stage-method-model-samples-seed plus 10 hex digits of the hash of identity(spec)."""
-    blob = json.dumps(identity(spec), sort_keys=True, separators=(",", ":")).encode()
-    digest = hashlib.sha256(blob).hexdigest()[:10]
-    return f"{spec['stage']}-{spec['method']['name']}-{spec['model']}-n{spec['samples_seen']}-s{spec['seed']}-{digest}"
+    return (f"{spec['stage']}-{spec['method']['name']}-{spec['model']}-n{spec['samples_seen']}-s{spec['seed']}-"
+            f"{io.digest(identity(spec))}")
 
 
 def expand(grid: GridConfig) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """Atomic file writes: a reader sees the old file or the whole new one, never half of one."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -39,6 +40,13 @@ def write_text(path: Path, text: str) -> Path:
 def write_json(path: Path, obj: Any) -> Path:
     """Write `obj` as indented, key-sorted JSON to `path` atomically."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def digest(obj: Any, length: int = 10) -> str:
+    """The first `length` hex digits of the SHA-256 of `obj` as canonical JSON (sorted keys, no spaces):
+    the same plain data always gives the same digest (run ids, cache ids)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
 
 
 def read_json(path: Path) -> Any:

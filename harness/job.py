@@ -25,14 +25,7 @@ from methods import get_method
 def run_job(spec: dict[str, Any], results: str | Path, threads: int = 1, show_progress: bool = True) -> dict[str, Any]:
     """Execute the run `spec` under `results`; returns (and stores) its result record."""
     rdir = store.run_dir(Path(results), spec["run_id"])
-    store.begin(rdir, spec)
-    try:
-        result = _execute(spec, Path(results), rdir, threads, show_progress)
-    except BaseException as error:
-        store.fail(rdir, error)
-        raise
-    store.finish(rdir, result)
-    return result
+    return store.recorded(rdir, spec, lambda: _execute(spec, Path(results), rdir, threads, show_progress))
 
 
 def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show_progress: bool) -> dict[str, Any]:

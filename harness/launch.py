@@ -69,7 +69,8 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
     results = Path(results)
     report = LaunchReport()
     units = refcache.cache_units(pending(specs, results)) + list(specs)  # only caches that a run still to do reads
-    needed = set().union(*(requirements(u) for u in units))
+    required = {u["run_id"]: requirements(u) for u in units}
+    needed = set().union(*required.values())
     todo = sorted(pending(units, results), key=lambda u: (u["run_id"] not in needed, -_compute(u)))
     launching = {u["run_id"] for u in todo}
     report.skipped = [u["run_id"] for u in units if u["run_id"] not in launching]
@@ -79,7 +80,7 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
     show = cfg.kind == "debug"  # per-run training bars only in-process; local jobs log to submitit's folder
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=show or not todo, dynamic_ncols=True)
     while queue or running:
-        for spec in _ready(queue, running, results, report, bar, log):
+        for spec in _ready(queue, running, required, results, report, bar, log):
             if len(running) >= cfg.max_parallel:
                 break
             queue.remove(spec)
@@ -109,8 +110,8 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
     return report
 
 
-def _ready(queue: list[dict[str, Any]], running: dict, results: Path, report: LaunchReport, bar: tqdm,
-           log) -> list[dict[str, Any]]:
+def _ready(queue: list[dict[str, Any]], running: dict, required: dict[str, set[str]], results: Path,
+           report: LaunchReport, bar: tqdm, log) -> list[dict[str, Any]]:
     """Queued units that can start now. A unit with a requirement that is neither done nor still queued
     or running in this launch (it failed) is recorded as failed and dropped from the queue. Done-ness
     comes from this launch's own record (done now or skipped as done before); a requirement outside
@@ -119,7 +120,7 @@ def _ready(queue: list[dict[str, Any]], running: dict, results: Path, report: La
     finished = set(report.done) | set(report.skipped)
     ready = []
     for spec in list(queue):
-        unmet = requirements(spec) - finished
+        unmet = required[spec["run_id"]] - finished
         if unmet & waiting:
             continue
         missing = sorted(r for r in unmet if r in report.failed or store.state(results, r) != "done")

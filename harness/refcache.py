@@ -9,8 +9,6 @@ a cache made by another reference or for another pool is refused.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -28,9 +26,15 @@ FEATURES = "features.pt"
 KIND = "refcache"
 
 
+def reference_source(ref: dict[str, Any]) -> dict[str, Any]:
+    """A spec's reference entry without how its features are read: what load_reference needs."""
+    return {k: v for k, v in ref.items() if k not in ("features", "cache")}
+
+
 def reference_identity(ref: dict[str, Any]) -> dict[str, Any]:
-    """What makes a reference's features what they are: its run id, checkpoint hash or tag, and model."""
-    return {k: v for k, v in ref.items() if k not in ("path", "features", "cache")}
+    """What makes a reference's features what they are: its run id, checkpoint hash or tag, and model
+    (where a checkpoint lies is not part of it)."""
+    return {k: v for k, v in reference_source(ref).items() if k != "path"}
 
 
 def cache_unit(spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -39,11 +43,9 @@ def cache_unit(spec: dict[str, Any]) -> dict[str, Any] | None:
     ref = spec.get("reference")
     if spec.get("kind") == KIND or not ref or ref.get("features") != "cached" or ref.get("cache"):
         return None
-    source = {k: v for k, v in ref.items() if k not in ("features", "cache")}
-    ident = {"reference": reference_identity(ref), "data": spec["data"]}
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
-    return {"kind": KIND, "run_id": f"{KIND}-{ref['model']}-{digest}", "reference": source, "data": spec["data"],
-            "device": spec["train"]["device"]}
+    digest = io.digest({"reference": reference_identity(ref), "data": spec["data"]})
+    return {"kind": KIND, "run_id": f"{KIND}-{ref['model']}-{digest}", "reference": reference_source(ref),
+            "data": spec["data"], "device": spec["train"]["device"]}
 
 
 def cache_units(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -111,15 +113,8 @@ def build_cache_job(unit: dict[str, Any], results: str | Path, threads: int = 1,
                     show_progress: bool = True) -> dict[str, Any]:
     """Compute and store the features of cache `unit` under `results` (the function submitit runs)."""
     rdir = store.run_dir(Path(results), unit["run_id"])
-    store.begin(rdir, unit)
-    try:
-        record = write_cache(rdir, unit["reference"], unit["data"], Path(results), threads, show_progress,
-                             unit["device"])
-    except BaseException as error:
-        store.fail(rdir, error)
-        raise
-    store.finish(rdir, record)
-    return record
+    return store.recorded(rdir, unit, lambda: write_cache(rdir, unit["reference"], unit["data"], Path(results),
+                                                          threads, show_progress, unit["device"]))
 
 
 def write_cache(rdir: Path, ref: dict[str, Any], data: dict[str, Any], results: Path, threads: int = 1,

@@ -46,11 +46,21 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _configuration(rows: pd.DataFrame) -> dict[str, pd.Series]:
+    """The leading columns of every markdown table: method, model and samples seen."""
+    return {"method": rows["method"].map(_cell), "model": rows["model"].map(_cell),
+            "samples seen": rows["samples_seen"].map(lambda n: f"{int(n):,}")}
+
+
+def _to_markdown(table: pd.DataFrame) -> str:
+    """Pipe table: the two name columns left-aligned, numbers right-aligned and printed as formatted."""
+    align = ["left", "left"] + ["right"] * (len(table.columns) - 2)
+    return table.to_markdown(index=False, colalign=align, disable_numparse=True)
+
+
 def _markdown_table(rows: pd.DataFrame, tasks: list[str]) -> str:
     table = pd.DataFrame({
-        "method": rows["method"].map(_cell),
-        "model": rows["model"].map(_cell),
-        "samples seen": rows["samples_seen"].map(lambda n: f"{int(n):,}"),
+        **_configuration(rows),
         "seed": rows["seed"].astype(int),
         "GFLOPs/pair": rows["gflops_per_pair"].map(lambda g: f"{g:.4g}"),
         "C_paper (GFLOPs)": rows["c_paper"].map(lambda c: f"{c:.2e}"),
@@ -64,8 +74,7 @@ def _markdown_table(rows: pd.DataFrame, tasks: list[str]) -> str:
         _cell(f"failed: {reason}" if isinstance(reason, str) and reason else "failed") for reason in rows.loc[~done, "error"]
     ]
     table["wall time (s)"] = rows["wall_time_s"].map(lambda t: f"{t:.1f}")
-    align = ["left", "left"] + ["right"] * (len(table.columns) - 2)
-    return table.to_markdown(index=False, colalign=align, disable_numparse=True)
+    return _to_markdown(table)
 
 
 def seed_means(df: pd.DataFrame) -> pd.DataFrame:
@@ -84,8 +93,7 @@ def seed_means(df: pd.DataFrame) -> pd.DataFrame:
 
 def _seed_means_markdown(means: pd.DataFrame) -> str:
     table = pd.DataFrame({
-        "method": means["method"].map(_cell), "model": means["model"].map(_cell),
-        "samples seen": means["samples_seen"].map(lambda n: f"{int(n):,}"), "seeds": means["seeds"].astype(int),
+        **_configuration(means), "seeds": means["seeds"].astype(int),
         "average (%)": [f"{100 * m:.1f} ± {100 * sd:.1f}" if n > 1 else f"{100 * m:.1f}"
                         for m, sd, n in zip(means["average"], means["average_std"], means["seeds"])],
     })
@@ -93,8 +101,7 @@ def _seed_means_markdown(means: pd.DataFrame) -> str:
         table[column.removeprefix("task:") + " (%)"] = means[column].map(lambda v: f"{100 * v:.1f}")
     table["C_total / C_paper"] = (means["c_total"] / means["c_paper"]).map(lambda r: f"{r:.2f}")
     table["wall time (s)"] = means["wall_time_s"].map(lambda t: f"{t:.1f}")
-    return table.to_markdown(index=False, colalign=["left", "left"] + ["right"] * (len(table.columns) - 2),
-                             disable_numparse=True)
+    return _to_markdown(table)
 
 
 def leaderboard_markdown(df: pd.DataFrame, title: str) -> str:

@@ -14,7 +14,7 @@ import socket
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -80,6 +80,19 @@ def finish(rdir: Path, result: dict[str, Any]) -> None:
     """Record a finished run: result.json (from here on the run is done), then a 'done' status."""
     io.write_json(rdir / "result.json", {**result, "format": RESULT_FORMAT})
     io.write_json(rdir / "status.json", {"state": "done", "finished": time.time()})
+
+
+def recorded(rdir: Path, spec: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `work` as unit `spec` in `rdir`: begin, then finish with its result, or record its failure
+    and re-raise (so a failure is on disk even if the launcher is gone)."""
+    begin(rdir, spec)
+    try:
+        result = work()
+    except BaseException as error:
+        fail(rdir, error)
+        raise
+    finish(rdir, result)
+    return result
 
 
 def reference_run_ids(specs: list[dict[str, Any]]) -> set[str]:
