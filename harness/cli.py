@@ -63,6 +63,32 @@ def _parser() -> argparse.ArgumentParser:
                                         "in RESULTS (the directory `clipsteer run` wrote).")
     report.add_argument("results", type=Path, help="results directory of a grid, e.g. results/demo")
     report.set_defaults(func=_cmd_report)
+
+    fit = sub.add_parser(
+        "fit", help="fit scaling laws with bootstrap intervals, held-out checks and compute-saving ratios",
+        description="Fit error = a * C^b (or a * C^b + c) per method, on the runs of a results directory or on a "
+                    "plain CSV of published numbers (columns method,compute,error). Prints each fit with bootstrap "
+                    "intervals, the prediction error on the held-out largest compute, and the compute each method "
+                    "needs relative to the baseline at target errors. Exit code 0: every method fitted; 1: some "
+                    "refused (too few points, non-positive values, one compute, a fit on a bound); 2: bad input.")
+    source = fit.add_mutually_exclusive_group(required=True)
+    source.add_argument("results", type=Path, nargs="?", help="results directory of a grid, e.g. results/demo")
+    source.add_argument("--csv", type=Path, help="CSV with columns method,compute,error (one row per run)")
+    fit.add_argument("--compute", choices=["c_paper", "c_total", "samples_seen"], default="c_paper",
+                     help="compute axis of a results directory (default c_paper, the paper's convention)")
+    fit.add_argument("--form", choices=["power", "saturating"], default="power",
+                     help="power: E = a*C^b, least squares in log space; saturating: E = a*C^b + c, Huber loss")
+    fit.add_argument("--points", choices=["frontier", "all"], default="frontier",
+                     help="fit each method's compute frontier (default) or all its points")
+    fit.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates (0: none)")
+    fit.add_argument("--holdout", type=int, default=1, metavar="K",
+                     help="hold out the K largest computes and report the prediction error (0: none)")
+    fit.add_argument("--baseline", default="clip", help="method the saving ratios are relative to (default clip)")
+    fit.add_argument("--target", type=float, nargs="+", default=(), metavar="E",
+                     help="target errors for the saving ratios (default: three inside both fits' ranges)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    fit.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    fit.set_defaults(func=_cmd_fit)
     return parser
 
 
@@ -115,6 +141,31 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{name:<12} {p['mparams']:>11.2f} {p['gflops']:>12.4g} {p['image_gflops']:>9.4g} {p['text_gflops']:>9.4g}")
     print("GFLOPs: forward FLOPs per image-text pair (torch FlopCounterMode; text at full context length).")
     return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    import json
+
+    from harness import scaling, sweep
+    from harness.fit import points_from_results
+
+    for flag, value, low in (("--bootstrap", args.bootstrap, 0), ("--holdout", args.holdout, 0)):
+        if value < low:
+            raise ConfigError(flag, "", f"must be >= {low}, got {value}")
+    bad = [t for t in args.target if not 0 < t < 1]
+    if bad:
+        raise ConfigError("--target", "", f"target errors are fractions in (0, 1), got {bad}")
+    if args.csv:
+        points = scaling.read_points_csv(args.csv)
+        compute = "compute"
+    else:
+        _, table = sweep.results_of(args.results)
+        points, compute = points_from_results(table, args.compute), args.compute
+    opts = scaling.FitOptions(compute_col=compute, form=args.form, points=args.points, n_boot=args.bootstrap,
+                              holdout=args.holdout, seed=args.seed, baseline=args.baseline, targets=tuple(args.target))
+    doc, _ = scaling.analyse(points, opts)
+    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else scaling.format_text(doc), end="\n" if args.json else "")
+    return 1 if doc["skipped"] else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from harness import io, refcache, store
 from harness.config import ExecutorConfig, GridConfig
 from harness.errors import ConfigError
@@ -56,11 +58,17 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig) -> SweepOutco
     return SweepOutcome(launch=outcome, report_paths=report(results))
 
 
-def report(results: Path) -> dict[str, Path]:
-    """Write leaderboard, fit and plots for the grid whose runs live in `results`."""
+def results_of(results: Path) -> tuple[str, pd.DataFrame]:
+    """The grid name and results table of the sweep whose runs live in `results`."""
     path = Path(results) / SPECS
     if not path.exists():
         raise ConfigError(str(results), "", f"not a results directory of `clipsteer run` (no {SPECS})")
     saved = io.read_json(path)
-    table = store.results_table(Path(results), saved["specs"], refcache.cache_shares(saved["specs"], Path(results)))
-    return write_report(table, Path(results), title=f"clipsteer: {saved['grid']}")
+    return saved["grid"], store.results_table(Path(results), saved["specs"],
+                                              refcache.cache_shares(saved["specs"], Path(results)))
+
+
+def report(results: Path) -> dict[str, Path]:
+    """Write leaderboard, fit and plots for the grid whose runs live in `results`."""
+    name, table = results_of(results)
+    return write_report(table, Path(results), title=f"clipsteer: {name}")

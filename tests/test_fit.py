@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.fit import FitError, PowerLaw, fit_methods, fit_power_law, frontier_mask
+from harness.fit import (FitError, PowerLaw, data_efficiency, default_targets, fit_curve, fit_methods, fit_points,
+                         fit_power_law, fit_saturating, frontier_mask, saving_ratio)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OPENCLIP_DIR = SHARED_DATA / "scaling-laws-openclip"
@@ -67,9 +68,15 @@ def test_power_law_predict_and_to_dict():
     law = PowerLaw("clip", a=2.0, b=-0.5, n_points=3, compute_min=1.0, compute_max=100.0, r2=0.9)
     np.testing.assert_allclose(law.predict([1.0, 4.0, 100.0]), [2.0, 1.0, 0.2])
     assert law.to_dict() == {
-        "method": "clip", "a": 2.0, "b": -0.5, "n_points": 3,
-        "compute_min": 1.0, "compute_max": 100.0, "r2": 0.9, "compute_col": "c_paper",
+        "method": "clip", "a": 2.0, "b": -0.5, "n_points": 3, "compute_min": 1.0, "compute_max": 100.0, "r2": 0.9,
+        "compute_col": "c_paper", "form": "power", "c": 0.0, "points": "frontier", "model": None, "ci": {},
+        "n_boot": 0, "n_boot_failed": 0, "holdout": None,
     }
+    assert law.compute_at(1.0) == pytest.approx(4.0)
+    floored = PowerLaw("drrho", 2.0, -0.5, 4, 1.0, 100.0, 0.9, form="saturating", c=0.1)
+    assert floored.predict([4.0]).item() == pytest.approx(1.1)
+    assert floored.compute_at(1.1) == pytest.approx(4.0)
+    assert floored.compute_at(0.1) == np.inf and floored.compute_at(0.05) == np.inf
 
 
 def _row(method, compute, average, status="done", is_reference=False):
@@ -116,7 +123,7 @@ def test_fit_methods_reports_unfittable_points_instead_of_raising():
     rows = [_row("clip", 1e4, 0.5), _row("clip", 1e4, 0.6), _row("clip", 1e4, 0.7), _row("jest", 1e3, 1.0)]
     fits, skipped = fit_methods(pd.DataFrame(rows), points="all")
     assert fits == []
-    assert "one compute value" in skipped["clip"]
+    assert "at least 3 points" in skipped["clip"]  # three seeds of one configuration: one point
     assert "non-positive error" in skipped["jest"]
     _, on_frontier = fit_methods(pd.DataFrame(rows))  # the frontier keeps one of the three clip points
     assert "need at least 3 points" in on_frontier["clip"]
@@ -185,3 +192,128 @@ def test_fit_methods_on_the_frontier_ignores_dominated_runs():
     assert everything.n_points == 4 and everything.b != pytest.approx(-0.2, abs=1e-3)
     with pytest.raises(ValueError, match="points must be one of frontier, all"):
         fit_methods(pd.DataFrame(rows), points="best")
+
+
+def test_saturating_fit_recovers_exact_and_noisy_laws():
+    compute = np.geomspace(1e2, 1e6, 9)
+    a, b, c, r2 = fit_saturating(compute, 3.0 * compute**-0.3 + 0.2)
+    assert (a, b, c) == (pytest.approx(3.0, rel=1e-4), pytest.approx(-0.3, abs=1e-5), pytest.approx(0.2, abs=1e-5))
+    assert r2 == pytest.approx(1.0, abs=1e-9)
+    rng = np.random.default_rng(1)
+    compute = np.geomspace(1e2, 1e6, 30)
+    error = (3.0 * compute**-0.3 + 0.2) * np.exp(rng.normal(0.0, 0.01, compute.size))
+    a, b, c, _ = fit_saturating(compute, error)
+    # 1% log-noise on 30 points over 4 decades: b and c are correlated, so both get loose bounds.
+    assert b == pytest.approx(-0.3, abs=0.05) and c == pytest.approx(0.2, abs=0.03)
+    assert fit_curve(compute, error, "saturating")[:3] == (a, b, c)
+
+
+def test_saturating_fit_shrugs_off_an_outlier_that_moves_least_squares():
+    compute = np.geomspace(1e2, 1e6, 12)
+    error = 3.0 * compute**-0.3 + 0.2
+    error[5] *= 1.6
+    a, b, c, _ = fit_saturating(compute, error)
+    assert b == pytest.approx(-0.3, abs=0.02) and c == pytest.approx(0.2, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("form", "compute", "error", "message"),
+    [
+        ("saturating", [1e2, 1e3, 1e4], [0.5, 0.4, 0.35], "at least 4 points to fit the saturating form"),
+        ("saturating", [1e2, 1e3, 1e4, 1e5], [0.5, 0.5, 0.5, 0.5], "flat|exponent"),
+        ("saturating", [1e2, 1e3, 1e4, 1e5], [0.3, 0.4, 0.5, 0.6], "does not fall"),
+        ("power", [1e2, 1e3, 1e4], [0.3, 0.4, 0.5], "does not fall"),
+        ("power", [1e2, 1e3, 1e4], [0.5, 0.4, -0.1], "non-positive error"),
+    ],
+)
+def test_refuses_fits_on_bounds_and_short_point_sets(form, compute, error, message):
+    with pytest.raises(FitError, match=message):
+        fit_curve(compute, error, form)
+
+
+def test_unknown_form_is_refused():
+    with pytest.raises(ValueError, match="form must be one of power, saturating"):
+        fit_curve([1, 2, 3], [0.5, 0.4, 0.3], "exponential")
+
+
+def test_bootstrap_interval_covers_the_true_exponent_at_about_its_level():
+    """95% percentile intervals over 100 seeded synthetic data sets: the truth inside ~95 times."""
+    compute = np.geomspace(1e3, 1e7, 12)
+    covered = {"a": 0, "b": 0}
+    reps = 100
+    for rep in range(reps):
+        noise = np.random.default_rng(rep).normal(0.0, 0.05, compute.size)
+        fit = fit_points(compute, 2.0 * compute**-0.15 * np.exp(noise), points="all", n_boot=200, seed=rep)
+        covered["a"] += fit.ci["a"][0] <= 2.0 <= fit.ci["a"][1]
+        covered["b"] += fit.ci["b"][0] <= -0.15 <= fit.ci["b"][1]
+        assert fit.n_boot + fit.n_boot_failed == 200
+    # Case resampling of 12 points undercovers a little; a broken interval (e.g. from the wrong
+    # column, or a 50% one) falls far outside this band.
+    assert 0.82 <= covered["b"] / reps <= 1.0
+    assert 0.82 <= covered["a"] / reps <= 1.0
+
+
+def test_seeds_of_a_configuration_are_averaged_and_resampled_within_it():
+    compute = np.repeat([1e3, 1e4, 1e5, 1e6], 3)
+    law = 2.0 * compute**-0.2
+    offsets = np.tile([0.9, 1.0, 1.1], 4)
+    fit = fit_points(compute, law * offsets, points="all", n_boot=200)
+    assert fit.n_points == 4
+    assert (fit.a, fit.b) == (pytest.approx(2.0), pytest.approx(-0.2))  # each configuration's seed mean is on the law
+    assert fit.ci["b"][0] < -0.2 < fit.ci["b"][1] and fit.n_boot == 200
+    same = fit_points(compute, law, points="all", n_boot=50)
+    assert same.ci["b"] == [pytest.approx(-0.2)] * 2  # identical seeds: nothing to resample
+    with pytest.raises(FitError, match="different compute"):
+        fit_points([1e3, 2e3, 1e4, 1e5], [0.5, 0.4, 0.3, 0.2], config=["x", "x", "y", "z"])
+
+
+def test_holdout_reports_the_extrapolation_error_of_the_largest_compute():
+    compute = np.geomspace(1e2, 1e6, 5)
+    error = 2.0 * compute**-0.2
+    observed = error[-1] * 1.1
+    error[-1] = observed
+    fit = fit_points(compute, error, points="all", holdout=1)
+    predicted = 2.0 * 1e6**-0.2  # the fit on the first four points is the exact law
+    assert fit.holdout["n_held_out"] == 1 and fit.holdout["fit_on"] == 4
+    assert fit.holdout["predicted"] == [pytest.approx(predicted)]
+    assert fit.holdout["relative_error"] == [pytest.approx((predicted - observed) / observed)]
+    assert fit_points(compute[:3], error[:3], points="all", holdout=1).holdout is None  # 2 left: no fit
+
+
+def test_saving_ratio_matches_the_closed_form_of_two_power_laws():
+    compute = np.geomspace(1e2, 1e6, 6)
+    base = fit_points(compute, 2.0 * compute**-0.2, method="clip", points="all", n_boot=100)
+    fast = fit_points(compute, 2.5 * compute**-0.25, method="drrho", points="all", n_boot=100)
+    target = 0.4
+    closed = (target / 2.5) ** (1 / -0.25) / (target / 2.0) ** (1 / -0.2)
+    out = saving_ratio(fast, base, target)
+    assert out["ratio"] == pytest.approx(closed, rel=1e-6)
+    assert out["ci"] == [pytest.approx(closed, rel=1e-6)] * 2  # exact data: every replicate agrees
+    assert out["extrapolated"] is False and out["unreachable_share"] == 0.0
+    assert saving_ratio(fast, base, 0.01)["extrapolated"] is True
+    targets = default_targets(fast, base)
+    assert len(targets) == 3 and all(0.0 < t < 1.0 for t in targets)
+    for t in targets:
+        assert not saving_ratio(fast, base, t)["extrapolated"]
+
+
+def test_saving_ratio_is_infinite_below_a_floor():
+    compute = np.geomspace(1e2, 1e6, 6)
+    base = fit_points(compute, 2.0 * compute**-0.2, method="clip", points="all")
+    floored = fit_points(compute, 2.0 * compute**-0.3 + 0.15, method="x", form="saturating", points="all")
+    assert saving_ratio(floored, base, 0.1)["ratio"] == np.inf
+
+
+def test_data_efficiency_fits_samples_seen_per_model_size():
+    rows = []
+    for model, scale in (("s", 3.0), ("m", 2.0)):
+        for n in (1e3, 1e4, 1e5):
+            for method, k in (("clip", 1.0), ("drrho", 0.9)):
+                rows.append({"method": method, "model": model, "samples_seen": n, "seed": 0, "status": "done",
+                             "is_reference": False, "average": 1 - k * scale * n**-0.2, "c_paper": n})
+    fits, skipped = data_efficiency(pd.DataFrame(rows))
+    assert skipped == {}
+    assert [(f.method, f.model) for f in fits] == [("clip", "m"), ("clip", "s"), ("drrho", "m"), ("drrho", "s")]
+    drrho_s = fits[3]
+    assert drrho_s.compute_col == "samples_seen"
+    assert (drrho_s.a, drrho_s.b) == (pytest.approx(2.7), pytest.approx(-0.2))

@@ -1,0 +1,190 @@
+"""Paper figures for a sweep: error vs samples seen per model size, per-task gains over a baseline, training curves."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.ticker as mticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from harness.io import save_with
+from harness.report import task_columns
+
+LINESTYLES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
+MATCH_KEYS = ["model", "samples_seen", "seed"]
+MAX_COLUMNS = 4
+
+
+def method_colours(methods: list[str]) -> dict[str, tuple]:
+    """One colour per method over the sorted names (tab10, husl past ten), so a method looks the same in every figure."""
+    names = sorted(set(methods))
+    return dict(zip(names, sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))))
+
+
+def _sweep_colours(df: pd.DataFrame) -> dict[str, tuple]:
+    """Colours over every non-reference method of the table, plotted or not, so figures of one sweep agree."""
+    return method_colours(list(df.loc[~df["is_reference"].eq(True), "method"].dropna().astype(str)))
+
+
+def _done_runs(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"].eq("done") & ~df["is_reference"].eq(True)]
+
+
+def _models_by_size(runs: pd.DataFrame) -> list[str]:
+    """Model names from the cheapest forward pass to the dearest (name breaks ties)."""
+    gflops = runs.groupby("model")["gflops_per_pair"].mean()
+    return sorted(gflops.index, key=lambda m: (gflops[m], m))
+
+
+def _figure(panels: int, title: str, panel_size: tuple[float, float] = (4.0, 3.4), **subplots) -> tuple[Figure, list[Axes]]:
+    """A constrained-layout Agg figure in whitegrid style, panels in rows of at most MAX_COLUMNS (spares removed)."""
+    columns = min(panels, MAX_COLUMNS)
+    rows = math.ceil(panels / columns)
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(panel_size[0] * columns, panel_size[1] * rows + 0.6), dpi=150, layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = list(fig.subplots(rows, columns, squeeze=False, **subplots).flat)
+    for spare in axes[panels:]:
+        spare.remove()
+    fig.suptitle(title)
+    return fig, axes[:panels]
+
+
+def _message(title: str, text: str) -> Figure:
+    """A one-panel figure saying why there is nothing to plot."""
+    fig, (ax,) = _figure(1, title)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    return fig
+
+
+def data_efficiency_figure(df: pd.DataFrame, title: str) -> Figure:
+    """Zero-shot error vs samples seen (log-log), a panel per model size and a line per method:
+    mean over seeds with a sample-standard-deviation bar, so data efficiency compares within a model size."""
+    runs = _done_runs(df).assign(error=lambda r: 1.0 - r["average"]).dropna(subset=["error", "samples_seen"])
+    if runs.empty:
+        return _message(f"{title}: error vs samples seen", "no done runs")
+    colours = _sweep_colours(df)
+    stats = runs.groupby(["model", "method", "samples_seen"])["error"].agg(["mean", "std"]).reset_index()
+    models = _models_by_size(runs)
+    fig, axes = _figure(len(models), f"{title}: error vs samples seen (mean ± sd over seeds)", sharey=True)
+    plain = mticker.FuncFormatter(lambda v, _: f"{v:.2g}")
+    for ax, model in zip(axes, models):
+        for method, points in stats[stats["model"].eq(model)].groupby("method"):
+            x, y, sd = (points[c].to_numpy(float) for c in ("samples_seen", "mean", "std"))
+            ax.errorbar(x, y, yerr=np.nan_to_num(sd), color=colours[method],
+                        marker="o", markersize=4, capsize=3, linewidth=1.5, label=method)
+        gflops = runs.loc[runs["model"].eq(model), "gflops_per_pair"].mean()
+        ax.set(xscale="log", yscale="log", xlabel="samples seen", title=f"{model} ({gflops:.3g} GFLOPs/pair)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.yaxis.set_major_formatter(plain)
+    low, high = axes[0].get_ylim()
+    axes[0].yaxis.set_minor_formatter(plain if high < 10 * low else mticker.NullFormatter())
+    axes[0].set_ylabel("zero-shot error (1 - average)")
+    plotted = sorted(stats["method"].unique())
+    axes[0].legend(handles=[Line2D([], [], color=colours[m], marker="o", label=m) for m in plotted], fontsize="small")
+    return fig
+
+
+def _task_deltas(df: pd.DataFrame, baseline: str = "clip") -> tuple[pd.DataFrame, pd.Series]:
+    """Per method, mean over configurations matched with a baseline run (model, samples seen, seed) of the score
+    minus the baseline's, in percentage points, per task and average; also the number of matched configurations."""
+    runs = _done_runs(df)
+    columns = task_columns(df) + ["average"]
+    base = runs[runs["method"].eq(baseline)]
+    if base.empty:
+        found = sorted(runs["method"].unique())
+        raise ValueError(f"baseline method {baseline!r} has no done runs; methods with done runs: {found}")
+    base = base.groupby(MATCH_KEYS)[columns].mean().reset_index()
+    matched = runs[~runs["method"].eq(baseline)].merge(base, on=MATCH_KEYS, suffixes=("", "@base"))
+    if matched.empty:
+        raise ValueError(f"no done run of another method matches a {baseline!r} run on (model, samples_seen, seed)")
+    deltas = pd.DataFrame({c.removeprefix("task:"): 100 * (matched[c] - matched[c + "@base"]) for c in columns})
+    grouped = deltas.groupby(matched["method"])
+    return grouped.mean(), grouped.size()
+
+
+def task_delta_heatmap(df: pd.DataFrame, title: str, baseline: str = "clip") -> Figure:
+    """Heatmap of each method's per-task gain over the baseline (percentage points, centred at 0),
+    so where a method helps or hurts reads at a glance."""
+    deltas, counts = _task_deltas(df, baseline)
+    deltas.index = [f"{m} (n={counts[m]})" for m in deltas.index]
+    finite = np.abs(deltas.to_numpy()[np.isfinite(deltas.to_numpy())])
+    limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    fig, (ax,) = _figure(1, f"{title}: score minus {baseline} (percentage points)",
+                         (2.6 + 0.9 * deltas.shape[1], 1.4 + 0.45 * deltas.shape[0]))
+    sns.heatmap(deltas, ax=ax, cmap="vlag", center=0.0, vmin=-limit, vmax=limit, annot=True, fmt=".1f",
+                linewidths=0.5, cbar_kws={"label": f"method - {baseline} (pp)"})
+    ax.set(xlabel="task", ylabel="method (n matched runs)")
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.tick_params(axis="y", labelrotation=0)
+    return fig
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """A run's metrics.jsonl as a table, skipping lines that do not parse (a killed writer leaves a partial last
+    line); empty when the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame()
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _series(log: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Samples seen and the key's numeric values where both are logged; temperature for logit_scale."""
+    if "samples_seen" not in log or key not in log:
+        return pd.DataFrame(columns=["x", "y"])
+    points = pd.DataFrame({"x": pd.to_numeric(log["samples_seen"], errors="coerce"),
+                           "y": pd.to_numeric(log[key], errors="coerce")}).dropna()
+    return points.assign(y=1.0 / points["y"]) if key == "logit_scale" else points
+
+
+def training_curves_figure(df: pd.DataFrame, results_dir: Path, title: str,
+                           keys: Sequence[str] = ("loss", "logit_scale", "noisy_fraction")) -> Figure:
+    """A panel per logged key against samples seen, a line per done run coloured by method and styled by model
+    size, to see how the objective, the temperature (1 / logit_scale) and batch noise evolve."""
+    runs = _done_runs(df)
+    logs = {row.run_id: read_metrics(Path(results_dir) / "runs" / str(row.run_id) / "metrics.jsonl")
+            for row in runs.itertuples()}
+    curves = {key: {run: points for run, log in logs.items() if not (points := _series(log, key)).empty} for key in keys}
+    present = [key for key in keys if curves[key]]
+    if not present:
+        return _message(f"{title}: training curves", "no training logs")
+    colours = _sweep_colours(df)
+    models = _models_by_size(runs)
+    styles = dict(zip(models, list(LINESTYLES) * len(models)))
+    method, model = runs.set_index("run_id")["method"], runs.set_index("run_id")["model"]
+    key_text = ", ".join(f"{m} {LINESTYLES[styles[m]]}" for m in models)
+    fig, axes = _figure(len(present), f"{title}: training curves\nline style by model: {key_text}")
+    for ax, key in zip(axes, present):
+        for run, points in curves[key].items():
+            ax.plot(points["x"], points["y"], color=colours[method[run]], linestyle=styles[model[run]],
+                    linewidth=1.2, alpha=0.85)
+        name = "temperature" if key == "logit_scale" else key.replace("_", " ")
+        ax.set(xlabel="samples seen", ylabel=name, title=name)
+    shown = sorted({method[run] for key in present for run in curves[key]})
+    axes[0].legend(handles=[Line2D([], [], color=colours[m], label=m) for m in shown], fontsize="small")
+    return fig
+
+
+def save_figure(fig: Figure, stem: Path) -> list[Path]:
+    """Write <stem>.png (to look at) and <stem>.svg (for the paper), each atomically; their paths."""
+    stem = Path(stem)
+    return [save_with(stem.with_name(f"{stem.name}.{fmt}"), lambda p, fmt=fmt: fig.savefig(p, format=fmt))
+            for fmt in ("png", "svg")]
