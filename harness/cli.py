@@ -58,9 +58,11 @@ def _parser() -> argparse.ArgumentParser:
                                         "image-text pair, counted with torch's FlopCounterMode.")
     models.set_defaults(func=_cmd_models)
 
-    report = sub.add_parser("report", help="rewrite the leaderboard, fit and plot of a results directory",
-                            description="Rebuild leaderboard.csv/.md, scaling.json and plots/ from the runs stored "
-                                        "in RESULTS (the directory `clipsteer run` wrote).")
+    report = sub.add_parser("report", help="rewrite the leaderboard, fits and plots of a results directory",
+                            description="Rebuild leaderboard.csv/.md/.html, scaling.json (fits with bootstrap "
+                                        "intervals, held-out checks, compute-saving ratios, data efficiency) and "
+                                        "plots/ (PNG and SVG) from the runs stored in RESULTS (the directory "
+                                        "`clipsteer run` wrote).")
     report.add_argument("results", type=Path, help="results directory of a grid, e.g. results/demo")
     report.set_defaults(func=_cmd_report)
 

@@ -312,16 +312,20 @@ def fit_points(compute: ArrayLike, error: ArrayLike, config: ArrayLike | None = 
 
 
 def points_from_results(df: pd.DataFrame, compute_col: str = "c_paper") -> pd.DataFrame:
-    """Done non-reference runs of a results table as fit points: method, model, config, compute, error."""
+    """Done non-reference runs of a results table as fit points: method, model, config (model, samples seen and
+    reference: what a seed repeats), compute, error."""
     missing = {"method", "status", "is_reference", "average", compute_col} - set(df.columns)
     if missing:
         raise KeyError(f"results table lacks column(s) {sorted(missing)}")
     rows = df[(df["status"] == "done") & ~df["is_reference"].eq(True)]
-    model = rows["model"] if "model" in rows else pd.Series("", index=rows.index)
-    samples = rows["samples_seen"].astype(str) if "samples_seen" in rows else rows[compute_col].astype(str)
-    return pd.DataFrame({"method": rows["method"].astype(str), "model": model.astype(str),
-                         "config": model.astype(str) + "@" + samples, "compute": rows[compute_col].astype(float),
-                         "error": 1.0 - rows["average"].astype(float)})
+    def column(name: str, default: pd.Series) -> pd.Series:
+        return (rows[name] if name in rows else default).astype(str)
+
+    model = column("model", pd.Series("", index=rows.index))
+    # runs that differ only in seed are one configuration; another reference makes another configuration
+    config = model + "@" + column("samples_seen", rows[compute_col]) + "@" + column("reference", pd.Series("", index=rows.index))
+    return pd.DataFrame({"method": rows["method"].astype(str), "model": model, "config": config,
+                         "compute": rows[compute_col].astype(float), "error": 1.0 - rows["average"].astype(float)})
 
 
 def fit_table(table: pd.DataFrame, by: tuple[str, ...] = ("method",), compute_col: str = "c_paper",

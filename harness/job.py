@@ -15,6 +15,7 @@ from harness import io, refcache, store
 from harness.compute import run_compute
 from harness.config import pool_config
 from harness.data.pool import build_pool
+from harness.diagnostics import reference_diagnostics
 from harness.evaluate import evaluate
 from harness.models import build_model
 from harness.reference import OnlineReference, load_reference
@@ -42,10 +43,18 @@ def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show
     eval_start = time.perf_counter()
     scores = evaluate(built, spec["eval_tasks"], device=cfg.device)
     io.write_json(rdir / "eval.json", scores)
+    diagnostics = None
+    if spec["reference"] is not None:
+        ref_model = reference.built if isinstance(reference, OnlineReference) else \
+            load_reference(spec["reference"], results, cfg.device)
+        diagnostics = reference_diagnostics(built, ref_model, spec["reference"], pool_config(spec["data"]),
+                                            spec["eval_tasks"], results, cfg.device)
     compute = run_compute(spec, method, len(pool))
+    # A resumed run's wall time counts the training done before the resume (kept in the checkpoint).
+    wall = time.perf_counter() - start + summary.earlier_time_s
     return {"run_id": spec["run_id"], "gflops_per_pair": compute["gflops_per_pair"], "samples_seen": summary.samples_seen,
             "c_paper": compute["c_paper"], "compute": compute, "train": vars(summary), "eval": scores,
-            "eval_time_s": time.perf_counter() - eval_start, "wall_time_s": time.perf_counter() - start,
+            "reference": diagnostics, "eval_time_s": time.perf_counter() - eval_start, "wall_time_s": wall,
             "threads": threads}
 
 

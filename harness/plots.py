@@ -1,4 +1,5 @@
-"""Paper figures for a sweep: error vs samples seen per model size, per-task gains over a baseline, training curves."""
+"""Paper figures for a sweep: error vs compute with fitted laws, error vs samples seen per model size, per-task
+gains over a baseline, training curves, and the weak-to-strong gain against the reducible-loss variance."""
 from __future__ import annotations
 
 import json
@@ -15,12 +16,22 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from harness.fit import PowerLaw
 from harness.io import save_with
-from harness.report import task_columns
 
+COMPUTE_AXES = {"c_paper": "C_paper", "c_total": "C_total"}
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+# DRRho paper (METHODS.md): ImageNet-1k zero-shot error against C_paper in GFLOPs, fitted on its compute frontier.
+PAPER_FITS = {"OpenCLIP (DRRho paper)": (5.77, -0.116), "DRRho-CLIP (DRRho paper)": (7.15, -0.127)}
+PAPER_TASK = "task:imagenet1k"
 LINESTYLES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
 MATCH_KEYS = ["model", "samples_seen", "seed"]
 MAX_COLUMNS = 4
+
+
+def task_columns(df: pd.DataFrame) -> list[str]:
+    """The `task:<name>` score columns, in table order."""
+    return [c for c in df.columns if str(c).startswith("task:")]
 
 
 def method_colours(methods: list[str]) -> dict[str, tuple]:
@@ -56,6 +67,87 @@ def _figure(panels: int, title: str, panel_size: tuple[float, float] = (4.0, 3.4
         spare.remove()
     fig.suptitle(title)
     return fig, axes[:panels]
+
+
+def _log_formatters(ax: Axes) -> None:
+    """Plain tick labels on a log error axis (minor ones too when it spans less than a decade)."""
+    plain = mticker.FuncFormatter(lambda v, _: f"{v:.2g}")
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain if high < 10 * low else mticker.NullFormatter())
+
+
+def _fit_label(method: str, fit: PowerLaw | None) -> str:
+    if fit is None:
+        return f"{method}: no fit"
+    floor = f" + {fit.c:.3g}" if fit.form == "saturating" else ""
+    ci = fit.ci.get("b")
+    band = f", b in [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    return f"{method}: $E = {fit.a:.3g} \\cdot C^{{{fit.b:.3f}}}${floor}{band}"
+
+
+def scaling_figure(df: pd.DataFrame, fits: list[PowerLaw], title: str, compute_col: str = "c_paper") -> Figure:
+    """Log-log error against compute: a point per run, per method its fitted law over the fitted range with a
+    95% bootstrap band; the DRRho paper's published laws dashed when the score is ImageNet-1k alone on C_paper."""
+    points = _done_runs(df)
+    points = points.assign(error=1.0 - points["average"]).dropna(subset=[compute_col, "error"])
+    methods = sorted(df.loc[~df["is_reference"].eq(True), "method"].unique())
+    models = sorted(points["model"].unique())
+    colours = _sweep_colours(df)
+    markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)}
+    by_method = {fit.method: fit for fit in fits}
+    fig, (ax,) = _figure(1, f"{title}: error vs compute", (7.0, 5.0))
+    if not points.empty:
+        sns.scatterplot(data=points, x=compute_col, y="error", hue="method", style="model", palette=colours,
+                        markers=markers, s=50, ax=ax, legend=False)
+    for fit in fits:
+        c = np.geomspace(fit.compute_min, fit.compute_max, 50)
+        ax.plot(c, fit.predict(c), color=colours[fit.method], linewidth=1.5)
+        if fit.ci and fit.boot is not None:
+            curves = fit.boot[:, 0:1] * c[None, :] ** fit.boot[:, 1:2] + fit.boot[:, 2:3]
+            low, high = np.percentile(curves, [2.5, 97.5], axis=0)
+            ax.fill_between(c, low, high, color=colours[fit.method], alpha=0.15, linewidth=0)
+    handles = [Line2D([], [], color=colours[m], label=_fit_label(m, by_method.get(m))) for m in methods]
+    handles += [Line2D([], [], color="0.4", marker=markers[m], linestyle="none", label=m) for m in models]
+    if compute_col == "c_paper" and task_columns(df) == [PAPER_TASK] and not points.empty:
+        c = np.geomspace(points[compute_col].min(), points[compute_col].max(), 50)
+        for (name, (a, b)), shade in zip(PAPER_FITS.items(), ("0.25", "0.55")):
+            ax.plot(c, a * c**b, color=shade, linestyle="--", linewidth=1.2)
+            handles.append(Line2D([], [], color=shade, linestyle="--", label=f"{name}: $E = {a} \\cdot C^{{{b}}}$"))
+    ax.set(xscale="log", yscale="log", xlabel=f"compute {COMPUTE_AXES.get(compute_col, compute_col)} (GFLOPs)",
+           ylabel="zero-shot error (1 - average)",
+           title="lines: laws fitted on each method's compute frontier; bands: 95% bootstrap")
+    ax.grid(True, which="both", alpha=0.3)
+    _log_formatters(ax)
+    if handles:
+        ax.legend(handles=handles, fontsize="small", loc="best")
+    return fig
+
+
+def gain_figure(df: pd.DataFrame, title: str) -> Figure:
+    """Weak-to-strong gain (run minus its reference, average score in points) against the variance of the
+    held-out reducible loss l(w) - l(w_ref), a point per run coloured by method and shaped by reference:
+    DRRho's generalization bound shrinks with that variance, whatever the reference's own accuracy."""
+    runs = _done_runs(df)
+    if "reducible_var" not in runs:
+        return _message(f"{title}: weak-to-strong gain", "no run with a reference")
+    runs = runs.dropna(subset=["reducible_var", "gain"])
+    if runs.empty:
+        return _message(f"{title}: weak-to-strong gain", "no run with a reference")
+    colours = _sweep_colours(df)
+    labels = sorted(runs["reference"].astype(str).unique())
+    markers = {r: MARKERS[i % len(MARKERS)] for i, r in enumerate(labels)}
+    fig, (ax,) = _figure(1, f"{title}: weak-to-strong gain vs reducible-loss variance", (7.0, 5.0))
+    for row in runs.itertuples():
+        ax.scatter(row.reducible_var, 100 * row.gain, color=colours[row.method], marker=markers[str(row.reference)],
+                   s=45, edgecolor="0.2", linewidth=0.4)
+    ax.axhline(0.0, color="0.5", linewidth=0.8)
+    ax.set(xlabel="variance of l(w) - l(w_ref) on the held-out pairs", ylabel="gain over the reference (points)")
+    handles = [Line2D([], [], color=colours[m], marker="o", linestyle="none", label=m)
+               for m in sorted(runs["method"].unique())]
+    handles += [Line2D([], [], color="0.4", marker=markers[r], linestyle="none", label=f"ref {r}") for r in labels]
+    ax.legend(handles=handles, fontsize="x-small", loc="best")
+    return fig
 
 
 def _message(title: str, text: str) -> Figure:

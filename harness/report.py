@@ -1,18 +1,18 @@
-"""Write a sweep's report: leaderboard (CSV and Markdown), scaling-law fits (JSON) and a log-log plot."""
+"""Write a sweep's report: leaderboard (CSV, Markdown, a self-contained HTML page), scaling-law analysis
+(JSON: fits with bootstrap intervals, held-out checks, compute-saving ratios, data efficiency) and plots
+(PNG and SVG)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib.ticker as mticker
-import numpy as np
 import pandas as pd
-import seaborn as sns
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
-from harness.fit import PowerLaw, fit_methods
-from harness.io import save_with, write_json, write_text
+from harness import html, plots
+from harness.io import write_json, write_text
+from harness.plots import COMPUTE_AXES, task_columns
+from harness.scaling import FitOptions, analyse, data_savings
+from harness.fit import points_from_results
 
 COMPUTE_NOTE = (
     "Compute: C_paper = forward GFLOPs per image-text pair of the trained model x samples seen "
@@ -20,16 +20,17 @@ COMPUTE_NOTE = (
     "scoring passes over super-batches, the reference's forward passes, the reference's scoring pass over the "
     "pool and an equal share of a reference-feature cache."
 )
-COMPUTE_AXES = {"c_paper": "C_paper", "c_total": "C_total"}
-PLOTS = {"c_paper": "scaling_law.png", "c_total": "scaling_law_c_total.png"}
+GAIN_NOTE = (
+    "gain: the run's average score minus its reference's on the same tasks (weak-to-strong gain, points). "
+    "reducible var: variance of the per-pair loss difference l(w) - l(w_ref) on 1,024 held-out pairs "
+    "(test images, the pool's caption noise), computed at each model's own logit scale; DRRho's generalization "
+    "bound shrinks with this variance."
+)
+TEXT_COLUMNS = ("stage", "method", "model", "reference")
+PLOTS = {"c_paper": "scaling_law", "c_total": "scaling_law_c_total"}
 LEADING_COLUMNS = ["stage", "method", "model", "samples_seen", "seed", "gflops_per_pair", "c_paper", "c_total"]
-TRAILING_COLUMNS = ["average", "wall_time_s", "status", "error", "reference", "run_id"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
-
-
-def task_columns(df: pd.DataFrame) -> list[str]:
-    """The `task:<name>` score columns, in table order."""
-    return [c for c in df.columns if str(c).startswith("task:")]
+TRAILING_COLUMNS = ["average", "reference_average", "gain", "reducible_var", "wall_time_s", "status", "error",
+                    "reference", "run_id"]
 
 
 def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
@@ -53,13 +54,19 @@ def _configuration(rows: pd.DataFrame) -> dict[str, pd.Series]:
 
 
 def _to_markdown(table: pd.DataFrame) -> str:
-    """Pipe table: the two name columns left-aligned, numbers right-aligned and printed as formatted."""
-    align = ["left", "left"] + ["right"] * (len(table.columns) - 2)
+    """Pipe table: the name columns left-aligned, numbers right-aligned and printed as formatted."""
+    align = ["left" if c in TEXT_COLUMNS else "right" for c in table.columns]
     return table.to_markdown(index=False, colalign=align, disable_numparse=True)
 
 
-def _markdown_table(rows: pd.DataFrame, tasks: list[str]) -> str:
+def _has(rows: pd.DataFrame, column: str) -> bool:
+    return column in rows and rows[column].notna().any()
+
+
+def _markdown_table(rows: pd.DataFrame, tasks: list[str], first: str | None = None) -> str:
+    """Pipe table of runs; `first` names a column shown before the configuration (e.g. the stage)."""
     table = pd.DataFrame({
+        **({first: rows[first].map(_cell)} if first else {}),
         **_configuration(rows),
         "seed": rows["seed"].astype(int),
         "GFLOPs/pair": rows["gflops_per_pair"].map(lambda g: f"{g:.4g}"),
@@ -73,18 +80,23 @@ def _markdown_table(rows: pd.DataFrame, tasks: list[str]) -> str:
     table.loc[~done.to_numpy(), "average (%)"] = [
         _cell(f"failed: {reason}" if isinstance(reason, str) and reason else "failed") for reason in rows.loc[~done, "error"]
     ]
+    if _has(rows, "gain"):
+        table["gain (pts)"] = rows["gain"].map(lambda g: "-" if pd.isna(g) else f"{100 * g:+.1f}")
+        table["reducible var"] = rows["reducible_var"].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}")
     table["wall time (s)"] = rows["wall_time_s"].map(lambda t: f"{t:.1f}")
     return _to_markdown(table)
 
 
 def seed_means(df: pd.DataFrame) -> pd.DataFrame:
-    """Done non-reference runs grouped over seeds (method, model, samples seen): the number of seeds,
-    mean and sample standard deviation of the average, mean task scores, compute and wall time;
+    """Done non-reference runs grouped over seeds (method, model, samples seen, reference): the number of seeds,
+    mean and sample standard deviation of the average, mean task scores, gain, compute and wall time;
     best mean first within each (model, samples seen)."""
     runs = df[df["status"].eq("done") & ~df["is_reference"].eq(True)]
-    keys = ["model", "samples_seen", "method"]
+    runs = runs.assign(reference=runs["reference"].fillna("-") if "reference" in runs else "-")
+    keys = ["model", "samples_seen", "method", "reference"]  # seeds repeat a configuration; a reference changes it
     grouped = runs.groupby(keys, sort=False)
-    table = grouped[task_columns(runs) + ["average", "c_paper", "c_total", "wall_time_s"]].mean()
+    extra = [c for c in ("gain", "reducible_var") if c in runs]
+    table = grouped[task_columns(runs) + ["average", *extra, "c_paper", "c_total", "wall_time_s"]].mean()
     table.insert(0, "seeds", grouped["seed"].count())
     table.insert(1, "average_std", grouped["average"].std())
     table = table.reset_index()
@@ -92,99 +104,152 @@ def seed_means(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _seed_means_markdown(means: pd.DataFrame) -> str:
+    several = means["reference"].nunique() > 1
     table = pd.DataFrame({
-        **_configuration(means), "seeds": means["seeds"].astype(int),
+        **_configuration(means), **({"reference": means["reference"].map(_cell)} if several else {}),
+        "seeds": means["seeds"].astype(int),
         "average (%)": [f"{100 * m:.1f} ± {100 * sd:.1f}" if n > 1 else f"{100 * m:.1f}"
                         for m, sd, n in zip(means["average"], means["average_std"], means["seeds"])],
     })
     for column in task_columns(means):
         table[column.removeprefix("task:") + " (%)"] = means[column].map(lambda v: f"{100 * v:.1f}")
+    if _has(means, "gain"):
+        table["gain (pts)"] = means["gain"].map(lambda g: "-" if pd.isna(g) else f"{100 * g:+.1f}")
     table["C_total / C_paper"] = (means["c_total"] / means["c_paper"]).map(lambda r: f"{r:.2f}")
     table["wall time (s)"] = means["wall_time_s"].map(lambda t: f"{t:.1f}")
     return _to_markdown(table)
 
 
-def leaderboard_markdown(df: pd.DataFrame, title: str) -> str:
+def _interval(ci: list[float] | None, fmt: str) -> str:
+    return f" [{format(ci[0], fmt)}, {format(ci[1], fmt)}]" if ci else ""
+
+
+def fits_frame(doc: dict[str, Any]) -> pd.DataFrame:
+    """One row per fit of an analysis document (scaling.analyse): parameters, intervals, held-out error."""
+    rows = []
+    for fit in doc["fits"]:
+        held = fit["holdout"]
+        rows.append({"method": fit["method"], **({"model": fit["model"]} if fit["model"] else {}),
+                     "form": fit["form"], "a": fit["a"], "a 95% CI": _interval(fit["ci"].get("a"), ".4g").strip(),
+                     "b": fit["b"], "b 95% CI": _interval(fit["ci"].get("b"), ".4f").strip(), "c": fit["c"],
+                     "points": fit["n_points"], "r2 (log)": fit["r2"],
+                     "held-out error (%)": 100 * held["relative_error"][-1] if held else None})
+    return pd.DataFrame(rows)
+
+
+def savings_frame(doc: dict[str, Any]) -> pd.DataFrame:
+    """One row per saving ratio of an analysis document: method, target error, ratio to the baseline, interval."""
+    return pd.DataFrame([{"method": r["method"], **({"model": r["model"]} if "model" in r else {}),
+                          "target error": r["target_error"], "ratio to " + r["baseline"]: r["ratio"],
+                          "95% CI": _interval(r.get("ci"), ".3g").strip(), "extrapolated": r["extrapolated"]}
+                         for r in doc["savings"]])
+
+
+def _analysis_markdown(analysis: dict[str, Any]) -> list[str]:
+    """Markdown sections of the scaling analysis: fits per compute axis, saving ratios, data efficiency."""
+    parts = []
+    for column, label in COMPUTE_AXES.items():
+        doc = analysis[column]
+        parts.append(f"## Scaling fits against {label}")
+        parts.append(f"{doc['form']} form on each method's {doc['points']} points; seeds averaged per configuration; "
+                     f"95% intervals from {doc['n_boot']} bootstrap replicates; held-out error: prediction of the "
+                     "largest compute from a fit without it.")
+        fits = fits_frame(doc)
+        if not fits.empty:
+            parts.append(fits.to_markdown(index=False, floatfmt=".4g"))
+        parts += [f"- {method}: no fit: {_cell(reason)}" for method, reason in doc["skipped"].items()]
+        if doc["savings"]:
+            parts += [f"Compute to reach a target error relative to {doc['baseline']} (< 1 saves compute):",
+                      savings_frame(doc).to_markdown(index=False, floatfmt=".4g")]
+    data = analysis["data_efficiency"]
+    if data["savings"]:
+        parts += ["## Data efficiency", "Samples seen to reach a target error relative to the baseline on the same "
+                  "model (error against samples seen fitted per method and model size):",
+                  savings_frame(data).to_markdown(index=False, floatfmt=".4g")]
+    return parts
+
+
+def leaderboard_markdown(df: pd.DataFrame, title: str, analysis: dict[str, Any] | None = None) -> str:
     """Markdown leaderboard: title, compute note, a reference-model table, means over seeds (when a
-    configuration has several), then every sweep run."""
+    configuration has several), every sweep run, then the scaling analysis when given."""
     board = leaderboard(df)
     tasks = task_columns(board)
     is_ref = board["is_reference"].eq(True)
     parts = [f"# {title}", COMPUTE_NOTE]
+    if _has(board, "gain"):
+        parts.append(GAIN_NOTE)
     if is_ref.any():
-        parts += ["## Reference models", _markdown_table(board[is_ref], tasks)]
+        refs = board[is_ref]
+        parts += ["## Reference models", _markdown_table(refs, tasks, "stage" if len(refs) > 1 else None)]
     means = seed_means(board)
     if (means["seeds"] > 1).any():
         parts += ["## Mean over seeds", "average: mean ± sample standard deviation over seeds.",
                   _seed_means_markdown(means)]
     parts += ["## Runs", _markdown_table(board[~is_ref], tasks) if (~is_ref).any() else "No runs."]
+    if analysis:
+        parts += _analysis_markdown(analysis)
     return "\n\n".join(parts) + "\n"
 
 
-def scaling_summary(fits: dict[str, tuple[list[PowerLaw], dict[str, str]]]) -> dict:
-    """The scaling.json document: fits of error against each compute axis (column -> (fits, skipped))."""
-    return {
-        "unit": "GFLOPs",
-        "form": "E = a * C^b",
-        "points": "compute frontier of each method's done non-reference runs (lower error than every cheaper run)",
-        **{column: {"fits": [fit.to_dict() for fit in found], "skipped": skipped}
-           for column, (found, skipped) in fits.items()},
-    }
+def scaling_analysis(df: pd.DataFrame, opts: FitOptions = FitOptions()) -> tuple[dict[str, Any], dict[str, list]]:
+    """The scaling.json document (fits on C_paper and C_total, data efficiency) and the fits per compute axis."""
+    doc: dict[str, Any] = {"unit": "GFLOPs"}
+    fits = {}
+    for column in COMPUTE_AXES:
+        doc[column], fits[column] = analyse(points_from_results(df, column), FitOptions(**{**vars(opts), "compute_col": column}))
+    doc["data_efficiency"] = data_savings(df, opts)
+    return doc, fits
 
 
-def _fit_label(method: str, fit: PowerLaw | None) -> str:
-    return f"{method}: $E = {fit.a:.3g} \\cdot C^{{{fit.b:.3f}}}$" if fit else f"{method}: no fit"
+def _html_page(df: pd.DataFrame, title: str, analysis: dict[str, Any], images: list[Path]) -> str:
+    """The leaderboard, fits and saving ratios as sortable tables, with every PNG plot embedded."""
+    board = leaderboard(df)
+    is_ref = board["is_reference"].eq(True)
+    shown = [c for c in LEADING_COLUMNS + task_columns(board) + TRAILING_COLUMNS if c in board]
+    gains = [c for c in board.columns if str(c).startswith("gain:")]
+    tables = [html.Table("Reference models", board.loc[is_ref, shown]),
+              html.Table("Runs", board.loc[~is_ref, shown + gains], GAIN_NOTE if _has(board, "gain") else "")]
+    means = seed_means(board)
+    if (means["seeds"] > 1).any():
+        tables.append(html.Table("Mean over seeds", means, "average_std: sample standard deviation over seeds."))
+    for column, label in COMPUTE_AXES.items():
+        tables.append(html.Table(f"Scaling fits against {label}", fits_frame(analysis[column])))
+        if analysis[column]["savings"]:
+            tables.append(html.Table(f"Compute-saving ratios ({label})", savings_frame(analysis[column])))
+    if analysis["data_efficiency"]["savings"]:
+        tables.append(html.Table("Data efficiency", savings_frame(analysis["data_efficiency"])))
+    pictures = [html.Image(p.stem.replace("_", " "), p.read_bytes(), "image/png") for p in images]
+    return html.render_html(title, COMPUTE_NOTE, tables, pictures)
 
 
-def scaling_figure(df: pd.DataFrame, fits: list[PowerLaw], title: str, compute_col: str = "c_paper") -> Figure:
-    """Log-log plot of zero-shot error against compute: points per run, a line per method fitted on its frontier."""
-    points = df[df["status"].eq("done") & ~df["is_reference"].eq(True)]
-    points = points.assign(error=1.0 - points["average"]).dropna(subset=[compute_col, "error"])
-    methods = sorted(df.loc[~df["is_reference"].eq(True), "method"].unique())
-    models = sorted(points["model"].unique())
-    colours = dict(zip(methods, sns.color_palette("tab10" if len(methods) <= 10 else "husl", len(methods))))
-    markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)}
-    by_method = {fit.method: fit for fit in fits}
-    with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(7, 5), dpi=150, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-    if not points.empty:
-        sns.scatterplot(data=points, x=compute_col, y="error", hue="method", style="model", palette=colours,
-                        markers=markers, s=50, ax=ax, legend=False)
-    for fit in fits:
-        c = np.geomspace(fit.compute_min, fit.compute_max, 50)
-        ax.plot(c, fit.predict(c), color=colours[fit.method], linewidth=1.5)
-    handles = [Line2D([], [], color=colours[m], label=_fit_label(m, by_method.get(m))) for m in methods]
-    handles += [Line2D([], [], color="0.4", marker=markers[m], linestyle="none", label=m) for m in models]
-    ax.set(xscale="log", yscale="log", xlabel=f"compute {COMPUTE_AXES[compute_col]} (GFLOPs)", ylabel="zero-shot error (1 - average)",
-           title=f"{title}: error vs compute\nlines: power laws fitted on each method's compute frontier")
-    ax.grid(True, which="both", alpha=0.3)
-    plain = mticker.FuncFormatter(lambda v, _: f"{v:.2g}")
-    low, high = ax.get_ylim()
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain if high < 10 * low else mticker.NullFormatter())
-    if handles:
-        ax.legend(handles=handles, fontsize="small", loc="best")
-    return fig
+def write_report(df: pd.DataFrame, out_dir: Path, title: str, runs_dir: Path | None = None) -> dict[str, Path]:
+    """Write leaderboard.csv/.md/.html, scaling.json and the plots (PNG and SVG) under out_dir, atomically.
 
-
-def write_report(df: pd.DataFrame, out_dir: Path, title: str) -> dict[str, Path]:
-    """Write leaderboard.csv, leaderboard.md, scaling.json and the plots (error vs C_paper, as the paper
-    plots it, and vs C_total) under out_dir, atomically.
-
-    Returns their paths keyed "leaderboard_csv", "leaderboard_md", "scaling_json", "scaling_plot",
-    "scaling_plot_c_total".
+    Plots: error vs C_paper (as the paper plots it) and vs C_total, data efficiency, per-task gain over clip
+    (when clip runs match), the weak-to-strong gain (when runs have references) and training curves (read from
+    `runs_dir`/runs/<id>/metrics.jsonl, when given). Returns the paths keyed by name.
     """
     out_dir = Path(out_dir)
-    fits = {column: fit_methods(df, compute_col=column) for column in COMPUTE_AXES}
-    paths = {
+    analysis, fits = scaling_analysis(df)
+    figures = {PLOTS[column]: plots.scaling_figure(df, fits[column], title, column) for column in COMPUTE_AXES}
+    figures["data_efficiency"] = plots.data_efficiency_figure(df, title)
+    try:
+        figures["task_gain_over_clip"] = plots.task_delta_heatmap(df, title)
+    except ValueError:
+        pass  # no clip runs to compare with: the heatmap has no rows
+    if _has(df, "gain"):
+        figures["weak_to_strong_gain"] = plots.gain_figure(df, title)
+    if runs_dir is not None:
+        figures["training_curves"] = plots.training_curves_figure(df, runs_dir, title)
+    paths: dict[str, Path] = {}
+    for name, fig in figures.items():
+        png, svg = plots.save_figure(fig, out_dir / "plots" / name)
+        paths[f"{name}_png"], paths[f"{name}_svg"] = png, svg
+    pngs = [p for k, p in paths.items() if k.endswith("_png")]
+    paths.update({
         "leaderboard_csv": write_text(out_dir / "leaderboard.csv", leaderboard(df).to_csv(index=False)),
-        "leaderboard_md": write_text(out_dir / "leaderboard.md", leaderboard_markdown(df, title)),
-        "scaling_json": write_json(out_dir / "scaling.json", scaling_summary(fits)),
-    }
-    for column, (found, _) in fits.items():
-        fig = scaling_figure(df, found, title, column)
-        key = "scaling_plot" if column == "c_paper" else f"scaling_plot_{column}"
-        paths[key] = save_with(out_dir / "plots" / PLOTS[column], lambda p, fig=fig: fig.savefig(p, format="png"))
+        "leaderboard_md": write_text(out_dir / "leaderboard.md", leaderboard_markdown(df, title, analysis)),
+        "leaderboard_html": write_text(out_dir / "leaderboard.html", _html_page(df, title, analysis, pngs)),
+        "scaling_json": write_json(out_dir / "scaling.json", analysis),
+    })
     return paths

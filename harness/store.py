@@ -22,7 +22,7 @@ from harness import io
 from harness.compute import PARTS, c_total
 
 RUNS = "runs"
-RESULT_FORMAT = 2  # version of result.json's fields; 2 added the compute breakdown (C_total)
+RESULT_FORMAT = 3  # version of result.json's fields; 2 added the compute breakdown (C_total), 3 the reference diagnostics
 
 
 def run_dir(results: Path, run_id: str) -> Path:
@@ -125,9 +125,22 @@ def results_table(results: Path, specs: list[dict[str, Any]], cache_shares: dict
                        **{part: compute[part] for part in PARTS}, cache_share=share, c_total=c_total(compute, share),
                        trained_pool=result["train"]["pool_size"],
                        average=result["eval"]["average"], wall_time_s=result["wall_time_s"],
-                       **{f"task:{t}": v["main_metric"] for t, v in result["eval"]["tasks"].items()})
+                       **{f"task:{t}": v["main_metric"] for t, v in result["eval"]["tasks"].items()},
+                       **_gain_columns(result))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _gain_columns(result: dict[str, Any]) -> dict[str, float]:
+    """The reference's scores and the weak-to-strong gain (run minus reference, per task and on average),
+    and the held-out reducible loss's mean and variance, for a run trained with a reference."""
+    ref = result.get("reference")
+    if not ref:
+        return {}
+    tasks = result["eval"]["tasks"]
+    return {"reference_average": ref["eval"]["average"], "gain": result["eval"]["average"] - ref["eval"]["average"],
+            **{f"gain:{t}": tasks[t]["main_metric"] - score for t, score in ref["eval"]["tasks"].items()},
+            "reducible_mean": ref["reducible_loss"]["mean"], "reducible_var": ref["reducible_loss"]["var"]}
 
 
 def _reference_label(spec: dict[str, Any]) -> str | None:

@@ -71,4 +71,4 @@ def results_of(results: Path) -> tuple[str, pd.DataFrame]:
 def report(results: Path) -> dict[str, Path]:
     """Write leaderboard, fit and plots for the grid whose runs live in `results`."""
     name, table = results_of(results)
-    return write_report(table, Path(results), title=f"clipsteer: {name}")
+    return write_report(table, Path(results), title=f"clipsteer: {name}", runs_dir=Path(results))

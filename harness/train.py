@@ -81,6 +81,7 @@ class TrainSummary:
     train_time_s: float
     resumed_from_step: int
     pool_size: int
+    earlier_time_s: float  # training seconds spent before a resume (0 for an uninterrupted run)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -199,7 +200,7 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
         if done % cfg.log_every == 0 or done == total:
             record = {"step": done, "samples_seen": done * cfg.batch_size, "loss": loss_value,
                       "lr": opt.param_groups[0]["lr"], "logit_scale": float(model.logit_scale.detach().exp()),
-                      "time_s": time.perf_counter() - t0, **out.logs}
+                      "time_s": time.perf_counter() - t0, **_data_stats(pool, pos), **out.logs}
             io.append_jsonl(run_dir / METRICS, record)
             bar.set_postfix(loss=f"{loss_value:.4f}")
         if done == total or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
@@ -207,7 +208,14 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
     bar.close()
     io.torch_save(run_dir / FINAL_MODEL, {"state_dict": model.state_dict()})
     return TrainSummary(steps=total, samples_seen=total * cfg.batch_size, final_loss=loss_value,
-                        train_time_s=time.perf_counter() - t0, resumed_from_step=start, pool_size=len(pool))
+                        train_time_s=time.perf_counter() - t0, resumed_from_step=start, pool_size=len(pool),
+                        earlier_time_s=time_before)
+
+
+def _data_stats(pool: Any, pos: torch.Tensor) -> dict[str, float]:
+    """What the trained batch holds, for pools that know it: the share of pairs whose caption is noise."""
+    noisy = getattr(pool, "noisy", None)
+    return {} if noisy is None else {"noisy_fraction": float(noisy[pos].double().mean())}
 
 
 def _static_selection(method: Method, pool: Any, reference: Any, seed: int, run_dir: Path, batch_size: int) -> Any:

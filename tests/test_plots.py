@@ -136,3 +136,42 @@ def test_save_figure_writes_valid_png_and_svg(results, tmp_path):
         assert image.format == "PNG" and image.width > 0 and image.height > 0
     assert ET.parse(paths[1]).getroot().tag.endswith("svg")
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def _imagenet_table(gain: bool = False) -> pd.DataFrame:
+    rows = []
+    for i, c in enumerate((1e9, 1e10, 1e11)):
+        for method, a, b in (("clip", 5.77, -0.116), ("drrho", 7.15, -0.127)):
+            rows.append({"run_id": f"{method}-{i}", "stage": "sweep", "method": method, "model": "B-32",
+                         "samples_seen": int(c), "seed": 0, "is_reference": False, "reference": "ref-a" if i else "ref-b",
+                         "status": "done", "gflops_per_pair": 1.0, "c_paper": c, "c_total": 2 * c,
+                         "task:imagenet1k": 1 - a * c**b, "average": 1 - a * c**b, "wall_time_s": 1.0,
+                         **({"gain": 0.01 * (i + 1), "reducible_var": 0.1 * (i + 1)} if gain and method == "drrho" else {})})
+    return pd.DataFrame(rows)
+
+
+def test_scaling_figure_draws_the_papers_laws_dashed_for_imagenet_error():
+    from harness.fit import fit_methods
+    from harness.plots import PAPER_FITS, scaling_figure
+
+    table = _imagenet_table()
+    fits, _ = fit_methods(table, points="all", n_boot=100)
+    ax = scaling_figure(table, fits, "IN-1k").axes[0]
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 2
+    for line, (a, b) in zip(dashed, PAPER_FITS.values()):
+        x, y = line.get_data()
+        np.testing.assert_allclose(y, a * np.asarray(x) ** b, rtol=1e-12)
+    no_paper = scaling_figure(table.rename(columns={"task:imagenet1k": "task:other"}), fits, "other").axes[0]
+    assert not [line for line in no_paper.get_lines() if line.get_linestyle() == "--"]
+    assert len(ax.collections) >= 1  # the bootstrap bands
+
+
+def test_gain_figure_places_each_run_at_its_variance_and_gain():
+    from harness.plots import gain_figure
+
+    ax = gain_figure(_imagenet_table(gain=True), "w2s").axes[0]
+    offsets = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert sorted(map(tuple, np.round(offsets, 9))) == [(0.1, 1.0), (0.2, 2.0), (0.3, 3.0)]  # var, gain in points
+    empty = gain_figure(_imagenet_table(), "w2s").axes[0]
+    assert "no run with a reference" in empty.texts[0].get_text()

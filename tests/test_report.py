@@ -9,6 +9,7 @@ from PIL import Image
 from harness.fit import fit_methods
 from harness.io import read_json
 from harness.report import seed_means, write_report
+from tests.test_html import Page
 
 TASKS = ["task:fashion_mnist", "task:digits", "task:shapes_retrieval"]
 FAILURE = "RuntimeError: CUDA out of memory | tried to allocate 2 GiB"
@@ -36,11 +37,13 @@ def results() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_write_report_writes_all_five_files(results, tmp_path):
+def test_write_report_writes_every_file(results, tmp_path):
     paths = write_report(results, tmp_path / "report", "Demo sweep")
-    assert set(paths) == {"leaderboard_csv", "leaderboard_md", "scaling_json", "scaling_plot", "scaling_plot_c_total"}
-    assert paths["scaling_plot"] == tmp_path / "report" / "plots" / "scaling_law.png"
-    assert paths["scaling_plot_c_total"] == tmp_path / "report" / "plots" / "scaling_law_c_total.png"
+    figures = {"scaling_law", "scaling_law_c_total", "data_efficiency", "task_gain_over_clip"}
+    assert set(paths) == {"leaderboard_csv", "leaderboard_md", "leaderboard_html", "scaling_json"} | {
+        f"{name}_{fmt}" for name in figures for fmt in ("png", "svg")}
+    assert paths["scaling_law_png"] == tmp_path / "report" / "plots" / "scaling_law.png"
+    assert paths["scaling_law_c_total_svg"] == tmp_path / "report" / "plots" / "scaling_law_c_total.svg"
     for path in paths.values():
         assert path.is_file() and path.stat().st_size > 0
     assert not list((tmp_path / "report").rglob("*.tmp"))
@@ -70,7 +73,8 @@ def test_leaderboard_markdown(results, tmp_path):
     assert "1.80e+05" in reference_table  # C_total = 3 * C_paper in this table
     assert "clip-" not in reference_table and reference_table.count("\n| clip") == 1
     assert "failed: RuntimeError: CUDA out of memory \\| tried to allocate 2 GiB" in text
-    runs = [line for line in text[runs_at:].splitlines() if line.startswith("| ")][1:]
+    section = text[runs_at:text.index("## Scaling fits against C_paper")]
+    runs = [line for line in section.splitlines() if line.startswith("| ")][1:]
     assert len(runs) == 7
     assert "failed:" in runs[0] and "| small " in runs[0]  # by model name: small before tiny
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in runs[1:]]
@@ -80,25 +84,43 @@ def test_leaderboard_markdown(results, tmp_path):
     assert cells[0][5] == "5.00e+03" and cells[0][6] == "1.50e+04" and cells[0][10] == "61.6"
 
 
-def test_scaling_json_matches_fit_methods(results, tmp_path):
+def test_scaling_json_matches_fit_methods_and_the_closed_form_savings(results, tmp_path):
     doc = read_json(write_report(results, tmp_path, "Demo sweep")["scaling_json"])
-    assert (doc["unit"], doc["form"]) == ("GFLOPs", "E = a * C^b")
+    assert doc["unit"] == "GFLOPs"
     for column in ("c_paper", "c_total"):
+        assert (doc[column]["form"], doc[column]["points"], doc[column]["compute"]) == ("power", "frontier", column)
         fits, skipped = fit_methods(results, compute_col=column)
         assert [f["method"] for f in doc[column]["fits"]] == [f.method for f in fits] == ["clip", "drrho"]
         for got, want in zip(doc[column]["fits"], fits):
             assert got["a"] == pytest.approx(want.a, rel=1e-12) and got["b"] == pytest.approx(want.b, rel=1e-12)
-            assert {"n_points", "r2", "compute_min", "compute_max"} <= set(got)
+            assert {"n_points", "r2", "compute_min", "compute_max", "ci", "holdout"} <= set(got)
             assert got["n_points"] == 3
         assert doc[column]["skipped"] == skipped == {}
     clip_paper, clip_total = doc["c_paper"]["fits"][0], doc["c_total"]["fits"][0]
     assert clip_paper["a"] == pytest.approx(0.9) and clip_paper["b"] == pytest.approx(-0.1)
     # C_total = 3 C_paper here, so E = 0.9 (C_total / 3)^-0.1: same exponent, a scaled by 3^0.1
     assert clip_total["b"] == pytest.approx(-0.1) and clip_total["a"] == pytest.approx(0.9 * 3 ** 0.1)
+    savings = doc["c_paper"]["savings"]
+    assert len(savings) == 3 and {s["method"] for s in savings} == {"drrho"}
+    for row in savings:
+        t = row["target_error"]
+        assert row["ratio"] == pytest.approx((t / 1.2) ** (1 / -0.13) / (t / 0.9) ** (1 / -0.1), rel=1e-9)
+        assert row["extrapolated"] is False
+
+
+def test_html_report_is_well_formed_and_escapes_names(results, tmp_path):
+    hostile = results.assign(method=results["method"].replace({"drrho": "<b>drrho</b>"}))
+    page = write_report(hostile, tmp_path, "Demo <sweep>")["leaderboard_html"].read_text()
+    parsed = Page(page)  # raises on an unclosed or misnested element
+    assert parsed.count("script") == 1 and len(parsed.tables) >= 4
+    assert "<b>drrho</b>" not in page and "&lt;b&gt;drrho&lt;/b&gt;" in page
+    assert "Demo &lt;sweep&gt;" in page and page.count("data:image/png;base64,") == 4
+    for run_id in results["run_id"]:
+        assert f">{run_id}<" in page
 
 
 def test_scaling_plot_is_a_png(results, tmp_path):
-    path = write_report(results, tmp_path, "Demo sweep")["scaling_plot"]
+    path = write_report(results, tmp_path, "Demo sweep")["scaling_law_png"]
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as image:
         image.verify()
@@ -111,9 +133,10 @@ def test_report_with_only_failed_and_reference_runs(results, tmp_path):
     subset = results[results["is_reference"] | results["status"].eq("failed")]
     paths = write_report(subset, tmp_path, "Nothing finished")
     doc = read_json(paths["scaling_json"])
-    assert doc["c_paper"] == doc["c_total"] == {"fits": [], "skipped": {}}
+    for column in ("c_paper", "c_total"):
+        assert doc[column]["fits"] == doc[column]["savings"] == [] and doc[column]["skipped"] == {}
     assert "failed: RuntimeError" in paths["leaderboard_md"].read_text()
-    assert paths["scaling_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["scaling_law_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_seed_means_group_runs_over_seeds(results, tmp_path):
@@ -130,3 +153,15 @@ def test_seed_means_group_runs_over_seeds(results, tmp_path):
     section = text[text.index("## Mean over seeds"):text.index("## Runs")]
     assert f"{100 * (one + 0.01):.1f} ± 1.4" in section and "3.00" in section  # C_total / C_paper = 3
     assert "## Mean over seeds" not in write_report(results, tmp_path / "one", "One seed")["leaderboard_md"].read_text()
+
+
+def test_report_files_are_readable_by_others_like_plain_open(results, tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        paths = write_report(results, tmp_path, "Modes")
+    finally:
+        os.umask(mask)
+    for path in paths.values():
+        assert path.stat().st_mode & 0o777 == 0o644

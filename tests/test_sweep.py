@@ -83,6 +83,24 @@ def test_sweep_runs_every_stage_and_writes_the_report(sweep):
     assert "Reference models" in md and "failed:" in md
 
 
+def test_runs_with_a_reference_record_the_weak_to_strong_gain_and_reducible_loss(sweep):
+    _, results, _ = sweep
+    table = pd.read_csv(results / "leaderboard.csv")
+    done = table[table.status == "done"]
+    ref = done[done.is_reference].iloc[0]
+    drrho = done[done.method == "drrho"]
+    assert drrho.reference_average.tolist() == pytest.approx([ref.average] * 3)  # read from the reference's run
+    assert drrho.gain.tolist() == pytest.approx((drrho.average - ref.average).tolist())
+    for task in ("digits", "shapes_retrieval"):
+        assert drrho[f"gain:{task}"].tolist() == pytest.approx((drrho[f"task:{task}"] - ref[f"task:{task}"]).tolist())
+    assert (drrho.reducible_var > 0).all() and drrho.reducible_mean.notna().all()
+    assert done.loc[done.method == "clip", "gain"].isna().all()  # no reference, no gain
+    result = json.loads((results / "runs" / drrho.run_id.iloc[0] / "result.json").read_text())
+    assert result["reference"]["reducible_loss"]["n"] == 1024 and result["format"] == store.RESULT_FORMAT
+    metrics = [json.loads(line) for line in (results / "runs" / drrho.run_id.iloc[0] / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= m["noisy_fraction"] <= 1 for m in metrics)
+
+
 def test_a_failed_run_is_recorded_with_its_reason_and_does_not_stop_the_others(sweep):
     _, results, first = sweep
     table = pd.read_csv(results / "leaderboard.csv")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.data.captions import random_attributes, sample_hash, write_captions
-from harness.data.sources import SHAPES_TRAIN_COUNT, SOURCE_NAMES, Split, train_split
+from harness.data.sources import SHAPES_TRAIN_COUNT, SOURCE_NAMES, Split, source_split
 
 SUBSETS = ("all", "clean")
 _NOISE_STREAM = 1  # random streams of np.random.default_rng([seed, stream])
@@ -121,9 +121,10 @@ class _CaptionTable:
         return table[ids]
 
 
-def build_pool(cfg: PoolConfig) -> ImageTextPool:
-    """The train-split pool described by `cfg` (the clean subset if cfg.subset == "clean")."""
-    splits = {name: train_split(name, cfg.shapes_count) for name in cfg.sources}
+def build_pool(cfg: PoolConfig, split: str = "train") -> ImageTextPool:
+    """The pool described by `cfg` (the clean subset if cfg.subset == "clean"), drawn from the sources' train
+    split; split="test" draws the same kind of pool (captions, noise) from their test images instead."""
+    splits = {name: source_split(name, split, cfg.shapes_count) for name in cfg.sources}
     rows = {name: _rows(split, name, cfg) for name, split in splits.items()}
     offsets = np.cumsum([0] + [len(s.classnames) for s in splits.values()])
     classnames = [c for s in splits.values() for c in s.classnames]

@@ -204,12 +204,18 @@ def shapes_grid(seed: int = 0) -> Split:
     return _shapes_split(shape, colour, size, u)
 
 
-def train_split(name: str, shapes_count: int) -> Split:
-    """The train split of source `name` (`shapes_count` images for the generated shapes)."""
+SPLITS = ("train", "test")
+
+
+def source_split(name: str, split: str, shapes_count: int) -> Split:
+    """The `split` ("train" or "test") of source `name` (`shapes_count` train images for the generated shapes)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    which = SPLITS.index(split)
     if name == "fashion_mnist":
-        return fashion_mnist()[0]
+        return fashion_mnist()[which]
     if name == "digits":
-        return digits()[0]
+        return digits()[which]
     if name == "shapes":
-        return shapes(train_count=shapes_count)[0]
+        return shapes(train_count=shapes_count)[which]
     raise ValueError(f"unknown source {name!r}; available: {', '.join(SOURCE_NAMES)}")

@@ -1,0 +1,84 @@
+"""Reference diagnostics of a finished run: the reference's own zero-shot scores (for the weak-to-strong
+gain) and the spread of the per-sample reducible loss l(w) - l(w_ref) on a fixed held-out set.
+
+DRRho's theory ties the gain of training with a reference to the variance of the reducible loss, not to
+the reference's accuracy. The held-out set is a pool like the training pool (same sources, caption
+noise and seed) drawn from the sources' test images: HELDOUT_SIZE pairs picked by a fixed seed, scored
+in fixed consecutive batches of HELDOUT_BATCH, so every run and reference sees the same contrastive
+batches and their per-sample losses are comparable.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness import io, store
+from harness.data.pool import ImageTextPool, PoolConfig, build_pool
+from harness.evaluate import evaluate
+from harness.models import BuiltModel, encode
+
+HELDOUT_SIZE = 1024
+HELDOUT_BATCH = 256
+HELDOUT_SEED = 12345
+
+
+@functools.lru_cache(maxsize=2)
+def heldout_pool(cfg: PoolConfig, size: int = HELDOUT_SIZE) -> ImageTextPool:
+    """`size` pairs (all, if fewer) of the test-image pool of `cfg`, chosen by a fixed seed (the same for every run)."""
+    pool = build_pool(cfg, split="test")
+    if len(pool) <= size:
+        return pool
+    pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(HELDOUT_SEED))[:size]
+    keep = torch.zeros(len(pool), dtype=torch.bool)
+    keep[pick] = True
+    return pool.subset(keep)
+
+
+@torch.no_grad()
+def per_sample_loss(built: BuiltModel, pool: ImageTextPool, device: str, batch: int = HELDOUT_BATCH) -> torch.Tensor:
+    """Symmetric contrastive loss of each pair within consecutive batches of `batch`, at the model's own
+    temperature: (CE of image i over the batch's texts + CE of text i over its images) / 2; float64 [N]."""
+    was_training = built.model.training
+    built.model.eval()
+    tokens = pool.tokenize(built.tokenizer)
+    out = []
+    for start in range(0, len(pool), batch):
+        rows = slice(start, start + batch)
+        feats = encode(built, pool.images[rows], tokens[pool.caption_ids[rows]], device)
+        logits = feats.logit_scale * feats.image @ feats.text.T
+        target = torch.arange(len(logits), device=logits.device)
+        loss = (F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.T, target, reduction="none")) / 2
+        out.append(loss.double().cpu())
+    built.model.train(was_training)
+    return torch.cat(out)
+
+
+def reducible_loss(built: BuiltModel, reference: BuiltModel, pool: ImageTextPool, device: str) -> dict[str, Any]:
+    """Mean, variance (population) and size of l(w, z) - l(w_ref, z) over the held-out pairs z."""
+    diff = per_sample_loss(built, pool, device) - per_sample_loss(reference, pool, device)
+    return {"n": len(diff), "batch": HELDOUT_BATCH, "mean": float(diff.mean()), "var": float(diff.var(unbiased=False))}
+
+
+def reference_scores(ref: dict[str, Any], reference: BuiltModel, tasks: list[str], results: Path,
+                     device: str) -> dict[str, Any]:
+    """The reference's zero-shot scores on `tasks`: read from its own run when that run evaluated every one
+    of them (same suite), else computed here."""
+    if ref["kind"] == "run":
+        path = store.run_dir(results, ref["run_id"]) / "eval.json"
+        scores = io.read_json(path)
+        if set(tasks) <= set(scores["tasks"]):
+            return scores
+    return evaluate(reference, tasks, device=device)
+
+
+def reference_diagnostics(built: BuiltModel, reference: BuiltModel, ref: dict[str, Any], data: PoolConfig,
+                          tasks: list[str], results: Path, device: str) -> dict[str, Any]:
+    """What result.json records about a run's reference: its scores on the run's tasks and the reducible loss."""
+    scores = reference_scores(ref, reference, tasks, results, device)
+    return {"eval": {"average": sum(scores["tasks"][t]["main_metric"] for t in tasks) / len(tasks),
+                     "tasks": {t: scores["tasks"][t]["main_metric"] for t in tasks}},
+            "reducible_loss": reducible_loss(built, reference, heldout_pool(data), device)}
