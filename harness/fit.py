@@ -295,7 +295,7 @@ def fit_points(compute: ArrayLike, error: ArrayLike, config: ArrayLike | None = 
     frame = pd.DataFrame({"config": labels, "compute": c, "error": e})
     if frame.groupby("config")["compute"].nunique().gt(1).any():
         raise FitError("a configuration has runs at different compute values; configurations must share their compute")
-    grouped = frame.groupby("config", sort=False)
+    grouped = frame.groupby("config", sort=False, dropna=False)
     configs = _Configs(grouped["compute"].first().to_numpy(), [g.to_numpy() for _, g in grouped["error"]])
     means = configs.means()
     keep = _select(configs.compute, means, points)
@@ -319,7 +319,7 @@ def points_from_results(df: pd.DataFrame, compute_col: str = "c_paper") -> pd.Da
         raise KeyError(f"results table lacks column(s) {sorted(missing)}")
     rows = df[(df["status"] == "done") & ~df["is_reference"].eq(True)]
     def column(name: str, default: pd.Series) -> pd.Series:
-        return (rows[name] if name in rows else default).astype(str)
+        return (rows[name] if name in rows else default).fillna("-").astype(str)  # NaN stays NaN in a str column
 
     model = column("model", pd.Series("", index=rows.index))
     # runs that differ only in seed are one configuration; another reference makes another configuration
@@ -336,7 +336,7 @@ def fit_table(table: pd.DataFrame, by: tuple[str, ...] = ("method",), compute_co
     """
     fits: list[PowerLaw] = []
     skipped: dict[str, str] = {}
-    for key, group in table.groupby(list(by), sort=True):
+    for key, group in table.groupby(list(by), sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         label = " ".join(str(k) for k in key)
         try:

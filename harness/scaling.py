@@ -56,6 +56,9 @@ def read_points_csv(path: Path) -> pd.DataFrame:
             row = int(np.flatnonzero(bad)[0])
             raise ConfigError(str(path), column, f"row {row + 2} holds {frame[column].iloc[row]!r}, not a number")
         frame[column] = values
+    if frame["method"].isna().any():
+        row = int(np.flatnonzero(frame["method"].isna())[0])
+        raise ConfigError(str(path), "method", f"row {row + 2} has no method name")
     method = frame["method"].astype(str)
     return pd.DataFrame({"method": method, "config": method + "@" + frame["compute"].astype(str),
                          "compute": frame["compute"], "error": frame["error"]})

@@ -62,6 +62,7 @@ def test_fit_refusals_exit_1_and_name_the_reason(tmp_path, capsys):
         ("method,compute\nx,1\n", "error: missing column(s)"),
         ("method,compute,error\nx,1e3,abc\n", "error: row 2 holds 'abc', not a number"),
         ("method,compute,error\n", "no rows"),
+        ("method,compute,error\nx,1e3,0.5\n,1e4,0.4\n", "method: row 3 has no method name"),
         ("", "cannot read as CSV"),
     ],
 )
