@@ -166,7 +166,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     opts = scaling.FitOptions(compute_col=compute, form=args.form, points=args.points, n_boot=args.bootstrap,
                               holdout=args.holdout, seed=args.seed, baseline=args.baseline, targets=tuple(args.target))
     doc, _ = scaling.analyse(points, opts)
-    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else scaling.format_text(doc), end="\n" if args.json else "")
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n" if args.json else scaling.format_text(doc))
     return 1 if doc["skipped"] else 0
 
 

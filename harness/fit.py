@@ -211,9 +211,12 @@ class _Configs:
 
     compute: np.ndarray
     seeds: list[np.ndarray]
+    means: np.ndarray  # per configuration, the mean over its seeds
 
-    def means(self) -> np.ndarray:
-        return np.array([s.mean() for s in self.seeds])
+
+def _check_selection(points: str) -> None:
+    if points not in POINT_SELECTIONS:
+        raise ValueError(f"points must be one of {', '.join(POINT_SELECTIONS)}, got {points!r}")
 
 
 def _select(compute: np.ndarray, error: np.ndarray, points: str) -> np.ndarray:
@@ -249,7 +252,7 @@ def _bootstrap(configs: _Configs, points: str, form: str, n_boot: int, seed: int
             error = np.array([rng.choice(s, size=len(s)).mean() for s in configs.seeds])
         else:
             pick = rng.integers(0, len(configs.compute), len(configs.compute))
-            compute, error = configs.compute[pick], configs.means()[pick]
+            compute, error = configs.compute[pick], configs.means[pick]
         try:
             rows.append(_estimate(compute, error, points, form, start))
         except FitError:
@@ -270,10 +273,10 @@ def _holdout(configs: _Configs, points: str, form: str, k: int) -> dict[str, Any
     cut = order[-k]
     inside = configs.compute < cut
     try:
-        a, b, floor = _estimate(configs.compute[inside], configs.means()[inside], points, form)
+        a, b, floor = _estimate(configs.compute[inside], configs.means[inside], points, form)
     except FitError:
         return None
-    compute, observed = configs.compute[~inside], configs.means()[~inside]
+    compute, observed = configs.compute[~inside], configs.means[~inside]
     predicted = a * compute**b + floor
     return {"n_held_out": int((~inside).sum()), "compute": compute.tolist(), "observed": observed.tolist(),
             "predicted": predicted.tolist(), "relative_error": ((predicted - observed) / observed).tolist(),
@@ -286,8 +289,7 @@ def fit_points(compute: ArrayLike, error: ArrayLike, config: ArrayLike | None = 
     """Fit one method's runs: average seeds per configuration (`config` labels, default: one per compute),
     select points, fit `form`; optionally bootstrap `n_boot` replicates for intervals and hold out the
     `holdout` largest computes to check extrapolation. Raises FitError when the points cannot be trusted."""
-    if points not in POINT_SELECTIONS:
-        raise ValueError(f"points must be one of {', '.join(POINT_SELECTIONS)}, got {points!r}")
+    _check_selection(points)
     min_points(form)
     c, e = np.asarray(compute, dtype=float), np.asarray(error, dtype=float)
     _check_values(c, e)
@@ -296,8 +298,9 @@ def fit_points(compute: ArrayLike, error: ArrayLike, config: ArrayLike | None = 
     if frame.groupby("config")["compute"].nunique().gt(1).any():
         raise FitError("a configuration has runs at different compute values; configurations must share their compute")
     grouped = frame.groupby("config", sort=False, dropna=False)
-    configs = _Configs(grouped["compute"].first().to_numpy(), [g.to_numpy() for _, g in grouped["error"]])
-    means = configs.means()
+    seeds = [g.to_numpy() for _, g in grouped["error"]]
+    configs = _Configs(grouped["compute"].first().to_numpy(), seeds, np.array([s.mean() for s in seeds]))
+    means = configs.means
     keep = _select(configs.compute, means, points)
     a, b, floor, r2 = fit_curve(configs.compute[keep], means[keep], form)
     boot, failed, ci = None, 0, {}
@@ -351,8 +354,7 @@ def fit_methods(df: pd.DataFrame, compute_col: str = "c_paper", points: str = "f
                 **options: Any) -> tuple[list[PowerLaw], dict[str, str]]:
     """Fit error = 1 - average against `compute_col` for each method of a results table (done, non-reference
     runs; seeds of a configuration averaged). Options go to fit_points (form, n_boot, holdout, seed)."""
-    if points not in POINT_SELECTIONS:
-        raise ValueError(f"points must be one of {', '.join(POINT_SELECTIONS)}, got {points!r}")
+    _check_selection(points)
     return fit_table(points_from_results(df, compute_col), compute_col=compute_col, points=points, **options)
 
 

@@ -168,7 +168,6 @@ def data_efficiency_figure(df: pd.DataFrame, title: str) -> Figure:
     stats = runs.groupby(["model", "method", "samples_seen"])["error"].agg(["mean", "std"]).reset_index()
     models = _models_by_size(runs)
     fig, axes = _figure(len(models), f"{title}: error vs samples seen (mean ± sd over seeds)", sharey=True)
-    plain = mticker.FuncFormatter(lambda v, _: f"{v:.2g}")
     for ax, model in zip(axes, models):
         for method, points in stats[stats["model"].eq(model)].groupby("method"):
             x, y, sd = (points[c].to_numpy(float) for c in ("samples_seen", "mean", "std"))
@@ -177,9 +176,8 @@ def data_efficiency_figure(df: pd.DataFrame, title: str) -> Figure:
         gflops = runs.loc[runs["model"].eq(model), "gflops_per_pair"].mean()
         ax.set(xscale="log", yscale="log", xlabel="samples seen", title=f"{model} ({gflops:.3g} GFLOPs/pair)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.yaxis.set_major_formatter(plain)
-    low, high = axes[0].get_ylim()
-    axes[0].yaxis.set_minor_formatter(plain if high < 10 * low else mticker.NullFormatter())
+    for ax in axes:  # after every panel is drawn: the shared limits are final
+        _log_formatters(ax)
     axes[0].set_ylabel("zero-shot error (1 - average)")
     plotted = sorted(stats["method"].unique())
     axes[0].legend(handles=[Line2D([], [], color=colours[m], marker="o", label=m) for m in plotted], fontsize="small")

@@ -6,13 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import dataclasses
+
 import pandas as pd
 
 from harness import html, plots
 from harness.io import write_json, write_text
 from harness.plots import COMPUTE_AXES, task_columns
-from harness.scaling import FitOptions, analyse, data_savings
 from harness.fit import points_from_results
+from harness.scaling import FitOptions, analyse, data_savings, interval_text
 
 COMPUTE_NOTE = (
     "Compute: C_paper = forward GFLOPs per image-text pair of the trained model x samples seen "
@@ -63,6 +65,11 @@ def _has(rows: pd.DataFrame, column: str) -> bool:
     return column in rows and rows[column].notna().any()
 
 
+def _gain_points(gain: pd.Series) -> pd.Series:
+    """A gain (a fraction) as signed percentage points, '-' where there is none."""
+    return gain.map(lambda g: "-" if pd.isna(g) else f"{100 * g:+.1f}")
+
+
 def _markdown_table(rows: pd.DataFrame, tasks: list[str], first: str | None = None) -> str:
     """Pipe table of runs; `first` names a column shown before the configuration (e.g. the stage)."""
     table = pd.DataFrame({
@@ -81,7 +88,7 @@ def _markdown_table(rows: pd.DataFrame, tasks: list[str], first: str | None = No
         _cell(f"failed: {reason}" if isinstance(reason, str) and reason else "failed") for reason in rows.loc[~done, "error"]
     ]
     if _has(rows, "gain"):
-        table["gain (pts)"] = rows["gain"].map(lambda g: "-" if pd.isna(g) else f"{100 * g:+.1f}")
+        table["gain (pts)"] = _gain_points(rows["gain"])
         table["reducible var"] = rows["reducible_var"].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}")
     table["wall time (s)"] = rows["wall_time_s"].map(lambda t: f"{t:.1f}")
     return _to_markdown(table)
@@ -114,14 +121,10 @@ def _seed_means_markdown(means: pd.DataFrame) -> str:
     for column in task_columns(means):
         table[column.removeprefix("task:") + " (%)"] = means[column].map(lambda v: f"{100 * v:.1f}")
     if _has(means, "gain"):
-        table["gain (pts)"] = means["gain"].map(lambda g: "-" if pd.isna(g) else f"{100 * g:+.1f}")
+        table["gain (pts)"] = _gain_points(means["gain"])
     table["C_total / C_paper"] = (means["c_total"] / means["c_paper"]).map(lambda r: f"{r:.2f}")
     table["wall time (s)"] = means["wall_time_s"].map(lambda t: f"{t:.1f}")
     return _to_markdown(table)
-
-
-def _interval(ci: list[float] | None, fmt: str) -> str:
-    return f" [{format(ci[0], fmt)}, {format(ci[1], fmt)}]" if ci else ""
 
 
 def fits_frame(doc: dict[str, Any]) -> pd.DataFrame:
@@ -130,8 +133,8 @@ def fits_frame(doc: dict[str, Any]) -> pd.DataFrame:
     for fit in doc["fits"]:
         held = fit["holdout"]
         rows.append({"method": fit["method"], **({"model": fit["model"]} if fit["model"] else {}),
-                     "form": fit["form"], "a": fit["a"], "a 95% CI": _interval(fit["ci"].get("a"), ".4g").strip(),
-                     "b": fit["b"], "b 95% CI": _interval(fit["ci"].get("b"), ".4f").strip(), "c": fit["c"],
+                     "form": fit["form"], "a": fit["a"], "a 95% CI": interval_text(fit["ci"].get("a"), ".4g").strip(),
+                     "b": fit["b"], "b 95% CI": interval_text(fit["ci"].get("b"), ".4f").strip(), "c": fit["c"],
                      "points": fit["n_points"], "r2 (log)": fit["r2"],
                      "held-out error (%)": 100 * held["relative_error"][-1] if held else None})
     return pd.DataFrame(rows)
@@ -141,7 +144,7 @@ def savings_frame(doc: dict[str, Any]) -> pd.DataFrame:
     """One row per saving ratio of an analysis document: method, target error, ratio to the baseline, interval."""
     return pd.DataFrame([{"method": r["method"], **({"model": r["model"]} if "model" in r else {}),
                           "target error": r["target_error"], "ratio to " + r["baseline"]: r["ratio"],
-                          "95% CI": _interval(r.get("ci"), ".3g").strip(), "extrapolated": r["extrapolated"]}
+                          "95% CI": interval_text(r.get("ci"), ".3g").strip(), "extrapolated": r["extrapolated"]}
                          for r in doc["savings"]])
 
 
@@ -196,7 +199,7 @@ def scaling_analysis(df: pd.DataFrame, opts: FitOptions = FitOptions()) -> tuple
     doc: dict[str, Any] = {"unit": "GFLOPs"}
     fits = {}
     for column in COMPUTE_AXES:
-        doc[column], fits[column] = analyse(points_from_results(df, column), FitOptions(**{**vars(opts), "compute_col": column}))
+        doc[column], fits[column] = analyse(points_from_results(df, column), dataclasses.replace(opts, compute_col=column))
     doc["data_efficiency"] = data_savings(df, opts)
     return doc, fits
 

@@ -110,7 +110,8 @@ def data_savings(df: pd.DataFrame, opts: FitOptions) -> dict[str, Any]:
     return plain({"fits": [f.to_dict() for f in fits], "skipped": skipped, "savings": rows})
 
 
-def _interval(ci: list[float] | None, fmt: str) -> str:
+def interval_text(ci: list[float] | None, fmt: str) -> str:
+    """' [low, high]' of an interval in `fmt`, or '' when there is none."""
     return f" [{format(ci[0], fmt)}, {format(ci[1], fmt)}]" if ci else ""
 
 
@@ -121,9 +122,9 @@ def format_text(doc: dict[str, Any]) -> str:
              f"{level} bootstrap intervals over {doc['n_boot']} replicates)"]
     for fit in doc["fits"]:
         ci = fit["ci"]
-        law = f"E = {fit['a']:.4g}{_interval(ci.get('a'), '.4g')} * C^{fit['b']:.4f}{_interval(ci.get('b'), '.4f')}"
+        law = f"E = {fit['a']:.4g}{interval_text(ci.get('a'), '.4g')} * C^{fit['b']:.4f}{interval_text(ci.get('b'), '.4f')}"
         if fit["form"] == "saturating":
-            law += f" + {fit['c']:.4g}{_interval(ci.get('c'), '.4g')}"
+            law += f" + {fit['c']:.4g}{interval_text(ci.get('c'), '.4g')}"
         lines.append(f"  {fit['method']}: {law}")
         lines.append(f"    {fit['n_points']} points, C in [{fit['compute_min']:.3g}, {fit['compute_max']:.3g}], "
                      f"r2 (log) {fit['r2']:.3f}, bootstrap {fit['n_boot']} fitted / {fit['n_boot_failed']} unfittable")
@@ -142,5 +143,5 @@ def format_text(doc: dict[str, Any]) -> str:
             note = " (extrapolated)" if row["extrapolated"] else ""
             ratio = "never (below its floor)" if row["ratio"] is None else f"{row['ratio']:.3g}x"
             lines.append(f"  {row['method']} at E={row['target_error']:.4f}: {ratio}"
-                         f"{_interval(row.get('ci'), '.3g')}{note}")
+                         f"{interval_text(row.get('ci'), '.3g')}{note}")
     return "\n".join(lines) + "\n"
