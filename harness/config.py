@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import open_clip
+import torch
 import yaml
+from safetensors import safe_open
 
 from harness.data.pool import PoolConfig
 from harness.errors import ConfigError, did_you_mean
@@ -96,6 +98,10 @@ def load_grid(path: str | Path) -> GridConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(src, "", f"not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(src, "", f"not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(src, "", f"cannot be read: {e.strerror}") from None
     return parse_grid(raw, src, default_name=path.stem)
 
 
@@ -210,6 +216,7 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
         ckpt = Path(_string(m["checkpoint"], src, f"{key}.checkpoint"))
         if not ckpt.is_file():
             raise ConfigError(src, f"{key}.checkpoint", f"no such file: {ckpt}")
+        _check_readable_checkpoint(ckpt, src, f"{key}.checkpoint")
     features = _string(m.get("features", "cached" if "cache" in m else "online"), src, f"{key}.features")
     if features not in REFERENCE_FEATURES:
         raise ConfigError(src, f"{key}.features", f"unknown {features!r}{did_you_mean(features, REFERENCE_FEATURES)}; "
@@ -220,6 +227,20 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
         if not Path(_string(m["cache"], src, f"{key}.cache")).is_dir():
             raise ConfigError(src, f"{key}.cache", f"no such directory: {m['cache']}")
     return ReferenceConfig(features=features, **{k: _string(v, src, f"{key}.{k}") for k, v in m.items() if k != "features"})
+
+
+def _check_readable_checkpoint(path: Path, src: str, key: str) -> None:
+    """Refuse a reference checkpoint that cannot be opened as safetensors or as a weights-only torch file
+    (memory-mapped, so a large checkpoint is not read into memory here)."""
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt"):
+                pass
+        else:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # any failure to open means the run could not load it either
+        raise ConfigError(src, key, f"not a readable checkpoint: {path} ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'})") from None
 
 
 def _check_stage_references(stages: tuple[StageConfig, ...], src: str) -> None:

@@ -14,6 +14,8 @@ class ConfigError(ValueError):
 
 
 def did_you_mean(word: str, allowed: Iterable[str]) -> str:
-    """' (did you mean X?)' for the closest allowed word, or ''."""
-    close = difflib.get_close_matches(word, list(allowed), n=1)
+    """' (did you mean X?)' for the closest allowed word (by similarity, else the one word it begins), or ''."""
+    allowed = sorted(allowed)
+    close = difflib.get_close_matches(word, allowed, n=1) or \
+        [a for a in allowed if len(word) >= 3 and a.startswith(word)][:1]
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -6,12 +6,11 @@ launched (executor, threads) is not part of it. Change anything in it and the id
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from harness import io
+from harness import io, store
 from harness.config import GridConfig, ReferenceConfig, StageConfig, pool_config
 from harness.errors import ConfigError
 from harness.evaluate import SUITE_VERSION
@@ -20,24 +19,10 @@ from harness.train import TrainConfig
 from methods import get_method, needs_reference
 
 
-NOT_IN_ID = {"train": ("log_every", "checkpoint_every"), "reference": ("path", "cache")}
-
-
-def identity(spec: dict[str, Any]) -> dict[str, Any]:
-    """The part of a spec that determines the result: all of it but logging, checkpoint cadence,
-    where a reference checkpoint or feature cache lies (the checkpoint's sha256 is kept; a cache is
-    checked to match the reference and pool) and the id itself."""
-    ident = {k: v for k, v in spec.items() if k != "run_id"}
-    for key, dropped in NOT_IN_ID.items():
-        if isinstance(ident.get(key), dict):
-            ident[key] = {k: v for k, v in ident[key].items() if k not in dropped}
-    return ident
-
-
 def run_id(spec: dict[str, Any]) -> str:
     """A readable, stable id: stage-method-model-samples-seed plus 10 hex digits of the hash of identity(spec)."""
     return (f"{spec['stage']}-{spec['method']['name']}-{spec['model']}-n{spec['samples_seen']}-s{spec['seed']}-"
-            f"{io.digest(identity(spec))}")
+            f"{io.digest(store.identity(spec))}")
 
 
 def expand(grid: GridConfig) -> list[dict[str, Any]]:
@@ -84,7 +69,7 @@ def _reference(ref: ReferenceConfig | None, stage_runs: dict[str, dict[str, Any]
         source = {"kind": "run", "run_id": target["run_id"], "model": target["model"]}
     elif ref.checkpoint is not None:
         path = Path(ref.checkpoint).resolve()
-        source = {"kind": "checkpoint", "path": str(path), "sha256": _sha256(path), "model": ref.model}
+        source = {"kind": "checkpoint", "path": str(path), "sha256": io.file_sha256(path), "model": ref.model}
     else:
         source = {"kind": "pretrained", "tag": ref.pretrained, "model": ref.model}
     source["features"] = ref.features
@@ -102,14 +87,6 @@ def _check_caches(specs: list[dict[str, Any]], src: str, key: str) -> None:
                 check_cache(Path(ref["cache"]), ref, spec["data"])
             except ValueError as e:
                 raise ConfigError(src, key, str(e)) from None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

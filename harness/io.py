@@ -10,26 +10,73 @@ from typing import Any, Callable
 
 import torch
 
+from harness import faults
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+TMP_SUFFIX = ".tmp"
+
+
+def _atomic(path: Path, write: Callable[[Path], None], name: Callable[[Path], str] | None = None) -> Path:
+    """Write through a temporary file in the same directory, fsync it, rename it to `path` (or to the
+    name `name(tmp)` gives in that directory, e.g. one carrying the content's checksum), fsync the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are for others to read, as open() would make them
     os.close(fd)
     try:
         write(Path(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if name is not None:
+            path = path.parent / name(Path(tmp))
+        faults.hit(f"write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return path
+
+
+def remove_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files that writes killed before their rename left in `directory`."""
+    left = sorted(Path(directory).glob(f".*{TMP_SUFFIX}")) if Path(directory).is_dir() else []
+    for tmp in left:
+        tmp.unlink(missing_ok=True)
+    return left
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+CHECKSUM_DIGITS = 16
+
+
+def save_checksummed(directory: Path, stem: str, save: Callable[[Path], None]) -> Path:
+    """Run `save(tmp_path)` and move the file atomically to `directory/<stem>-<sha256 prefix>.pt`:
+    the name carries the checksum of the content, so a damaged file is recognised (verify_checksummed)."""
+    return _atomic(Path(directory) / f"{stem}.pt", save,
+                   name=lambda tmp: f"{stem}-{file_sha256(tmp)[:CHECKSUM_DIGITS]}.pt")
+
+
+def verify_checksummed(path: Path) -> bool:
+    """True when a file written by save_checksummed still has the content its name's checksum says."""
+    expected = Path(path).stem.rsplit("-", 1)[-1]
+    return len(expected) == CHECKSUM_DIGITS and file_sha256(path)[:CHECKSUM_DIGITS] == expected
 
 
 def write_bytes(path: Path, data: bytes) -> Path:

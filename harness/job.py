@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from harness import io, refcache, store
+from harness import codeversion, faults, io, refcache, store
 from harness.compute import run_compute
 from harness.config import pool_config
 from harness.data.pool import build_pool
@@ -23,13 +23,18 @@ from harness.train import TrainConfig, train
 from methods import get_method
 
 
-def run_job(spec: dict[str, Any], results: str | Path, threads: int = 1, show_progress: bool = True) -> dict[str, Any]:
-    """Execute the run `spec` under `results`; returns (and stores) its result record."""
+def run_job(spec: dict[str, Any], results: str | Path, threads: int = 1, show_progress: bool = True,
+            lease_token: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """Execute the run `spec` under `results` (under the launcher's lease `lease_token`, and refusing to run
+    if the harness code is not the version `code` the sweep started with); returns and stores its result."""
     rdir = store.run_dir(Path(results), spec["run_id"])
-    return store.recorded(rdir, spec, lambda: _execute(spec, Path(results), rdir, threads, show_progress))
+    return store.recorded(rdir, spec, lambda: _execute(spec, Path(results), rdir, threads, show_progress, code),
+                          lease_token)
 
 
-def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show_progress: bool) -> dict[str, Any]:
+def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show_progress: bool,
+             code: str | None) -> dict[str, Any]:
+    version = codeversion.check(code)
     start = time.perf_counter()
     torch.set_num_threads(threads)
     cfg = TrainConfig(**spec["train"])
@@ -40,6 +45,7 @@ def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show
     method = get_method(spec["method"]["name"])(spec["method"]["params"], num_indices=pool.num_indices)
     summary = train(built, method, pool, spec["samples_seen"], cfg, spec["seed"], rdir, reference=reference,
                     show_progress=show_progress)
+    faults.hit("evaluate")
     eval_start = time.perf_counter()
     scores = evaluate(built, spec["eval_tasks"], device=cfg.device)
     io.write_json(rdir / "eval.json", scores)
@@ -55,7 +61,7 @@ def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show
     return {"run_id": spec["run_id"], "gflops_per_pair": compute["gflops_per_pair"], "samples_seen": summary.samples_seen,
             "c_paper": compute["c_paper"], "compute": compute, "train": vars(summary), "eval": scores,
             "reference": diagnostics, "eval_time_s": time.perf_counter() - eval_start, "wall_time_s": wall,
-            "threads": threads}
+            "threads": threads, "code": version}
 
 
 def _reference_features(spec: dict[str, Any], results: Path, pool: Any, device: str) -> Any:

@@ -1,9 +1,11 @@
 """Launch a grid's runs through submitit, skipping what is already done, references first.
 
 The units launched are the runs plus the reference-feature caches they read (harness.refcache);
-a unit starts once the units it requires (its reference run, its cache) are done. Local sweeps are throttled here (submitit's LocalExecutor starts every job at once): at
-most `max_parallel` jobs run, each with `cpus_per_job` threads. A failed run is recorded
-and does not stop the others; runs whose reference failed are recorded as failed unstarted.
+a unit starts once the units it requires (its reference run, its cache) are done. Local sweeps are
+throttled here (submitit's LocalExecutor starts every job at once): at most `max_parallel` jobs run,
+each with `cpus_per_job` threads. A failed run is recorded and does not stop the others; runs whose
+reference failed are recorded as failed unstarted. Runs are taken under leases (harness.lease), so
+concurrent launches of one grid run each run once.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import submitit
 from submitit.local.debug import DebugJob
 from tqdm import tqdm
 
-from harness import refcache, store
+from harness import codeversion, lease, refcache, store
 from harness.config import ExecutorConfig
 from harness.job import run_job
 from harness.models import model_profile
@@ -24,15 +26,17 @@ from harness.models import model_profile
 
 @dataclass
 class LaunchReport:
-    """What a launch did: run ids done now, skipped (done before) and failed (with the reason)."""
+    """What a launch did: run ids done now, skipped (done before), done meanwhile by another launch
+    (`by_others`) and failed (with the reason)."""
 
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    by_others: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
 
 def pending(specs: list[dict[str, Any]], results: Path) -> list[dict[str, Any]]:
-    """Specs that have no finished result under `results` (missing, failed or stale)."""
+    """Specs that have no finished result under `results` (missing, failed, stale or interrupted)."""
     return [s for s in specs if not store.is_done(results, s)]
 
 
@@ -58,69 +62,136 @@ def make_executor(cfg: ExecutorConfig, folder: Path) -> submitit.Executor:
     return executor
 
 
+class _Launch:
+    """The state of one launch: units queued here, running here, and running in another process."""
+
+    def __init__(self, todo: list[dict[str, Any]], required: dict[str, set[str]], results: Path, log) -> None:
+        self.queue, self.running, self.elsewhere = list(todo), {}, {}
+        self.required, self.results, self.log = required, results, log
+        self.report = LaunchReport()
+        self.code = codeversion.code_version()
+        self.heartbeat = lease.Heartbeat()
+
+    def start(self, spec: dict[str, Any], executor: submitit.Executor, cfg: ExecutorConfig, show: bool, bar: tqdm) -> None:
+        """Take the run's lease and submit it; a run another process holds is watched instead, and one
+        finished since this launch looked is counted as done by others."""
+        run_id, rdir = spec["run_id"], store.run_dir(self.results, spec["run_id"])
+        held = lease.acquire(rdir)
+        if held is None:
+            self.elsewhere[run_id] = spec
+            self.log(f"  running elsewhere {run_id} ({lease.describe(lease.read(rdir))}): waiting for it")
+            return
+        now = store.state(self.results, run_id, spec)
+        if now in ("done", "conflict"):
+            lease.release(held)
+            bar.update(1)
+            if now == "done":
+                self.report.by_others.append(run_id)
+            else:
+                self.report.failed[run_id] = f"{rdir} holds a different spec under this id; left untouched"
+                self.log(f"  FAILED  {run_id}: {self.report.failed[run_id]}")
+            return
+        self.heartbeat.add(held)
+        function = refcache.build_cache_job if spec.get("kind") == refcache.KIND else run_job
+        job = executor.submit(function, spec, str(self.results), cfg.cpus_per_job, show, held.token, self.code)
+        self.running[run_id] = (job, held)
+        self.log(f"  started {run_id} (job {job.job_id})")
+
+    def collect(self, bar: tqdm) -> None:
+        """Record the runs that finished here, and those that another process finished, failed or left."""
+        for run_id, (job, held) in list(self.running.items()):
+            finished, error = _outcome(job)
+            if not finished:
+                continue
+            del self.running[run_id]
+            bar.update(1)
+            if error is None:
+                self.report.done.append(run_id)
+                self.log(f"  done    {run_id}")
+            else:
+                self._failed(run_id, error)
+            self.heartbeat.discard(held)
+            lease.release(held)
+        for run_id, spec in list(self.elsewhere.items()):
+            rdir = store.run_dir(self.results, run_id)
+            now = store.state(self.results, run_id)
+            if now != "done" and lease.holder(rdir) is not None:
+                continue
+            del self.elsewhere[run_id]
+            if now == "done":
+                self.report.by_others.append(run_id)
+                bar.update(1)
+                self.log(f"  done    {run_id} (by another process)")
+            elif now == "failed":
+                self.report.failed[run_id] = store.read_status(rdir)["error"]
+                bar.update(1)
+                self.log(f"  FAILED  {run_id} (in another process): {self.report.failed[run_id]}")
+            else:
+                self.queue.append(spec)  # its owner died without a word: take the run over
+                self.log(f"  {run_id}: its process died; taking it over")
+
+    def _failed(self, run_id: str, error: BaseException) -> None:
+        rdir = store.run_dir(self.results, run_id)
+        reason = store.reason(error)
+        try:
+            if store.state(self.results, run_id) != "failed":  # killed (OOM, SIGKILL) before it could say so
+                store.fail(rdir, error)
+            reason = store.read_status(rdir)["error"]
+        except OSError as unrecorded:  # e.g. a full disk: the failure is reported here, not on disk
+            reason += f" (not recorded on disk: {store.reason(unrecorded)})"
+        self.report.failed[run_id] = reason
+        self.log(f"  FAILED  {run_id}: {reason}")
+
+
 def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=tqdm.write) -> LaunchReport:
     """Run every spec (and every feature cache the specs read) that is not done; a unit starts once the
     units it requires are done.
 
     Units without a pending requirement start at once (up to max_parallel), whatever their stage,
     so a reference stage does not leave cores idle. Among ready units, those that others require
-    go first, then the largest compute first (so the sweep does not end on one long run).
+    go first, then the largest compute first (so the sweep does not end on one long run). Each run is
+    started under its lease (harness.lease): a run another `clipsteer run` works on is waited for, not
+    started twice, and taken over if that process dies.
     """
     results = Path(results)
-    report = LaunchReport()
     units = refcache.cache_units(pending(specs, results)) + list(specs)  # only caches that a run still to do reads
     required = {u["run_id"]: requirements(u) for u in units}
     needed = set().union(*required.values())
     todo = sorted(pending(units, results), key=lambda u: (u["run_id"] not in needed, -_compute(u)))
+    run = _Launch(todo, required, results, log)
     launching = {u["run_id"] for u in todo}
-    report.skipped = [u["run_id"] for u in units if u["run_id"] not in launching]
-    log(f"{len(todo)} units to launch, {len(report.skipped)} already done")
+    run.report.skipped = [u["run_id"] for u in units if u["run_id"] not in launching]
+    log(f"{len(todo)} units to launch, {len(run.report.skipped)} already done")
     executor = make_executor(cfg, results / "submitit")
-    queue, running = list(todo), {}
     show = cfg.kind == "debug"  # per-run training bars only in-process; local jobs log to submitit's folder
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=show or not todo, dynamic_ncols=True)
-    while queue or running:
-        for spec in _ready(queue, running, required, results, report, bar, log):
-            if len(running) >= cfg.max_parallel:
-                break
-            queue.remove(spec)
-            function = refcache.build_cache_job if spec.get("kind") == refcache.KIND else run_job
-            job = executor.submit(function, spec, str(results), cfg.cpus_per_job, show)
-            running[spec["run_id"]] = job
-            log(f"  started {spec['run_id']} (job {job.job_id})")
-        for run_id, job in list(running.items()):
-            finished, error = _outcome(job)
-            if not finished:
-                continue
-            del running[run_id]
-            bar.update(1)
-            if error is None:
-                report.done.append(run_id)
-                log(f"  done    {run_id}")
-            else:
-                rdir = store.run_dir(results, run_id)
-                if store.state(results, run_id) != "failed":  # killed (OOM, SIGKILL) before it could say so
-                    store.fail(rdir, error)
-                reason = store.read_status(rdir)["error"]
-                report.failed[run_id] = reason
-                log(f"  FAILED  {run_id}: {reason}")
-        if running:
-            time.sleep(0.5)
-    bar.close()
-    return report
+    try:
+        while run.queue or run.running or run.elsewhere:
+            for spec in _ready(run, bar):
+                if len(run.running) >= cfg.max_parallel:
+                    break
+                run.queue.remove(spec)
+                run.start(spec, executor, cfg, show, bar)
+            run.collect(bar)
+            if run.running or run.elsewhere:
+                time.sleep(0.5)
+    finally:
+        run.heartbeat.close()
+        bar.close()
+    return run.report
 
 
-def _ready(queue: list[dict[str, Any]], running: dict, required: dict[str, set[str]], results: Path,
-           report: LaunchReport, bar: tqdm, log) -> list[dict[str, Any]]:
+def _ready(run: _Launch, bar: tqdm) -> list[dict[str, Any]]:
     """Queued units that can start now. A unit with a requirement that is neither done nor still queued
-    or running in this launch (it failed) is recorded as failed and dropped from the queue. Done-ness
-    comes from this launch's own record (done now or skipped as done before); a requirement outside
-    this launch is looked up on disk."""
-    waiting = {s["run_id"] for s in queue} | set(running)
-    finished = set(report.done) | set(report.skipped)
+    or running (here or elsewhere) in this launch (it failed) is recorded as failed and dropped from the
+    queue. Done-ness comes from this launch's own record (done now, by others, or skipped as done before);
+    a requirement outside this launch is looked up on disk."""
+    report, results = run.report, run.results
+    waiting = {s["run_id"] for s in run.queue} | set(run.running) | set(run.elsewhere)
+    finished = set(report.done) | set(report.skipped) | set(report.by_others)
     ready = []
-    for spec in list(queue):
-        unmet = required[spec["run_id"]] - finished
+    for spec in list(run.queue):
+        unmet = run.required[spec["run_id"]] - finished
         if unmet & waiting:
             continue
         missing = sorted(r for r in unmet if r in report.failed or store.state(results, r) != "done")
@@ -133,9 +204,9 @@ def _ready(queue: list[dict[str, Any]], running: dict, required: dict[str, set[s
                 f": {status['error']}" if status.get("error") else "")
             store.fail_unstarted(store.run_dir(results, spec["run_id"]), spec, reason)
             report.failed[spec["run_id"]] = reason
-            queue.remove(spec)
+            run.queue.remove(spec)
             bar.update(1)
-            log(f"  FAILED  {spec['run_id']}: {reason}")
+            run.log(f"  FAILED  {spec['run_id']}: {reason}")
     return ready
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from harness import io, store
+from harness import codeversion, io, store
 from harness.config import pool_config
 from harness.data.pool import build_pool
 from harness.models import model_profile
@@ -109,12 +109,17 @@ def load_cache(path: Path, ref: dict[str, Any], data: dict[str, Any], device: st
     return CachedReference(table["image"], table["text"], table["logit_scale"], device)
 
 
-def build_cache_job(unit: dict[str, Any], results: str | Path, threads: int = 1,
-                    show_progress: bool = True) -> dict[str, Any]:
-    """Compute and store the features of cache `unit` under `results` (the function submitit runs)."""
+def build_cache_job(unit: dict[str, Any], results: str | Path, threads: int = 1, show_progress: bool = True,
+                    lease_token: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """Compute and store the features of cache `unit` under `results` (the function submitit runs; the
+    lease and code version as in harness.job.run_job)."""
     rdir = store.run_dir(Path(results), unit["run_id"])
-    return store.recorded(rdir, unit, lambda: write_cache(rdir, unit["reference"], unit["data"], Path(results),
-                                                          threads, show_progress, unit["device"]))
+
+    def work() -> dict[str, Any]:
+        codeversion.check(code)
+        return write_cache(rdir, unit["reference"], unit["data"], Path(results), threads, show_progress, unit["device"])
+
+    return store.recorded(rdir, unit, work, lease_token)
 
 
 def write_cache(rdir: Path, ref: dict[str, Any], data: dict[str, Any], results: Path, threads: int = 1,

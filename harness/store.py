@@ -3,7 +3,9 @@
 results/<grid>/runs/<run_id>/
     spec.json      the run's spec (what the id hashes)
     status.json    state: running | done | failed, with times, host, pid, error
-    metrics.jsonl  training log;  checkpoints/last.pt;  model.pt (final weights)
+    lease.json     which live process works on the run now (harness.lease)
+    attempts.jsonl one line per start of the run (host, pid, time)
+    metrics.jsonl  training log;  checkpoints/step-*-<sha256>.pt;  model.pt (final weights)
     eval.json      per-task metrics and the average
     result.json    the run's row of the leaderboard (written last: its presence means done)
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -18,11 +21,28 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from harness import io
+from harness import io, lease
 from harness.compute import PARTS, c_total
 
 RUNS = "runs"
 RESULT_FORMAT = 3  # version of result.json's fields; 2 added the compute breakdown (C_total), 3 the reference diagnostics
+ATTEMPTS = "attempts.jsonl"
+NOT_IN_ID = {"train": ("log_every", "checkpoint_every", "checkpoint_minutes"), "reference": ("path", "cache")}
+
+
+class SpecConflict(RuntimeError):
+    """A run directory holds a different spec than the one that names it: it is never reused."""
+
+
+def identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a spec that determines the result: all of it but logging, checkpoint cadence,
+    where a reference checkpoint or feature cache lies (the checkpoint's sha256 is kept; a cache is
+    checked to match the reference and pool) and the id itself."""
+    ident = {k: v for k, v in spec.items() if k != "run_id"}
+    for key, dropped in NOT_IN_ID.items():
+        if isinstance(ident.get(key), dict):
+            ident[key] = {k: v for k, v in ident[key].items() if k not in dropped}
+    return ident
 
 
 def run_dir(results: Path, run_id: str) -> Path:
@@ -36,14 +56,16 @@ def read_status(rdir: Path) -> dict[str, Any] | None:
     return io.read_json(path) if path.exists() else None
 
 
-def state(results: Path, run_id: str) -> str:
+def state(results: Path, run_id: str, spec: dict[str, Any] | None = None) -> str:
     """'done' (a result.json of the current RESULT_FORMAT exists: the one test of done), 'stale' (a result
     written by an older harness, lacking fields the report needs: run again), 'failed', 'running' or
-    'missing' (never started).
+    'missing' (never started); with `spec`, 'conflict' when the directory's spec.json is not that spec.
 
     The run id hashes everything that determines a result, so a result under that id is the spec's result.
     """
     rdir = run_dir(results, run_id)
+    if spec is not None and (rdir / "spec.json").exists() and identity(io.read_json(rdir / "spec.json")) != identity(spec):
+        return "conflict"
     if (rdir / "result.json").exists():
         return "done" if io.read_json(rdir / "result.json").get("format") == RESULT_FORMAT else "stale"
     status = read_status(rdir)
@@ -52,22 +74,41 @@ def state(results: Path, run_id: str) -> str:
 
 def is_done(results: Path, spec: dict[str, Any]) -> bool:
     """True when run `spec` has finished."""
-    return state(results, spec["run_id"]) == "done"
+    return state(results, spec["run_id"], spec) == "done"
 
 
 def begin(rdir: Path, spec: dict[str, Any]) -> None:
-    """Record that a run starts (its spec and a 'running' status); clears an earlier failure's result."""
+    """Record that a run starts (its spec, an attempt line and a 'running' status); clear an earlier
+    failure's result and the temporary files of writes a kill cut short. A directory holding another
+    spec is refused (SpecConflict), never reused."""
+    rdir = Path(rdir)
+    if (rdir / "spec.json").exists() and identity(io.read_json(rdir / "spec.json")) != identity(spec):
+        raise SpecConflict(f"{rdir} holds a run of a different spec than the one named {spec['run_id']}; "
+                           "it is left as it is: move it away to run this spec")
+    for folder in (rdir, rdir / "checkpoints"):
+        io.remove_temporaries(folder)
     io.write_json(rdir / "spec.json", spec)
     (rdir / "result.json").unlink(missing_ok=True)
-    io.write_json(rdir / "status.json", {"state": "running", "started": time.time(), "host": socket.gethostname(),
-                                         "pid": os.getpid()})
+    started = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    io.append_jsonl(rdir / ATTEMPTS, started)
+    io.write_json(rdir / "status.json", {"state": "running", **started})
+
+
+def attempts(rdir: Path) -> int:
+    """How many times the run was started."""
+    path = Path(rdir) / ATTEMPTS
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+
+
+def reason(error: BaseException) -> str:
+    """The one line a table shows for an error: its type and the last line of its message."""
+    return f"{type(error).__name__}: {error}".strip().splitlines()[-1]
 
 
 def fail(rdir: Path, error: BaseException) -> None:
     """Record a failed run: the error's last line in status.json, the traceback in error.txt."""
     io.write_text(rdir / "error.txt", "".join(traceback.format_exception(error)))
-    io.write_json(rdir / "status.json", {"state": "failed", "finished": time.time(),
-                                         "error": f"{type(error).__name__}: {error}".strip().splitlines()[-1]})
+    io.write_json(rdir / "status.json", {"state": "failed", "finished": time.time(), "error": reason(error)})
 
 
 def fail_unstarted(rdir: Path, spec: dict[str, Any], reason: str) -> None:
@@ -82,16 +123,38 @@ def finish(rdir: Path, result: dict[str, Any]) -> None:
     io.write_json(rdir / "status.json", {"state": "done", "finished": time.time()})
 
 
-def recorded(rdir: Path, spec: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run `work` as unit `spec` in `rdir`: begin, then finish with its result, or record its failure
-    and re-raise (so a failure is on disk even if the launcher is gone)."""
-    begin(rdir, spec)
+def recorded(rdir: Path, spec: dict[str, Any], work: Callable[[], dict[str, Any]],
+             lease_token: str | None = None) -> dict[str, Any]:
+    """Run `work` as unit `spec` in `rdir` under the run's lease (the launcher's, joined by `lease_token`,
+    or one taken here): begin, then finish with its result, or record its failure and re-raise (so a
+    failure is on disk even if the launcher is gone). A run whose lease was lost writes nothing more; one
+    leaving by SystemExit (requeued after a preemption signal) keeps its lease and its 'running' status."""
+    held = lease.adopt(rdir, lease_token) if lease_token else lease.acquire(rdir)
+    if held is None:
+        raise lease.LeaseLost(f"run {Path(rdir).name} is being worked on by {lease.describe(lease.read(rdir))}")
     try:
-        result = work()
-    except BaseException as error:
-        fail(rdir, error)
-        raise
-    finish(rdir, result)
+        with lease.Heartbeat([held]) as beat:
+            begin(rdir, spec)
+            try:
+                result = work()
+                if beat.lost:
+                    raise lease.LeaseLost(f"the lease on {Path(rdir).name} was taken over while this process worked")
+            except lease.LeaseLost:
+                raise
+            except SystemExit:  # the process leaves to be requeued (submitit, on preemption): not a failure
+                held = None  # keep the lease for the requeued job; it lapses if nobody comes back
+                raise
+            except BaseException as error:
+                try:
+                    fail(rdir, error)
+                except OSError as unrecorded:  # e.g. the disk is full: the launcher reports the error instead
+                    print(f"could not record the failure of {Path(rdir).name} ({reason(unrecorded)})", file=sys.stderr)
+                raise
+            lease.renew(held)  # raises LeaseLost if another process took the run meanwhile
+            finish(rdir, result)
+    finally:
+        if held is not None:
+            lease.release(held)
     return result
 
 

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from harness import io
+from harness import faults, io
 from harness.models import BuiltModel, encode
 from methods import Features, Method, Progress
 
-CHECKPOINT = "checkpoints/last.pt"
+CHECKPOINTS = "checkpoints"
+KEEP_CHECKPOINTS = 2  # the newest, and one to fall back to if the newest is found damaged
 FINAL_MODEL = "model.pt"
 METRICS = "metrics.jsonl"
 KEPT_INDICES = "kept_indices.pt"
@@ -42,6 +44,7 @@ class TrainConfig:
     adam_eps: float = 1e-6
     augment: bool = True
     checkpoint_every: int = 0
+    checkpoint_minutes: float = 10.0
     log_every: int = 10
     device: str = "cpu"
 
@@ -58,7 +61,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "warmup_steps", "checkpoint_every"):
+        for name in ("weight_decay", "warmup_steps", "checkpoint_every", "checkpoint_minutes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 2:
@@ -82,6 +85,7 @@ class TrainSummary:
     resumed_from_step: int
     pool_size: int
     earlier_time_s: float  # training seconds spent before a resume (0 for an uninterrupted run)
+    rejected_checkpoints: list[str]  # damaged checkpoints skipped on resume, with the reason
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -144,8 +148,9 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
     `reference` is a feature source (harness.reference: OnlineReference or CachedReference) when
     the method needs one. A method with a static selection trains on the subset it picks once;
     the kept sample indices are saved in the run directory (and reused on resume). Resumes from
-    run_dir/checkpoints/last.pt when it exists; writes metrics.jsonl, periodic and final
-    checkpoints and, at the end, model.pt (open_clip-loadable weights).
+    the newest intact checkpoint in run_dir/checkpoints (a damaged one is set aside, saying so); writes
+    metrics.jsonl, checkpoints every `checkpoint_every` steps and `checkpoint_minutes` minutes and at the
+    end, and model.pt (open_clip-loadable weights).
     """
     if samples_seen % cfg.batch_size:
         raise ValueError(f"samples_seen {samples_seen} is not a multiple of batch_size {cfg.batch_size}")
@@ -161,11 +166,12 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
         groups.append({"params": method.parameters(), "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             eps=cfg.adam_eps, fused=True)  # fused kernels exist for CPU and CUDA: 5-8x faster steps here
-    start, loss_value, time_before = _resume(run_dir, model, opt, method)
+    start, loss_value, time_before, rejected = _resume(run_dir, model, opt, method)
     model.train()
     drawn = method.candidates(cfg.batch_size)  # > batch_size: a super-batch the method selects from
     per_epoch = steps_per_epoch(len(pool), drawn)
     t0 = time.perf_counter() - time_before
+    last_checkpoint = time.perf_counter()
     bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {method.name}/{built.name}",
                disable=not show_progress, dynamic_ncols=True)
     for step in bar:
@@ -196,6 +202,7 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
         method.after_step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
+        faults.hit("step")
         done = step + 1
         if done % cfg.log_every == 0 or done == total:
             record = {"step": done, "samples_seen": done * cfg.batch_size, "loss": loss_value,
@@ -203,13 +210,16 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
                       "time_s": time.perf_counter() - t0, **_data_stats(pool, pos), **out.logs}
             io.append_jsonl(run_dir / METRICS, record)
             bar.set_postfix(loss=f"{loss_value:.4f}")
-        if done == total or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+        due = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or \
+            (cfg.checkpoint_minutes and time.perf_counter() - last_checkpoint >= 60 * cfg.checkpoint_minutes)
+        if done == total or due:
             _checkpoint(run_dir, model, opt, method, done, loss_value, time.perf_counter() - t0)
+            last_checkpoint = time.perf_counter()
     bar.close()
     io.torch_save(run_dir / FINAL_MODEL, {"state_dict": model.state_dict()})
     return TrainSummary(steps=total, samples_seen=total * cfg.batch_size, final_loss=loss_value,
                         train_time_s=time.perf_counter() - t0, resumed_from_step=start, pool_size=len(pool),
-                        earlier_time_s=time_before)
+                        earlier_time_s=time_before, rejected_checkpoints=rejected)
 
 
 def _data_stats(pool: Any, pos: torch.Tensor) -> dict[str, float]:
@@ -241,30 +251,53 @@ def _static_selection(method: Method, pool: Any, reference: Any, seed: int, run_
     return subset
 
 
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, newest first."""
+    return sorted((Path(run_dir) / CHECKPOINTS).glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]),
+                  reverse=True)
+
+
 def _checkpoint(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method, step: int,
                 loss: float, train_time_s: float) -> None:
-    io.torch_save(run_dir / CHECKPOINT, {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "method": method.state_dict(), "loss": loss, "train_time_s": train_time_s})
+    """Save step `step` under a name carrying its checksum, then drop all but the newest KEEP_CHECKPOINTS."""
+    state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "method": method.state_dict(), "loss": loss, "train_time_s": train_time_s}
+    io.save_checksummed(run_dir / CHECKPOINTS, f"step-{step:09d}", lambda p: torch.save(state, p))
+    for old in checkpoint_files(run_dir)[KEEP_CHECKPOINTS:]:
+        old.unlink()
 
 
 def _resume(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-            method: Method) -> tuple[int, float, float]:
-    """Load the last checkpoint if there is one and drop metric lines logged after it (and a line cut
-    short by a kill). Returns (step, loss at that step, training seconds spent before it)."""
-    path = run_dir / CHECKPOINT
-    if not path.exists():
-        (run_dir / METRICS).unlink(missing_ok=True)
-        return 0, float("nan"), 0.0
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            method: Method) -> tuple[int, float, float, list[str]]:
+    """Load the newest intact checkpoint, if any, and drop metric lines logged after it (and a line cut
+    short by a kill). A checkpoint whose bytes do not match the checksum in its name, or that torch cannot
+    read, is renamed *.corrupt and the one before it is tried; without any, training restarts at step 0.
+    Returns (step, loss at that step, training seconds spent before it, what was rejected and why)."""
+    rejected, state = [], None
+    for path in checkpoint_files(run_dir):
+        try:
+            if not io.verify_checksummed(path):
+                raise ValueError("its bytes do not match the checksum in its name")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            break
+        except Exception as e:  # a damaged file fails in many ways (zip, unpickling, EOF): all mean "do not use"
+            rejected.append(f"{path.name}: {type(e).__name__}: {e}")
+            path.rename(path.with_name(path.name + ".corrupt"))
+            tqdm.write(f"checkpoint {path} is damaged ({rejected[-1]}); set aside as *.corrupt, trying an earlier one", file=sys.stderr)
+    metrics = run_dir / METRICS
+    if state is None:
+        if rejected:
+            tqdm.write(f"no intact checkpoint left in {run_dir / CHECKPOINTS}: training restarts from step 0", file=sys.stderr)
+        metrics.unlink(missing_ok=True)
+        return 0, float("nan"), 0.0, rejected
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     method.load_state_dict(state["method"])
     step = int(state["step"])
-    metrics = run_dir / METRICS
     if metrics.exists():
         kept = [line for line in metrics.read_text().splitlines() if _logged_step(line) <= step]
         io.write_text(metrics, "".join(line + "\n" for line in kept))
-    return step, float(state["loss"]), float(state["train_time_s"])
+    return step, float(state["loss"]), float(state["train_time_s"]), rejected
 
 
 def _logged_step(line: str) -> float:

@@ -4,7 +4,9 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
+from harness.cli import main
 from harness.config import load_grid
 from harness.errors import ConfigError
 from harness.grid import expand
@@ -31,6 +33,13 @@ stages:
 
 def write(tmp_path, text):
     path = tmp_path / "grid.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+        return path
+    if "GARBAGE" in text:
+        garbage = tmp_path / "garbage.pt"
+        garbage.write_bytes(b"this is not a torch file")
+        text = text.replace("GARBAGE", str(garbage))
     path.write_text(textwrap.dedent(text))
     return path
 
@@ -82,6 +91,14 @@ BAD = [
     (mutate("methods: [clip, {name: drrho", "methods: [{name: filter, keep: 0}, {name: drrho"), "stages[1].methods[0]: method 'filter': keep must be in (0, 1]"),
     (mutate("reference: ref", "reference: {pretrained: opneai, model: ViT-B-32}"), "stages[1].reference.pretrained: open_clip has no pretrained tag 'opneai' for ViT-B-32 (did you mean 'openai'?)"),
     (mutate("models: [tiny-s, tiny-m]", "models: [tiny-s, coca_ViT-B-32]"), "captioning (CoCa) model"),
+    (mutate("reference: ref", "reference: {checkpoint: GARBAGE, model: tiny-s}"), "stages[1].reference.checkpoint: not a readable checkpoint"),
+    (mutate("shapes_count: 512", "shapes_count: 0"), "data: shapes_count must be an integer >= 1"),
+    (mutate("shapes_count: 512", "shapes_count: 512, per_source: -3"), "data: per_source must be None or an integer >= 1"),
+    (mutate("data: {sources: [shapes]", "data: {sources: [shape]"), "data: sources must be distinct names"),
+    (mutate("executor: {kind: debug}", "executor: {kind: local, timeout_min: 0}"), "executor.timeout_min: must be >= 1"),
+    (mutate("executor: {kind: debug}", "executor: {kind: local, cpus: 2}"), "executor.cpus: unknown key (did you mean 'cpus_per_job'?)"),
+    (mutate("models: [tiny-s]\n", "models: tiny-s\n"), "stages[0].models: must be a list, got str"),
+    (GOOD.encode("utf-16"), "not a UTF-8 text file"),
 ]
 
 
@@ -92,6 +109,16 @@ def test_bad_grid_is_refused_with_file_and_key(tmp_path, text, message):
         expand(load_grid(path))  # what `clipsteer run` does before launching anything
     assert str(info.value).startswith(str(path))
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("text, message", BAD, ids=[m[:40] for _, m in BAD])
+@pytest.mark.parametrize("command", ["run", "cache-ref"])
+def test_the_command_line_refuses_each_bad_grid_with_exit_2_and_writes_nothing(tmp_path, capsys, command, text, message):
+    path, out = write(tmp_path, text), tmp_path / "out"
+    assert main([command, str(path), "--results", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"clipsteer: error: {path}") and message in err and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_noise_error_names_the_field(tmp_path):
@@ -141,10 +168,13 @@ def test_run_id_ignores_what_does_not_change_the_result(tmp_path):
 
 def test_checkpoint_reference_is_identified_by_content_not_location(tmp_path):
     ids = []
-    for folder, payload in (("a", b"weights"), ("b", b"weights"), ("c", b"other weights")):
+    weights, other = tmp_path / "weights.pt", tmp_path / "other.pt"
+    torch.save({"w": torch.ones(3)}, weights)
+    torch.save({"w": torch.zeros(3)}, other)
+    for folder, payload in (("a", weights), ("b", weights), ("c", other)):
         ckpt = tmp_path / folder / "ref.pt"
         ckpt.parent.mkdir()
-        ckpt.write_bytes(payload)
+        ckpt.write_bytes(payload.read_bytes())
         grid = load_grid(write(tmp_path, mutate("reference: ref", f"reference: {{checkpoint: {ckpt}, model: tiny-s}}")))
         ids.append({s["run_id"] for s in expand(grid) if s["method"]["name"] == "drrho"})
     assert ids[0] == ids[1] and not ids[0] & ids[2]

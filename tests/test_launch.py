@@ -13,7 +13,7 @@ def spec(run_id, reference=None):
 def test_a_job_that_dies_without_a_word_is_recorded_failed_and_its_dependents_too(tmp_path, monkeypatch):
     started = []
 
-    def job(s, results, threads, show):
+    def job(s, results, *_):
         started.append(s["run_id"])
         if s["run_id"] == "ref":
             raise MemoryError("killed by the OOM killer")  # dies before run_job could record anything
@@ -30,7 +30,7 @@ def test_a_job_that_dies_without_a_word_is_recorded_failed_and_its_dependents_to
 
 def test_done_runs_are_skipped_and_larger_compute_starts_first(tmp_path, monkeypatch):
     started = []
-    monkeypatch.setattr(launch, "run_job", lambda s, r, t, show: (started.append(s["run_id"]),
+    monkeypatch.setattr(launch, "run_job", lambda s, r, *_: (started.append(s["run_id"]),
                                                                   store.finish(store.run_dir(r, s["run_id"]), {})))
     small, big, old = spec("small"), {**spec("big"), "model": "tiny-l"}, spec("old")
     store.finish(store.run_dir(tmp_path, "old"), {})
@@ -47,7 +47,7 @@ def test_reference_state_decides_readiness(tmp_path, state):
 
 def test_a_result_of_an_older_format_is_stale_and_runs_again(tmp_path, monkeypatch):
     started = []
-    monkeypatch.setattr(launch, "run_job", lambda s, r, t, show: (started.append(s["run_id"]),
+    monkeypatch.setattr(launch, "run_job", lambda s, r, *_: (started.append(s["run_id"]),
                                                                   store.finish(store.run_dir(r, s["run_id"]), {})))
     io.write_json(store.run_dir(tmp_path, "old") / "result.json", {"c_paper": 1.0})  # no compute, no format
     assert store.state(tmp_path, "old") == "stale"

@@ -46,8 +46,8 @@ def clipsteer(*args):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    ckpt = root / "not_a_checkpoint.pt"
-    ckpt.write_bytes(b"this is not a torch file")
+    ckpt = root / "not_a_clip_model.pt"
+    torch.save({"state_dict": {"weight": torch.zeros(2)}}, ckpt)  # readable, so the grid is valid; not a tiny-s model
     grid = root / "e2e.yaml"
     grid.write_text(textwrap.dedent(GRID).replace("{extra}", BROKEN_REFERENCE.replace("CKPT", str(ckpt))))
     results = root / "results"
@@ -57,7 +57,7 @@ def sweep(tmp_path_factory):
 
 def test_sweep_runs_every_stage_and_writes_the_report(sweep):
     grid, results, first = sweep
-    assert first.returncode == 1, first.stderr  # one run fails on purpose: its reference checkpoint is garbage
+    assert first.returncode == 1, first.stderr  # one run fails on purpose: its reference checkpoint is no tiny-s
     table = pd.read_csv(results / "leaderboard.csv")
     assert len(table) == 1 + 6 + 1
     done = table[table.status == "done"]

@@ -9,7 +9,8 @@ import torch
 from harness.data.pool import PoolConfig, build_pool
 from harness.models import build_model
 from harness.reference import OnlineReference
-from harness.train import CHECKPOINT, FINAL_MODEL, KEPT_INDICES, METRICS, NonFiniteLoss, TrainConfig, batch_positions, lr_at, train
+from harness.train import (CHECKPOINTS, FINAL_MODEL, KEPT_INDICES, METRICS, NonFiniteLoss, TrainConfig, batch_positions,
+                           checkpoint_files, lr_at, train)
 from methods import get_method
 from methods.base import LossOutput
 
@@ -66,7 +67,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(pool, tmp_path, me
         train(broken, interrupted(get_method(method_name)({}, pool.num_indices), kill_at), pool, samples, cfg, 0,
               tmp_path / "b", reference=reference, show_progress=False)
     last_checkpoint = kill_at // 3 * 3
-    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["step"] == last_checkpoint
+    assert torch.load(checkpoint_files(tmp_path / "b")[0], weights_only=True)["step"] == last_checkpoint
     with open(tmp_path / "b" / METRICS, "a") as f:
         f.write('{"step": 7, "loss": 4.')  # a line the kill cut short
     resumed = fresh(seed=123)  # weights come from the checkpoint, not from this init
@@ -161,3 +162,51 @@ def test_training_lowers_the_loss_on_real_data(pool, tmp_path):
     train(fresh(), get_method("clip")({}, pool.num_indices), pool, 24 * 32, cfg, 0, tmp_path, show_progress=False)
     losses = [r["loss"] for r in metrics_without_time(tmp_path)]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.1
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, still a zip a lenient reader might accept: the checksum catches it
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, damaged, resumed_at", [
+    (_truncate, 1, 3), (_flip_a_byte, 1, 3), (_truncate, 2, 0)])
+def test_a_damaged_checkpoint_is_set_aside_and_training_falls_back(pool, tmp_path, damage, damaged, resumed_at, capsys):
+    cfg = TrainConfig(**{**CFG.__dict__, "checkpoint_every": 3})
+    samples = 8 * cfg.batch_size
+    straight = fresh()
+    train(straight, get_method("clip")({}, pool.num_indices), pool, samples, cfg, 0, tmp_path / "a", show_progress=False)
+    with pytest.raises(Killed):
+        train(fresh(), interrupted(get_method("clip")({}, pool.num_indices), 7), pool, samples, cfg, 0, tmp_path / "b",
+              show_progress=False)
+    files = checkpoint_files(tmp_path / "b")
+    assert [torch.load(f, weights_only=True)["step"] for f in files] == [6, 3]  # older ones are pruned
+    for path in files[:damaged]:
+        damage(path)
+
+    resumed = fresh(seed=0 if resumed_at == 0 else 123)  # a restart from 0 starts from the seeded init, as a job does
+    summary = train(resumed, get_method("clip")({}, pool.num_indices), pool, samples, cfg, 0, tmp_path / "b",
+                    show_progress=False)
+    assert summary.resumed_from_step == resumed_at
+    assert len(summary.rejected_checkpoints) == damaged
+    assert all(f.name in r for f, r in zip(files, summary.rejected_checkpoints))
+    assert sorted(p.name for p in (tmp_path / "b" / CHECKPOINTS).glob("*.corrupt")) == sorted(
+        f.name + ".corrupt" for f in files[:damaged])
+    assert "is damaged" in capsys.readouterr().err
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert metrics_without_time(tmp_path / "a") == metrics_without_time(tmp_path / "b")
+
+
+def test_checkpoints_follow_the_clock_as_well_as_the_step_count(pool, tmp_path, monkeypatch):
+    clock = iter(range(0, 10_000, 100))  # every perf_counter call moves time on by 100 s
+    monkeypatch.setattr("harness.train.time.perf_counter", lambda: next(clock))
+    cfg = TrainConfig(**{**CFG.__dict__, "checkpoint_minutes": 3.0})
+    train(fresh(), get_method("clip")({}, pool.num_indices), pool, 6 * 32, cfg, 0, tmp_path, show_progress=False)
+    steps = sorted(torch.load(f, weights_only=True)["step"] for f in (tmp_path / CHECKPOINTS).glob("*.pt*"))
+    assert steps and steps[-1] == 6

@@ -1,0 +1,187 @@
+"""Leases on run directories: at most one live process works on a run, and a dead owner's lease lapses.
+
+A lease is `<run dir>/lease.json`: a random token, the owning processes (host, pid, process start time)
+and an expiry time that a heartbeat thread pushes forward. It is live while it has not expired and, on
+the owners' own host, while one of its processes still exists; so a lease of a SIGKILLed process on this
+host lapses at once, one held from another node when its heartbeat stops (TTL_S). Every change happens
+under an flock on `<run dir>/.lease.lock`, so two launchers never both take a run.
+
+The launcher takes the lease before it submits a run and hands its token to the job, which joins it
+(`adopt`); the job lets go when it has written its result.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from harness import io
+
+LEASE = "lease.json"
+LOCK = ".lease.lock"
+TTL_S = 120.0  # a lease not renewed for this long is dead, whoever holds it
+BEAT_S = TTL_S / 4
+
+
+class LeaseLost(RuntimeError):
+    """This process's lease on a run was released or taken over: it must not write the run's result."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease this process holds (or joined) on run directory `rdir`."""
+
+    rdir: Path
+    token: str
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux /proc), to tell a reused pid apart;
+    None where /proc does not say, or for a zombie (a killed process nobody has reaped yet)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _me() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
+
+
+def _owner_alive(owner: dict[str, Any]) -> bool:
+    """Whether an owner on this host still runs; owners on other hosts count as alive (expiry decides)."""
+    if owner["host"] != socket.gethostname():
+        return True
+    if owner.get("start") is not None:  # Linux: the same pid started at the same time, and not a zombie
+        return _start_time(owner["pid"]) == owner["start"]
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_live(record: dict[str, Any] | None) -> bool:
+    """Whether a lease record still holds its run."""
+    return bool(record) and time.time() < record["expires"] and any(_owner_alive(o) for o in record["owners"])
+
+
+def read(rdir: Path) -> dict[str, Any] | None:
+    """The lease record of a run directory, or None."""
+    path = Path(rdir) / LEASE
+    try:
+        return io.read_json(path)
+    except FileNotFoundError:
+        return None
+
+
+def holder(rdir: Path) -> dict[str, Any] | None:
+    """The live lease on a run, or None when nobody works on it."""
+    record = read(rdir)
+    return record if is_live(record) else None
+
+
+def describe(record: dict[str, Any]) -> str:
+    """'host:pid[,pid]' of a lease's owners, for messages."""
+    return ", ".join(f"{o['host']}:{o['pid']}" for o in record["owners"])
+
+
+@contextmanager
+def _locked(rdir: Path) -> Iterator[None]:
+    Path(rdir).mkdir(parents=True, exist_ok=True)
+    with open(Path(rdir) / LOCK, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def acquire(rdir: Path) -> Lease | None:
+    """Take the lease on a run, or None if a live process holds it (a dead owner's lease is taken over)."""
+    with _locked(rdir):
+        if is_live(read(rdir)):
+            return None
+        token = secrets.token_hex(8)
+        now = time.time()
+        io.write_json(Path(rdir) / LEASE, {"token": token, "owners": [_me()], "since": now, "expires": now + TTL_S})
+        return Lease(Path(rdir), token)
+
+
+def adopt(rdir: Path, token: str) -> Lease:
+    """Join the lease a launcher took for this process (LeaseLost if it is gone or another's)."""
+    lease = Lease(Path(rdir), token)
+    renew(lease)
+    return lease
+
+
+def renew(lease: Lease) -> None:
+    """Push the lease's expiry forward and record this process among its owners."""
+    with _locked(lease.rdir):
+        record = read(lease.rdir)
+        if record is None or record["token"] != lease.token:
+            raise LeaseLost(f"the lease on {lease.rdir.name} was released or taken over")
+        me = _me()
+        owners = [o for o in record["owners"] if (o["host"], o["pid"]) != (me["host"], me["pid"])] + [me]
+        io.write_json(lease.rdir / LEASE, {**record, "owners": owners, "expires": time.time() + TTL_S})
+
+
+def release(lease: Lease) -> None:
+    """Give the lease up (nothing happens if it is already gone or another's)."""
+    with _locked(lease.rdir):
+        record = read(lease.rdir)
+        if record is not None and record["token"] == lease.token:
+            (lease.rdir / LEASE).unlink()
+
+
+class Heartbeat:
+    """Renews a set of leases from a daemon thread every BEAT_S seconds until closed. A lease found
+    released or taken over is dropped from the set and remembered in `lost`."""
+
+    def __init__(self, leases: list[Lease] = ()) -> None:
+        self._leases, self.lost = set(leases), set()
+        self._stop, self._mutex = threading.Event(), threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="lease-heartbeat")
+        self._thread.start()
+
+    def add(self, lease: Lease) -> None:
+        with self._mutex:
+            self._leases.add(lease)
+
+    def discard(self, lease: Lease) -> None:
+        with self._mutex:
+            self._leases.discard(lease)
+
+    def _run(self) -> None:
+        while not self._stop.wait(BEAT_S):
+            with self._mutex:
+                leases = list(self._leases)
+            for lease in leases:
+                try:
+                    renew(lease)
+                except LeaseLost:
+                    with self._mutex:
+                        self._leases.discard(lease)
+                        self.lost.add(lease)
+                except OSError:
+                    pass  # a full or flaky disk: try again at the next beat; the expiry leaves room for it
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> "Heartbeat":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
