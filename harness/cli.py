@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
     run.add_argument("--dry-run", action="store_true", help="validate and list the runs that would launch; write nothing")
     run.add_argument("--executor", choices=["local", "debug"], default=None,
-                     help="override the grid's executor: local (subprocesses) or debug (in this process)")
+                     help="override the grid's executor: local (subprocesses) or debug (in this process); "
+                          "Slurm is set in the grid file (executor: {kind: slurm, slurm: {...}})")
     run.add_argument("--max-parallel", type=int, default=None, help="override the grid's executor.max_parallel")
     run.set_defaults(func=_cmd_run)
 
@@ -64,7 +65,38 @@ def _parser() -> argparse.ArgumentParser:
                                         "plots/ (PNG and SVG) from the runs stored in RESULTS (the directory "
                                         "`clipsteer run` wrote).")
     report.add_argument("results", type=Path, help="results directory of a grid, e.g. results/demo")
+    report.add_argument("--all", action="store_true",
+                        help="also show runs of specs the grid file no longer names (an edited grid), marked "
+                             "'(earlier spec)'; they are left out by default")
     report.set_defaults(func=_cmd_report)
+
+    shards = sub.add_parser("make-shards", help="write a grid's pool or an image folder as webdataset tar shards",
+                            description="Write deterministic webdataset shards (<key>.png/.txt/.json per sample, a "
+                                        "manifest.json with each shard's SHA-256 written last) from the pool a grid "
+                                        "file describes (its top-level data, or one stage's) or from an image folder "
+                                        "with a CSV/TSV captions file (columns filename,caption[,label]). Prints the "
+                                        "brace spec naming the shards.")
+    source = shards.add_mutually_exclusive_group(required=True)
+    source.add_argument("--grid", type=Path, help="grid file whose data section describes the pool")
+    source.add_argument("--folder", type=Path, help="image folder (with --captions)")
+    shards.add_argument("--stage", default=None, help="with --grid: use this stage's data (default: the grid's)")
+    shards.add_argument("--split", choices=["train", "test"], default="train", help="with --grid: source split")
+    shards.add_argument("--captions", type=Path, help="with --folder: CSV or TSV file, columns filename,caption")
+    shards.add_argument("--image-size", type=int, default=32, help="with --folder: square image size (default 32)")
+    shards.add_argument("--out", type=Path, required=True, help="output directory of the shard set")
+    shards.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar shard (default 1000)")
+    shards.set_defaults(func=_cmd_make_shards)
+
+    status = sub.add_parser("status", help="show where every run of a grid stands",
+                            description="List every run of GRID (and the feature caches it reads) with its state: "
+                                        "done, running (on which host and process), interrupted (the process died; "
+                                        "the next `clipsteer run` resumes it from its last checkpoint), failed (with "
+                                        "the error's last line), stale (older result format), conflict or missing; "
+                                        "with how often it was started and requeued. Also counts the runs stored "
+                                        "for earlier versions of the grid file. Writes nothing.")
+    status.add_argument("grid", type=Path, help="grid file (YAML)")
+    status.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
+    status.set_defaults(func=_cmd_status)
 
     fit = sub.add_parser(
         "fit", help="fit scaling laws with bootstrap intervals, held-out checks and compute-saving ratios",
@@ -73,9 +105,9 @@ def _parser() -> argparse.ArgumentParser:
                     "intervals, the prediction error on the held-out largest compute, and the compute each method "
                     "needs relative to the baseline at target errors. Exit code 0: every method fitted; 1: some "
                     "refused (too few points, non-positive values, one compute, a fit on a bound); 2: bad input.")
-    source = fit.add_mutually_exclusive_group(required=True)
-    source.add_argument("results", type=Path, nargs="?", help="results directory of a grid, e.g. results/demo")
-    source.add_argument("--csv", type=Path, help="CSV with columns method,compute,error (one row per run)")
+    fit_source = fit.add_mutually_exclusive_group(required=True)
+    fit_source.add_argument("results", type=Path, nargs="?", help="results directory of a grid, e.g. results/demo")
+    fit_source.add_argument("--csv", type=Path, help="CSV with columns method,compute,error (one row per run)")
     fit.add_argument("--compute", choices=["c_paper", "c_total", "samples_seen"], default="c_paper",
                      help="compute axis of a results directory (default c_paper, the paper's convention)")
     fit.add_argument("--form", choices=["power", "saturating"], default="power",
@@ -101,7 +133,7 @@ def _grid_and_executor(args: argparse.Namespace):
     grid = load_grid(args.grid)
     executor = grid.executor
     if args.executor:
-        executor = dataclasses.replace(executor, kind=args.executor)
+        executor = dataclasses.replace(executor, kind=args.executor, slurm=None)
     if getattr(args, "max_parallel", None) is not None:
         if args.max_parallel < 1:
             raise ConfigError("--max-parallel", "", f"must be >= 1, got {args.max_parallel}")
@@ -173,6 +205,59 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from harness import sweep
 
-    for path in sweep.report(args.results).values():
+    for path in sweep.report(args.results, include_earlier=args.all).values():
         print(f"wrote {path}")
     return 0
+
+
+def _cmd_make_shards(args: argparse.Namespace) -> int:
+    from harness.data import shards
+    from harness.data.pool import build_pool
+
+    if args.samples_per_shard < 1:
+        raise ConfigError("--samples-per-shard", "", f"must be >= 1, got {args.samples_per_shard}")
+    if args.folder is not None:
+        if args.captions is None:
+            raise ConfigError("--captions", "", "required with --folder")
+        for flag, path in (("--folder", args.folder), ("--captions", args.captions)):
+            if not path.exists():
+                raise ConfigError(flag, "", f"no such file or directory: {path}")
+        stats = shards.ReadStats()
+        shards.write_folder_shards(args.folder, args.captions, args.out, args.samples_per_shard,
+                                   image_size=args.image_size, stats=stats)
+        print(stats)
+    else:
+        from harness.config import load_grid, pool_config
+
+        grid = load_grid(args.grid)
+        stages = {s.name: s for s in grid.stages}
+        if args.stage is not None and args.stage not in stages:
+            raise ConfigError(str(args.grid), "--stage", f"no stage {args.stage!r}; stages: {', '.join(stages)}")
+        data = {**grid.data, **(stages[args.stage].data if args.stage else {})}
+        shards.write_shards(build_pool(pool_config(data), split=args.split), args.out, args.samples_per_shard)
+    print(shards.shard_spec(args.out))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from harness import sweep
+    from harness.config import load_grid
+    from harness.status import summary
+
+    grid = load_grid(args.grid)
+    results = args.results or Path("results") / grid.name
+    table, earlier = sweep.status(grid, results)
+    print(f"grid {grid.name} ({results}): {summary(table)}")
+    with _wide_tables():
+        print(table.to_string(index=False))
+    if earlier:
+        print(f"{len(earlier)} run(s) of earlier versions of this grid are kept in {results / 'runs'} and left out "
+              f"of the leaderboard; `clipsteer report {results} --all` shows them")
+    return 0
+
+
+def _wide_tables():
+    """pandas display options for full-width tables in a terminal."""
+    import pandas as pd
+
+    return pd.option_context("display.width", 250, "display.max_colwidth", 90, "display.max_rows", None)

@@ -20,10 +20,11 @@ from harness.data.pool import PoolConfig
 from harness.errors import ConfigError, did_you_mean
 from harness.evaluate import TASKS
 from harness.models import check_model_name, preset_names
+from harness.slurm import SlurmConfig, parse_slurm
 from harness.train import TrainConfig
 from methods import REGISTRY, get_method, needs_reference
 
-EXECUTORS = ("local", "debug")
+EXECUTORS = ("local", "debug", "slurm")
 TOP_KEYS = {"name", "description", "data", "eval", "train", "executor", "stages"}
 STAGE_KEYS = {"name", "methods", "models", "samples_seen", "seeds", "reference", "data", "train"}
 REFERENCE_KINDS = {"stage", "checkpoint", "pretrained"}
@@ -32,12 +33,14 @@ REFERENCE_FEATURES = ("online", "cached")
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    """How runs are launched: submitit's LocalExecutor (subprocesses) or DebugExecutor (in-process)."""
+    """How runs are launched: submitit's LocalExecutor (subprocesses), DebugExecutor (in-process) or
+    Slurm (one sbatch job per run, requeued on preemption; `slurm` holds its resources)."""
 
     kind: str = "local"
     max_parallel: int = 2
     cpus_per_job: int = 1
     timeout_min: int = 60
+    slurm: SlurmConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -295,8 +298,13 @@ def _executor(raw: Any, src: str) -> ExecutorConfig:
     kind = _string(m.get("kind", "local"), src, "executor.kind")
     if kind not in EXECUTORS:
         raise ConfigError(src, "executor.kind", f"unknown executor {kind!r}{did_you_mean(kind, EXECUTORS)}; allowed: {', '.join(EXECUTORS)}")
-    return ExecutorConfig(kind=kind, **{k: _int(m[k], src, f"executor.{k}", minimum=1)
-                                        for k in ("max_parallel", "cpus_per_job", "timeout_min") if k in m})
+    if "slurm" in m and kind != "slurm":
+        raise ConfigError(src, "executor.slurm", f"only with 'kind: slurm' (the kind is {kind!r})")
+    if kind == "slurm" and "timeout_min" in m:
+        raise ConfigError(src, "executor.timeout_min", "with 'kind: slurm' the time limit is executor.slurm.time_min")
+    slurm = parse_slurm(m.get("slurm"), src, "executor.slurm") if kind == "slurm" else None
+    return ExecutorConfig(kind=kind, slurm=slurm, **{k: _int(m[k], src, f"executor.{k}", minimum=1)
+                                                     for k in ("max_parallel", "cpus_per_job", "timeout_min") if k in m})
 
 
 def _known_keys(m: dict, allowed: set[str], src: str, key: str) -> None:

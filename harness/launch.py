@@ -22,6 +22,7 @@ from harness import codeversion, lease, refcache, store
 from harness.config import ExecutorConfig
 from harness.job import run_job
 from harness.models import model_profile
+from harness.slurm import TrainingJob, make_slurm_executor
 
 
 @dataclass
@@ -54,9 +55,11 @@ def _compute(unit: dict[str, Any]) -> float:
 
 
 def make_executor(cfg: ExecutorConfig, folder: Path) -> submitit.Executor:
-    """submitit executor for `cfg.kind` ('local': subprocesses, 'debug': in this process)."""
+    """submitit executor for `cfg.kind` ('local': subprocesses, 'debug': in this process, 'slurm': sbatch jobs)."""
     if cfg.kind == "debug":
         return submitit.DebugExecutor(folder=folder)
+    if cfg.kind == "slurm":
+        return make_slurm_executor(cfg.slurm, folder)
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=cfg.timeout_min)
     return executor
@@ -92,8 +95,9 @@ class _Launch:
                 self.log(f"  FAILED  {run_id}: {self.report.failed[run_id]}")
             return
         self.heartbeat.add(held)
-        function = refcache.build_cache_job if spec.get("kind") == refcache.KIND else run_job
-        job = executor.submit(function, spec, str(self.results), cfg.cpus_per_job, show, held.token, self.code)
+        function = refcache.build_cache_job if spec.get("kind") == refcache.KIND else _run_function(cfg)
+        threads = cfg.slurm.cpus_per_task or cfg.cpus_per_job if cfg.slurm else cfg.cpus_per_job
+        job = executor.submit(function, spec, str(self.results), threads, show, held.token, self.code)
         self.running[run_id] = (job, held)
         self.log(f"  started {run_id} (job {job.job_id})")
 
@@ -141,6 +145,11 @@ class _Launch:
             reason += f" (not recorded on disk: {store.reason(unrecorded)})"
         self.report.failed[run_id] = reason
         self.log(f"  FAILED  {run_id}: {reason}")
+
+
+def _run_function(cfg: ExecutorConfig):
+    """What a run's job calls: run_job, or on Slurm a checkpointable job that is requeued on preemption."""
+    return TrainingJob(cfg.slurm.max_requeues, cfg.slurm.time_min) if cfg.slurm else run_job
 
 
 def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=tqdm.write) -> LaunchReport:

@@ -270,8 +270,8 @@ def executor_parameters(cfg: SlurmConfig) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-class SlurmUnavailableError(RuntimeError):
-    """Slurm's commands (srun, sbatch) are not on this machine's PATH."""
+class SlurmUnavailableError(ConfigError):
+    """Slurm's commands (srun, sbatch) are not on this machine's PATH (bad input for this machine: exit 2)."""
 
 
 def make_slurm_executor(cfg: SlurmConfig, folder: Path) -> submitit.Executor:
@@ -283,8 +283,8 @@ def make_slurm_executor(cfg: SlurmConfig, folder: Path) -> submitit.Executor:
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.max_requeues)
     except RuntimeError as error:
-        raise SlurmUnavailableError(f"executor kind 'slurm' needs Slurm's srun and sbatch on PATH ({error}); "
-                                    "sbatch_script() shows what would be submitted") from error
+        raise SlurmUnavailableError("executor.kind", "", f"'slurm' needs Slurm's srun and sbatch on PATH ({error}); "
+                                    "`clipsteer run GRID --dry-run` shows the sbatch script it would submit") from error
     executor.update_parameters(**executor_parameters(cfg))
     return executor
 

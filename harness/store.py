@@ -102,7 +102,8 @@ def attempts(rdir: Path) -> int:
 
 def reason(error: BaseException) -> str:
     """The one line a table shows for an error: its type and the last line of its message."""
-    return f"{type(error).__name__}: {error}".strip().splitlines()[-1]
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[-1]}" if lines else type(error).__name__
 
 
 def fail(rdir: Path, error: BaseException) -> None:

@@ -13,6 +13,8 @@ from harness.grid import expand
 from harness.launch import LaunchReport, launch, pending
 from harness.models import model_profile
 from harness.report import write_report
+from harness.slurm import sbatch_script
+from harness.status import orphans, run_states
 
 SPECS = "specs.json"
 
@@ -34,6 +36,9 @@ def plan(grid: GridConfig, results: Path) -> list[str]:
     for spec in todo:
         compute = model_profile(spec["model"])["gflops"] * spec["samples_seen"]
         lines.append(f"  {spec['run_id']}  C_paper={compute:.3g} GFLOPs")
+    if grid.executor.slurm is not None:
+        lines.append(f"each run is one sbatch job; the script submitit submits for it:")
+        lines.extend("  " + line for line in sbatch_script(grid.executor.slurm, results / "submitit").splitlines())
     return lines
 
 
@@ -58,17 +63,31 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig) -> SweepOutco
     return SweepOutcome(launch=outcome, report_paths=report(results))
 
 
-def results_of(results: Path) -> tuple[str, pd.DataFrame]:
-    """The grid name and results table of the sweep whose runs live in `results`."""
+EARLIER = " (earlier spec)"
+
+
+def results_of(results: Path, include_earlier: bool = False) -> tuple[str, pd.DataFrame]:
+    """The grid name and results table of the sweep whose runs live in `results`; with `include_earlier`,
+    also the runs of specs the grid no longer names (their stage marked EARLIER)."""
     path = Path(results) / SPECS
     if not path.exists():
         raise ConfigError(str(results), "", f"not a results directory of `clipsteer run` (no {SPECS})")
     saved = io.read_json(path)
-    return saved["grid"], store.results_table(Path(results), saved["specs"],
-                                              refcache.cache_shares(saved["specs"], Path(results)))
+    specs = saved["specs"]
+    if include_earlier:
+        specs = specs + [{**s, "stage": s["stage"] + EARLIER} for s in orphans(saved["specs"], Path(results))]
+    return saved["grid"], store.results_table(Path(results), specs, refcache.cache_shares(specs, Path(results)))
 
 
-def report(results: Path) -> dict[str, Path]:
-    """Write leaderboard, fit and plots for the grid whose runs live in `results`."""
-    name, table = results_of(results)
+def report(results: Path, include_earlier: bool = False) -> dict[str, Path]:
+    """Write leaderboard, fit and plots for the grid whose runs live in `results` (with `include_earlier`,
+    also the runs of earlier versions of the grid file, marked as such)."""
+    name, table = results_of(results, include_earlier)
     return write_report(table, Path(results), title=f"clipsteer: {name}", runs_dir=Path(results))
+
+
+def status(grid: GridConfig, results: Path) -> tuple[pd.DataFrame, list[dict]]:
+    """Every unit of `grid` with its state under `results`, and the specs of runs stored there that the
+    grid no longer names."""
+    specs = expand(grid)
+    return run_states(specs, Path(results)), orphans(specs, Path(results))

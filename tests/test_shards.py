@@ -577,3 +577,22 @@ def test_webdataset_library_reads_the_shards(pool, shard_dir):
     assert [s["__key__"] for s in samples] == ["000000000", "000000001", "000000002"]
     assert np.array_equal(samples[2]["png"], pool.images[2].permute(1, 2, 0).numpy())
     assert samples[1]["txt"] == _per_sample_captions(pool)[1] and samples[1]["json"]["index"] == 1
+
+
+def test_make_shards_writes_a_grids_pool_that_reads_back_identical(tmp_path, capsys):
+    from harness.cli import main
+    from harness.config import pool_config
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndata: {sources: [shapes], shapes_count: 96, noise: 0.5}\neval: {tasks: [shapes_retrieval]}\n"
+                    "stages:\n  - {name: s, methods: [clip], models: [tiny-s], samples_seen: [128], data: {subset: clean}}\n")
+    assert main(["make-shards", "--grid", str(grid), "--stage", "s", "--out", str(tmp_path / "out"),
+                 "--samples-per-shard", "20"]) == 0
+    spec = capsys.readouterr().out.strip().splitlines()[-1]
+    assert spec.endswith("shard-{000000..000002}.tar")  # 48 clean samples of 96, 20 per shard
+    want = build_pool(pool_config({"sources": ["shapes"], "shapes_count": 96, "noise": 0.5, "subset": "clean"}))
+    got = shards.read_pool(spec)
+    assert torch.equal(got.images, want.images) and torch.equal(got.indices, want.indices)
+    assert [got.captions[i] for i in got.caption_ids] == [want.captions[i] for i in want.caption_ids]
+    assert main(["make-shards", "--grid", str(grid), "--stage", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "--stage: no stage 'nope'; stages: s" in capsys.readouterr().err and not (tmp_path / "x").exists()

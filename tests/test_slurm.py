@@ -439,3 +439,65 @@ def test_a_preempted_local_job_is_requeued_and_resumes(tmp_path):
     assert requeue_count(rdir) == 1 and record["reason"] == "preemption" and record["pid"] == pid
     assert record["job_id"] == job.job_id  # recorded by the job itself, inside submitit
 
+
+
+SLURM_GRID = """
+name: cluster
+data: {sources: [shapes], shapes_count: 256}
+eval: {tasks: [shapes_retrieval]}
+train: {batch_size: 32}
+executor:
+  kind: slurm
+  max_parallel: 16
+  slurm: {partition: PARTITION, gpus_per_node: 1, cpus_per_task: 8, mem_gb: 32, time_min: 240}
+stages:
+  - name: s
+    methods: [clip]
+    models: [tiny-s]
+    samples_seen: [64, 128]
+"""
+
+
+def slurm_grid(tmp_path, partition):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(SLURM_GRID.replace("PARTITION", partition))
+    return path
+
+
+def test_a_slurm_grid_dry_runs_with_its_sbatch_script_and_launches_only_on_a_cluster(tmp_path, capsys, monkeypatch):
+    from harness.cli import main
+
+    path, out = slurm_grid(tmp_path, "gpu"), tmp_path / "out"
+    assert main(["run", str(path), "--results", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 runs, 0 done, 2 to launch (executor slurm" in printed
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --time=240", "#SBATCH --signal=USR2@90", "#SBATCH --requeue"):
+        assert line in printed
+    assert not out.exists()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch here
+    assert main(["run", str(path), "--results", str(out)]) == 2
+    assert "executor.kind: 'slurm' needs Slurm's srun and sbatch on PATH" in capsys.readouterr().err
+
+
+def test_a_hostile_slurm_value_in_a_grid_is_refused_before_anything_runs(tmp_path, capsys):
+    from harness.cli import main
+
+    path, out = slurm_grid(tmp_path, "'gpu; rm -rf ~'"), tmp_path / "out"
+    assert main(["run", str(path), "--results", str(out), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: executor.slurm.partition: 'gpu; rm -rf ~' is not allowed" in err
+    assert not out.exists()
+
+
+def test_a_slurm_section_needs_kind_slurm_and_a_local_override_drops_it(tmp_path):
+    from harness.cli import _grid_and_executor
+    from harness.config import load_grid
+
+    path = tmp_path / "g.yaml"
+    path.write_text(SLURM_GRID.replace("kind: slurm", "kind: local").replace("PARTITION", "gpu"))
+    with pytest.raises(ConfigError, match="executor.slurm: only with 'kind: slurm'"):
+        load_grid(path)
+    args = type("Args", (), {"grid": slurm_grid(tmp_path, "gpu"), "executor": "local", "max_parallel": None})()
+    _, executor = _grid_and_executor(args)
+    assert executor.kind == "local" and executor.slurm is None

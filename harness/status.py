@@ -1,0 +1,65 @@
+"""Where every run of a grid stands: done, failed (and why), running (where), interrupted (resumes from
+which step), requeued, never started; and which run directories belong to earlier versions of the grid."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness import io, lease, refcache, store
+from harness.slurm import requeue_count
+from harness.train import checkpoint_files
+
+
+def run_states(specs: list[dict[str, Any]], results: Path) -> pd.DataFrame:
+    """One row per unit (feature caches first, then runs): id, state and a detail line."""
+    units = refcache.cache_units(specs) + list(specs)
+    rows = []
+    for unit in units:
+        rdir = store.run_dir(results, unit["run_id"])
+        state = store.state(results, unit["run_id"], unit)
+        status = store.read_status(rdir) or {}
+        detail = ""
+        if state == "failed":
+            detail = status.get("error") or ""
+        elif state == "running":
+            holder = lease.holder(rdir)
+            if holder is None:
+                state = "interrupted"
+                ckpts = checkpoint_files(rdir)
+                detail = f"resumes from step {ckpts[0].stem.split('-')[1].lstrip('0') or '0'}" if ckpts else \
+                    "restarts from the beginning"
+            else:
+                detail = f"on {lease.describe(holder)}"
+        elif state == "done":
+            detail = f"average {io.read_json(rdir / 'result.json')['eval']['average']:.4f}" \
+                if unit.get("kind") != refcache.KIND else "features cached"
+        elif state == "conflict":
+            detail = "the directory holds a different spec under this id"
+        requeued = requeue_count(rdir)
+        rows.append({"run_id": unit["run_id"], "stage": unit.get("stage", "cache"), "state": state,
+                     "attempts": store.attempts(rdir), "requeued": requeued, "detail": detail})
+    return pd.DataFrame(rows, columns=["run_id", "stage", "state", "attempts", "requeued", "detail"])
+
+
+def orphans(specs: list[dict[str, Any]], results: Path) -> list[dict[str, Any]]:
+    """Specs of the run directories under `results` that the grid no longer names (an edited grid file):
+    kept on disk, left out of the leaderboard unless asked for."""
+    known = {u["run_id"] for u in refcache.cache_units(specs) + list(specs)}
+    runs = Path(results) / store.RUNS
+    found = []
+    for spec_file in sorted(runs.glob("*/spec.json")) if runs.is_dir() else []:
+        if spec_file.parent.name not in known:
+            spec = io.read_json(spec_file)
+            if spec.get("kind") != refcache.KIND:
+                found.append(spec)
+    return found
+
+
+def summary(table: pd.DataFrame) -> str:
+    """'N units: a done, b failed, ...' in a fixed order of states."""
+    order = ["done", "running", "interrupted", "failed", "stale", "conflict", "missing"]
+    counts = table.state.value_counts()
+    parts = [f"{counts[s]} {s}" for s in order if s in counts]
+    return f"{len(table)} units: " + ", ".join(parts)
