@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -236,13 +237,17 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def _series(log: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Samples seen and the key's numeric values where both are logged; temperature for logit_scale."""
+def _series(log: pd.DataFrame, key: str) -> np.ndarray:
+    """[n, 2] points (samples seen, the key's value) where both are numbers; temperature for logit_scale.
+    Plain numpy: a report reads the logs of every run, thousands in a big sweep."""
     if "samples_seen" not in log or key not in log:
-        return pd.DataFrame(columns=["x", "y"])
-    points = pd.DataFrame({"x": pd.to_numeric(log["samples_seen"], errors="coerce"),
-                           "y": pd.to_numeric(log[key], errors="coerce")}).dropna()
-    return points.assign(y=1.0 / points["y"]) if key == "logit_scale" else points
+        return np.empty((0, 2))
+    points = np.column_stack([pd.to_numeric(log["samples_seen"], errors="coerce").to_numpy(float),
+                              pd.to_numeric(log[key], errors="coerce").to_numpy(float)])
+    points = points[np.isfinite(points).all(axis=1)]
+    if key == "logit_scale":
+        points[:, 1] = 1.0 / points[:, 1]
+    return points
 
 
 def training_curves_figure(df: pd.DataFrame, results_dir: Path, title: str,
@@ -252,7 +257,7 @@ def training_curves_figure(df: pd.DataFrame, results_dir: Path, title: str,
     runs = _done_runs(df)
     logs = {row.run_id: read_metrics(Path(results_dir) / "runs" / str(row.run_id) / "metrics.jsonl")
             for row in runs.itertuples()}
-    curves = {key: {run: points for run, log in logs.items() if not (points := _series(log, key)).empty} for key in keys}
+    curves = {key: {run: points for run, log in logs.items() if len(points := _series(log, key))} for key in keys}
     present = [key for key in keys if curves[key]]
     if not present:
         return _message(f"{title}: training curves", "no training logs")
@@ -263,9 +268,13 @@ def training_curves_figure(df: pd.DataFrame, results_dir: Path, title: str,
     key_text = ", ".join(f"{m} {LINESTYLES[styles[m]]}" for m in models)
     fig, axes = _figure(len(present), f"{title}: training curves\nline style by model: {key_text}")
     for ax, key in zip(axes, present):
+        groups: dict[tuple[str, str], list[np.ndarray]] = {}
         for run, points in curves[key].items():
-            ax.plot(points["x"], points["y"], color=colours[method[run]], linestyle=styles[model[run]],
-                    linewidth=1.2, alpha=0.85)
+            groups.setdefault((method[run], model[run]), []).append(points)
+        for (m, size), lines in groups.items():  # one collection per method and model: fast with thousands of runs
+            ax.add_collection(LineCollection(lines, colors=colours[m], linestyles=styles[size], linewidths=1.2,
+                                             alpha=0.85))
+        ax.autoscale_view()
         name = "temperature" if key == "logit_scale" else key.replace("_", " ")
         ax.set(xlabel="samples seen", ylabel=name, title=name)
     shown = sorted({method[run] for key in present for run in curves[key]})
