@@ -17,7 +17,7 @@ import yaml
 from safetensors import safe_open
 
 from harness.data.pool import PoolConfig
-from harness.errors import ConfigError, did_you_mean
+from harness.errors import ConfigError, check_int, did_you_mean
 from harness.evaluate import TASKS
 from harness.models import check_model_name, preset_names
 from harness.slurm import SlurmConfig, parse_slurm
@@ -150,7 +150,7 @@ def _stage(raw: Any, src: str, key: str, data: dict, train: dict) -> StageConfig
     batch = TrainConfig(**merged_train).batch_size
     samples = tuple(_samples(x, batch, src, f"{key}.samples_seen[{i}]")
                     for i, x in enumerate(_nonempty_list(m["samples_seen"], src, f"{key}.samples_seen")))
-    seeds = tuple(_int(x, src, f"{key}.seeds[{i}]", minimum=0, maximum=2**31 - 1) for i, x in enumerate(_nonempty_list(m.get("seeds", [0]), src, f"{key}.seeds")))
+    seeds = tuple(check_int(x, src, f"{key}.seeds[{i}]", minimum=0, maximum=2**31 - 1) for i, x in enumerate(_nonempty_list(m.get("seeds", [0]), src, f"{key}.seeds")))
     reference = _reference(m["reference"], src, f"{key}.reference") if m.get("reference") is not None else None
     if reference is None:
         for i, method in enumerate(methods):
@@ -188,7 +188,7 @@ def _model(raw: Any, src: str, key: str) -> str:
 
 
 def _samples(raw: Any, batch: int, src: str, key: str) -> int:
-    n = _int(raw, src, key, minimum=1)
+    n = check_int(raw, src, key, minimum=1)
     if n % batch:
         lo, hi = (n // batch) * batch, (n // batch + 1) * batch
         hint = f"use {lo} or {hi}" if lo else f"use {hi}"
@@ -303,7 +303,7 @@ def _executor(raw: Any, src: str) -> ExecutorConfig:
     if kind == "slurm" and "timeout_min" in m:
         raise ConfigError(src, "executor.timeout_min", "with 'kind: slurm' the time limit is executor.slurm.time_min")
     slurm = parse_slurm(m.get("slurm"), src, "executor.slurm") if kind == "slurm" else None
-    return ExecutorConfig(kind=kind, slurm=slurm, **{k: _int(m[k], src, f"executor.{k}", minimum=1)
+    return ExecutorConfig(kind=kind, slurm=slurm, **{k: check_int(m[k], src, f"executor.{k}", minimum=1)
                                                      for k in ("max_parallel", "cpus_per_job", "timeout_min") if k in m})
 
 
@@ -338,14 +338,3 @@ def _string(raw: Any, src: str, key: str) -> str:
         raise ConfigError(src, key, f"must be a non-empty string, got {raw!r}")
     return raw
 
-
-def _int(raw: Any, src: str, key: str, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(raw, float) and raw.is_integer():
-        raw = int(raw)
-    if not isinstance(raw, int) or isinstance(raw, bool):
-        raise ConfigError(src, key, f"must be an integer, got {raw!r}")
-    if raw < minimum:
-        raise ConfigError(src, key, f"must be >= {minimum}, got {raw}")
-    if maximum is not None and raw > maximum:
-        raise ConfigError(src, key, f"must be <= {maximum}, got {raw}")
-    return raw

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Any, Iterable
 
 
 class ConfigError(ValueError):
@@ -19,3 +19,16 @@ def did_you_mean(word: str, allowed: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, allowed, n=1) or \
         [a for a in allowed if len(word) >= 3 and a.startswith(word)][:1]
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_int(raw: Any, src: str, key: str, minimum: int, maximum: int | None = None) -> int:
+    """An integer value of a grid field (an integral float such as 1e3 counts), within bounds; else ConfigError."""
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        raise ConfigError(src, key, f"must be an integer, got {raw!r}")
+    if raw < minimum:
+        raise ConfigError(src, key, f"must be >= {minimum}, got {raw}")
+    if maximum is not None and raw > maximum:
+        raise ConfigError(src, key, f"must be <= {maximum}, got {raw}")
+    return raw

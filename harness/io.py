@@ -116,6 +116,23 @@ def save_with(path: Path, save: Callable[[Path], None]) -> Path:
     return _atomic(path, save)
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file, skipping lines that do not parse as an object (a kill can cut
+    the last one short); empty when the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line (flushed and fsynced, so a kill loses at most the line being written)."""
     path = Path(path)

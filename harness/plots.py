@@ -2,7 +2,6 @@
 gains over a baseline, training curves, and the weak-to-strong gain against the reducible-loss variance."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from harness.fit import PowerLaw
-from harness.io import save_with
+from harness.io import read_jsonl, save_with
 
 COMPUTE_AXES = {"c_paper": "C_paper", "c_total": "C_total"}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
@@ -223,18 +222,7 @@ def task_delta_heatmap(df: pd.DataFrame, title: str, baseline: str = "clip") -> 
 def read_metrics(path: Path) -> pd.DataFrame:
     """A run's metrics.jsonl as a table, skipping lines that do not parse (a killed writer leaves a partial last
     line); empty when the file is missing."""
-    path = Path(path)
-    if not path.is_file():
-        return pd.DataFrame()
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return pd.DataFrame.from_records(records)
+    return pd.DataFrame.from_records(read_jsonl(path))
 
 
 def _series(log: pd.DataFrame, key: str) -> np.ndarray:

@@ -30,7 +30,6 @@ submission; the next signal is refused (recorded, and the run fails with Requeue
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -46,7 +45,7 @@ from submitit.core.utils import DelayedSubmission, UncompletedJobError
 from submitit.slurm.slurm import SlurmExecutor
 
 from harness import io, store
-from harness.errors import ConfigError, did_you_mean
+from harness.errors import ConfigError, check_int, did_you_mean
 
 REQUEUES = "requeues.jsonl"
 
@@ -141,9 +140,9 @@ def _normalize(values: dict[str, Any], src: str, key: str) -> dict[str, Any]:
         out[name] = _pattern(value, name, src, where(name))
     for name, minimum in (("nodes", 1), ("gpus_per_node", 0), ("tasks_per_node", 1), ("time_min", 1),
                           ("array_parallelism", 1), ("max_requeues", 0), ("signal_delay_s", 1)):
-        out[name] = _int(values[name], src, where(name), minimum)
+        out[name] = check_int(values[name], src, where(name), minimum)
     out["cpus_per_task"] = None if values["cpus_per_task"] is None else \
-        _int(values["cpus_per_task"], src, where("cpus_per_task"), 1)
+        check_int(values["cpus_per_task"], src, where("cpus_per_task"), 1)
     out["mem_gb"] = None if values["mem_gb"] is None else _mem(values["mem_gb"], src, where("mem_gb"))
     if out["signal_delay_s"] >= out["time_min"] * 60:
         raise ConfigError(src, where("signal_delay_s"), f"must be less than time_min in seconds "
@@ -152,16 +151,6 @@ def _normalize(values: dict[str, Any], src: str, key: str) -> dict[str, Any]:
     out["additional"] = _additional(values["additional"], src, where("additional"))
     out["setup"] = _setup(values["setup"], src, where("setup"))
     return out
-
-
-def _int(raw: Any, src: str, key: str, minimum: int) -> int:
-    if isinstance(raw, float) and raw.is_integer():
-        raw = int(raw)
-    if not isinstance(raw, int) or isinstance(raw, bool):
-        raise ConfigError(src, key, f"must be an integer, got {raw!r}")
-    if raw < minimum:
-        raise ConfigError(src, key, f"must be >= {minimum}, got {raw}")
-    return raw
 
 
 def _mem(raw: Any, src: str, key: str) -> float:
@@ -332,18 +321,7 @@ def requeues_path(run_dir: Path) -> Path:
 
 def requeue_records(run_dir: Path) -> list[dict[str, Any]]:
     """The run's requeue records (refusals included), oldest first; a line cut by a kill is skipped."""
-    path = requeues_path(run_dir)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    return io.read_jsonl(requeues_path(run_dir))
 
 
 def requeue_count(run_dir: Path, attempt: str | None = None) -> int:
@@ -375,8 +353,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
     """
 
     def __init__(self, max_requeues: int = 3, timeout_min: int | None = None) -> None:
-        self.max_requeues = _int(max_requeues, "TrainingJob", "max_requeues", 0)
-        self.timeout_min = None if timeout_min is None else _int(timeout_min, "TrainingJob", "timeout_min", 1)
+        self.max_requeues = check_int(max_requeues, "TrainingJob", "max_requeues", 0)
+        self.timeout_min = None if timeout_min is None else check_int(timeout_min, "TrainingJob", "timeout_min", 1)
         self.attempt = uuid.uuid4().hex[:12]  # one submission; kept across its requeues (pickled with self)
         self._started: float | None = None
         self._decision: dict[str, Any] | None = None  # what checkpoint decided, for __call__ to finish

@@ -9,7 +9,7 @@ import pandas as pd
 
 from harness import io, lease, refcache, store
 from harness.slurm import requeue_count
-from harness.train import checkpoint_files
+from harness.train import checkpoint_files, checkpoint_step
 
 
 def run_states(specs: list[dict[str, Any]], results: Path) -> pd.DataFrame:
@@ -28,7 +28,7 @@ def run_states(specs: list[dict[str, Any]], results: Path) -> pd.DataFrame:
             if holder is None:
                 state = "interrupted"
                 ckpts = checkpoint_files(rdir)
-                detail = f"resumes from step {ckpts[0].stem.split('-')[1].lstrip('0') or '0'}" if ckpts else \
+                detail = f"resumes from step {checkpoint_step(ckpts[0])}" if ckpts else \
                     "restarts from the beginning"
             else:
                 detail = f"on {lease.describe(holder)}"

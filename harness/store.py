@@ -64,12 +64,18 @@ def state(results: Path, run_id: str, spec: dict[str, Any] | None = None) -> str
     The run id hashes everything that determines a result, so a result under that id is the spec's result.
     """
     rdir = run_dir(results, run_id)
-    if spec is not None and (rdir / "spec.json").exists() and identity(io.read_json(rdir / "spec.json")) != identity(spec):
+    if spec is not None and _holds_other_spec(rdir, spec):
         return "conflict"
     if (rdir / "result.json").exists():
         return "done" if io.read_json(rdir / "result.json").get("format") == RESULT_FORMAT else "stale"
     status = read_status(rdir)
     return status["state"] if status else "missing"
+
+
+def _holds_other_spec(rdir: Path, spec: dict[str, Any]) -> bool:
+    """Whether the run directory's spec.json is a spec whose identity differs from `spec`'s."""
+    path = Path(rdir) / "spec.json"
+    return path.exists() and identity(io.read_json(path)) != identity(spec)
 
 
 def is_done(results: Path, spec: dict[str, Any]) -> bool:
@@ -82,7 +88,7 @@ def begin(rdir: Path, spec: dict[str, Any]) -> None:
     failure's result and the temporary files of writes a kill cut short. A directory holding another
     spec is refused (SpecConflict), never reused."""
     rdir = Path(rdir)
-    if (rdir / "spec.json").exists() and identity(io.read_json(rdir / "spec.json")) != identity(spec):
+    if _holds_other_spec(rdir, spec):
         raise SpecConflict(f"{rdir} holds a run of a different spec than the one named {spec['run_id']}; "
                            "it is left as it is: move it away to run this spec")
     for folder in (rdir, rdir / "checkpoints"):
@@ -96,8 +102,7 @@ def begin(rdir: Path, spec: dict[str, Any]) -> None:
 
 def attempts(rdir: Path) -> int:
     """How many times the run was started."""
-    path = Path(rdir) / ATTEMPTS
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+    return len(io.read_jsonl(Path(rdir) / ATTEMPTS))
 
 
 def reason(error: BaseException) -> str:

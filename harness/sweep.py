@@ -37,7 +37,7 @@ def plan(grid: GridConfig, results: Path) -> list[str]:
         compute = model_profile(spec["model"])["gflops"] * spec["samples_seen"]
         lines.append(f"  {spec['run_id']}  C_paper={compute:.3g} GFLOPs")
     if grid.executor.slurm is not None:
-        lines.append(f"each run is one sbatch job; the script submitit submits for it:")
+        lines.append("each run is one sbatch job; the script submitit submits for it:")
         lines.extend("  " + line for line in sbatch_script(grid.executor.slurm, results / "submitit").splitlines())
     return lines
 

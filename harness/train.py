@@ -251,10 +251,14 @@ def _static_selection(method: Method, pool: Any, reference: Any, seed: int, run_
     return subset
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint file holds, from its name step-<step>-<sha256>.pt."""
+    return int(Path(path).stem.split("-")[1])
+
+
 def checkpoint_files(run_dir: Path) -> list[Path]:
     """The run's checkpoints, newest first."""
-    return sorted((Path(run_dir) / CHECKPOINTS).glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]),
-                  reverse=True)
+    return sorted((Path(run_dir) / CHECKPOINTS).glob("step-*.pt"), key=checkpoint_step, reverse=True)
 
 
 def _checkpoint(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method, step: int,

@@ -335,7 +335,7 @@ def manifest_digest(source: str | Path) -> str:
     shard's SHA-256, so it identifies the set's content (for cache and run identities)."""
     path = Path(source)
     path = path / MANIFEST if path.is_dir() else path
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return io.file_sha256(path)
 
 
 def _key_width(num_indices: int) -> int:
@@ -449,11 +449,7 @@ def _write_tar(path: Path, samples: Iterable[tuple[str, list[tuple[str, bytes]]]
                 entry["count"] += 1
                 entry["first_key"] = entry["first_key"] or key
                 entry["last_key"] = key
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        entry["sha256"], entry["bytes"] = digest.hexdigest(), tmp.stat().st_size
+        entry["sha256"], entry["bytes"] = io.file_sha256(tmp), tmp.stat().st_size
 
     io.save_with(path, write)
     return entry
