@@ -35,7 +35,13 @@ def _parser() -> argparse.ArgumentParser:
                                      "and the plot. Exit code 0: all runs done; 1: some failed; 2: bad input.")
     run.add_argument("grid", type=Path, help="grid file (YAML), e.g. grids/demo.yaml")
     run.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
-    run.add_argument("--dry-run", action="store_true", help="validate and list the runs that would launch; write nothing")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate and list the runs that would launch, the resources each asks for and an estimate "
+                          "of their GPU-hours; write nothing")
+    run.add_argument("--gpu-tflops", type=float, default=None, metavar="T",
+                     help="with --dry-run: peak TFLOP/s of one GPU for the estimate (default: an H100's dense bf16)")
+    run.add_argument("--mfu", type=float, default=None, metavar="F",
+                     help="with --dry-run: the fraction of that peak training achieves, in (0, 1] (default 0.4)")
     run.add_argument("--executor", choices=["local", "debug"], default=None,
                      help="override the grid's executor: local (subprocesses) or debug (in this process); "
                           "Slurm is set in the grid file (executor: {kind: slurm, slurm: {...}})")
@@ -147,7 +153,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     grid, executor = _grid_and_executor(args)
     results = args.results or Path("results") / grid.name
     if args.dry_run:
-        for line in sweep.plan(grid, results):
+        from harness.estimate import throughput
+
+        for line in sweep.plan(grid, results, executor, throughput(args.gpu_tflops, args.mfu)):
             print(line)
         return 0
     outcome = sweep.run(grid, results, executor)

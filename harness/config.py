@@ -7,6 +7,8 @@ at an earlier stage (or a checkpoint, or an open_clip pretrained model) as its r
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,12 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from harness.data.pool import PoolConfig
+from harness.data.pool import EMBEDDED_FIELDS, PoolConfig
 from harness.errors import ConfigError, check_int, did_you_mean
 from harness.evaluate import TASKS
 from harness.models import check_model_name, preset_names
 from harness.slurm import SlurmConfig, parse_slurm
+from harness.tasksets import REAL_TASKS, SETS, MissingData, check_data, expand
 from harness.train import TrainConfig
 from methods import REGISTRY, get_method, needs_reference
 
@@ -40,6 +43,7 @@ class ExecutorConfig:
     max_parallel: int = 2
     cpus_per_job: int = 1
     timeout_min: int = 60
+    tasks_per_job: int = 1  # local: processes per run, trained data-parallel (Slurm: slurm.tasks_per_node x nodes)
     slurm: SlurmConfig | None = None
 
 
@@ -116,14 +120,14 @@ def parse_grid(raw: Any, src: str, default_name: str = "grid") -> GridConfig:
         if key not in top:
             raise ConfigError(src, key, "required")
     name = _string(top.get("name", default_name), src, "name")
-    data = _mapping(top.get("data", {}), src, "data")
+    data = _expand_env(_mapping(top.get("data", {}), src, "data"), src, "data")
     _check_pool(data, src, "data")
     train = _mapping(top.get("train", {}), src, "train")
     _check_train(train, src, "train")
     eval_cfg = _mapping(top.get("eval", {}), src, "eval")
     _known_keys(eval_cfg, {"tasks"}, src, "eval")
-    tasks = tuple(_string(t, src, f"eval.tasks[{i}]") for i, t in enumerate(_list(eval_cfg.get("tasks", []), src, "eval.tasks")))
-    _check_tasks(tasks, src)
+    tasks = _check_tasks(tuple(_string(t, src, f"eval.tasks[{i}]")
+                               for i, t in enumerate(_list(eval_cfg.get("tasks", []), src, "eval.tasks"))), src)
     executor = _executor(top.get("executor", {}), src)
     stages_raw = _list(top["stages"], src, "stages")
     if not stages_raw:
@@ -140,7 +144,7 @@ def _stage(raw: Any, src: str, key: str, data: dict, train: dict) -> StageConfig
     for req in ("name", "methods", "models", "samples_seen"):
         if req not in m:
             raise ConfigError(src, f"{key}.{req}", "required")
-    stage_data = _mapping(m.get("data", {}), src, f"{key}.data")
+    stage_data = _expand_env(_mapping(m.get("data", {}), src, f"{key}.data"), src, f"{key}.data")
     _check_pool({**data, **stage_data}, src, f"{key}.data")
     stage_train = _mapping(m.get("train", {}), src, f"{key}.train")
     merged_train = {**train, **stage_train}
@@ -268,8 +272,34 @@ def _check_stage_references(stages: tuple[StageConfig, ...], src: str) -> None:
         seen[stage.name] = stage
 
 
+_ENV_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def _expand_env(data: dict, src: str, key: str) -> dict:
+    """`data` with the environment variables in its shard spec ($NAME or ${NAME}) replaced by their values, so a
+    grid names a shard set without a machine's paths; an unset or empty variable is a ConfigError naming it."""
+    spec = data.get("shards")
+    if not isinstance(spec, str):
+        return data
+
+    def value(match: re.Match) -> str:
+        name = match[1] or match[2]
+        if not os.environ.get(name):
+            state = "empty" if name in os.environ else "not set"
+            raise ConfigError(src, f"{key}.shards", f"environment variable {name} is {state} (the shard spec is "
+                              f"{spec!r}); set it to where the shard set lies")
+        return os.environ[name]
+
+    return {**data, "shards": _ENV_VAR.sub(value, spec)}
+
+
 def _check_pool(data: dict, src: str, key: str) -> None:
     _known_keys(data, {f.name for f in dataclasses.fields(PoolConfig)}, src, key)
+    if data.get("shards") is not None:
+        mixed = [k for k in data if k in EMBEDDED_FIELDS]
+        if mixed:
+            raise ConfigError(src, key, f"'shards' reads the pool from a shard set; {', '.join(mixed)} describe "
+                              "the embedded pool and cannot be mixed with it (leave them out)")
     try:
         pool_config(data)
     except (TypeError, ValueError) as e:
@@ -284,12 +314,24 @@ def _check_train(train: dict, src: str, key: str) -> None:
         raise ConfigError(src, key, str(e)) from None
 
 
-def _check_tasks(tasks: tuple[str, ...], src: str) -> None:
+def _check_tasks(tasks: tuple[str, ...], src: str) -> tuple[str, ...]:
+    """The grid's tasks with task set names expanded (a task listed twice is kept once). Every name must be known,
+    and every real-data task's data must be under $CLIPSTEER_EVAL_ROOT now, not after hours of training."""
+    known = [*TASKS, *SETS, *REAL_TASKS]
+    available = (f"{', '.join(sorted(TASKS))}; task sets: {', '.join(f'{s} ({len(SETS[s])} tasks)' for s in SETS)}"
+                 " or one of their tasks by its DataComp name")
     if not tasks:
-        raise ConfigError(src, "eval.tasks", f"at least one task is required; available: {', '.join(sorted(TASKS))}")
+        raise ConfigError(src, "eval.tasks", f"at least one task is required; available: {available}")
     for i, t in enumerate(tasks):
-        if t not in TASKS:
-            raise ConfigError(src, f"eval.tasks[{i}]", f"unknown task {t!r}{did_you_mean(t, TASKS)}; available: {', '.join(sorted(TASKS))}")
+        if t not in known:
+            raise ConfigError(src, f"eval.tasks[{i}]", f"unknown task {t!r}{did_you_mean(t, known)}; available: {available}")
+    expanded = expand(tasks)
+    try:
+        check_data([t for t in expanded if t in REAL_TASKS])
+    except MissingData as e:
+        first = next(i for i, t in enumerate(tasks) if e.task in expand([t]))
+        raise ConfigError(src, f"eval.tasks[{first}]", str(e)) from None
+    return tuple(expanded)
 
 
 def _executor(raw: Any, src: str) -> ExecutorConfig:
@@ -302,9 +344,13 @@ def _executor(raw: Any, src: str) -> ExecutorConfig:
         raise ConfigError(src, "executor.slurm", f"only with 'kind: slurm' (the kind is {kind!r})")
     if kind == "slurm" and "timeout_min" in m:
         raise ConfigError(src, "executor.timeout_min", "with 'kind: slurm' the time limit is executor.slurm.time_min")
+    if kind != "local" and "tasks_per_job" in m:
+        where = "executor.slurm.tasks_per_node (and nodes)" if kind == "slurm" else "the local executor"
+        raise ConfigError(src, "executor.tasks_per_job", f"only with 'kind: local' (for {kind!r} use {where})")
     slurm = parse_slurm(m.get("slurm"), src, "executor.slurm") if kind == "slurm" else None
     return ExecutorConfig(kind=kind, slurm=slurm, **{k: check_int(m[k], src, f"executor.{k}", minimum=1)
-                                                     for k in ("max_parallel", "cpus_per_job", "timeout_min") if k in m})
+                                                     for k in ("max_parallel", "cpus_per_job", "timeout_min",
+                                                               "tasks_per_job") if k in m})
 
 
 def _known_keys(m: dict, allowed: set[str], src: str, key: str) -> None:

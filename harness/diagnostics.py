@@ -6,10 +6,15 @@ the reference's accuracy. The held-out set is a pool like the training pool (sam
 noise and seed) drawn from the sources' test images: HELDOUT_SIZE pairs picked by a fixed seed, scored
 in fixed consecutive batches of HELDOUT_BATCH, so every run and reference sees the same contrastive
 batches and their per-sample losses are comparable.
+
+A shard-set pool has no test images to draw that set from: its runs record the reference's scores
+and a reducible loss of NaN with the reason ("skipped"), and say so on stderr.
 """
 from __future__ import annotations
 
 import functools
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +84,12 @@ def reference_diagnostics(built: BuiltModel, reference: BuiltModel, ref: dict[st
                           tasks: list[str], results: Path, device: str) -> dict[str, Any]:
     """What result.json records about a run's reference: its scores on the run's tasks and the reducible loss."""
     scores = reference_scores(ref, reference, tasks, results, device)
+    if data.shards is None:
+        reducible = reducible_loss(built, reference, heldout_pool(data), device)
+    else:
+        why = f"the shard-set pool {data.shards} has no held-out test images"
+        print(f"reference diagnostics: no reducible loss: {why}", file=sys.stderr)
+        reducible = {"n": 0, "batch": HELDOUT_BATCH, "mean": math.nan, "var": math.nan, "skipped": why}
     return {"eval": {"average": sum(scores["tasks"][t]["main_metric"] for t in tasks) / len(tasks),
                      "tasks": {t: scores["tasks"][t]["main_metric"] for t in tasks}},
-            "reducible_loss": reducible_loss(built, reference, heldout_pool(data), device)}
+            "reducible_loss": reducible}

@@ -1,10 +1,11 @@
 """Zero-shot evaluation through clip_benchmark's metric functions, over a registry of tasks.
 
-A task is a test set plus its zero-shot prompts; `register` adds one (so larger suites, such
-as DataComp's 38 tasks, can be added beside the built-in ones). Images reach the model
-through its own preprocessing (`BuiltModel.preprocess`), from the same uint8 storage
+A task is a test set plus its zero-shot prompts; `register` adds an in-memory one. Images reach
+the model through its own preprocessing (`BuiltModel.preprocess`), from the same uint8 storage
 resolution the training pool uses. Each task reports one main metric (DataComp convention:
 top-1 accuracy, or the mean of image and text recall@1) and `average` is their unweighted mean.
+Beside them, the real-data tasks of `harness.tasksets` (DataComp's 38, read from disk) are
+evaluated by name too, each with DataComp's main metric.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 from harness.data.pool import PoolConfig, as_image_tensor
 from harness.data.sources import SHAPE_CLASSES, SHAPE_COLOURS, SHAPE_SIZES, digits, fashion_mnist, shapes_grid
 from harness.models import BuiltModel
+from harness.tasksets import REAL_TASKS, check_data, score_task
 
 SUITE_VERSION = "clipsteer-eval-1"  # bump when a task's data or prompts change
 IMAGE_SIZE = PoolConfig.image_size  # uint8 storage resolution, as in the training pool
@@ -67,7 +69,7 @@ def register(name: str, kind: str, templates: tuple[str, ...]) -> Callable:
         raise ValueError(f"task kind must be one of {KINDS}, got {kind!r}")
 
     def wrap(load: Callable[[], ClassificationData | RetrievalData]) -> Callable:
-        if name in TASKS:
+        if name in TASKS or name in REAL_TASKS:
             raise ValueError(f"task {name!r} is already registered")
         TASKS[name] = Task(name, kind, functools.lru_cache(maxsize=1)(load), tuple(templates))
         return load
@@ -144,7 +146,7 @@ def _quiet_progress() -> Iterator[None]:
             m.tqdm = bar
 
 
-def _run(task: Task, built: BuiltModel, device: str, amp: bool, batch_size: int) -> dict[str, float | str]:
+def _run(task: Task, built: BuiltModel, device: str, amp: bool, batch_size: int) -> tuple[dict, list[str]]:
     data = task.load()
     if task.kind == "classification":
         loader = _loader(_Batches(data.images, data.labels, built.preprocess, data.classnames), batch_size)
@@ -158,32 +160,37 @@ def _run(task: Task, built: BuiltModel, device: str, amp: bool, batch_size: int)
         metrics["mean_recall@1"] = (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]) / 2
         main = "mean_recall@1"
     metrics = {k: float(v) for k, v in metrics.items()}
-    return {"main_metric": metrics[main], "metric": main, **metrics}
+    return {"main_metric": metrics[main], "metric": main, **metrics}, list(task.templates)
 
 
 def evaluate(built: BuiltModel, tasks: list[str], device: str = "cpu", batch_size: int = 512) -> dict:
-    """Zero-shot scores of `built` (which must live on `device`) on `tasks`.
+    """Zero-shot scores of `built` (which must live on `device`) on `tasks` (in-memory or real-data task names).
 
     Returns {"tasks": {name: {"main_metric", "metric", clip_benchmark's metrics...}},
-    "average": unweighted mean of main metrics, "templates": {name: prompts}, "suite_version"}.
+    "average": unweighted mean of main metrics, "templates": {name: templates}, "suite_version"}.
+    A real-data task whose data is missing raises MissingData before any task runs.
     The model runs in eval mode under no_grad; its modules' train/eval modes are restored after.
     """
     names = list(dict.fromkeys(tasks))
-    unknown = [n for n in names if n not in TASKS]
+    unknown = [n for n in names if n not in TASKS and n not in REAL_TASKS]
     if unknown or not names:
-        raise ValueError(f"unknown or no tasks {unknown or names!r}; available: {', '.join(TASKS)}")
+        raise ValueError(f"unknown or no tasks {unknown or names!r}; available: {', '.join([*TASKS, *REAL_TASKS])}")
+    check_data([n for n in names if n in REAL_TASKS])
     target = torch.device(device)
     place = torch.cuda.device(target.index) if target.type == "cuda" and target.index is not None \
         else contextlib.nullcontext()
     modes = [(m, m.training) for m in built.model.modules()]
     built.model.eval()
+    amp = target.type == "cuda"
     try:
         with place, torch.no_grad(), _quiet_progress():
-            results = {n: _run(TASKS[n], built, target.type, target.type == "cuda", batch_size) for n in names}
+            runs = {n: _run(TASKS[n], built, target.type, amp, batch_size) if n in TASKS
+                    else score_task(REAL_TASKS[n], built, target.type, amp, batch_size) for n in names}
     finally:
         for module, mode in modes:
             module.training = mode
+    results = {n: metrics for n, (metrics, _) in runs.items()}
     return {"tasks": results,
             "average": sum(r["main_metric"] for r in results.values()) / len(results),
-            "templates": {n: list(TASKS[n].templates) for n in names},
+            "templates": {n: templates for n, (_, templates) in runs.items()},
             "suite_version": SUITE_VERSION}

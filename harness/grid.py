@@ -3,6 +3,8 @@
 A spec holds everything that determines a run's result (data, model, method with all its
 parameters resolved, budget, seed, optimisation, evaluation tasks, reference). How it is
 launched (executor, threads) is not part of it. Change anything in it and the id changes.
+A shard-set pool enters with its spec made absolute and its manifest's SHA-256, which names
+every shard's SHA-256: rewritten shards give other run ids.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 from harness import io, store
 from harness.config import GridConfig, ReferenceConfig, StageConfig, pool_config
+from harness.data.pool import absolute_shards, shard_set
 from harness.errors import ConfigError
 from harness.evaluate import SUITE_VERSION
 from harness.refcache import check_cache
@@ -30,8 +33,10 @@ def expand(grid: GridConfig) -> list[dict[str, Any]]:
     specs: list[dict[str, Any]] = []
     stage_runs: dict[str, dict[str, Any]] = {}
     seen: dict[str, str] = {}
+    digests: dict[str, str] = {}  # shard spec -> its manifest's SHA-256, read once per expansion
     for i, stage in enumerate(grid.stages):
-        stage_specs = list(_stage_specs(grid, stage, stage_runs))
+        data_key = f"stages[{i}].data" if "shards" in stage.data else "data"
+        stage_specs = list(_stage_specs(grid, stage, stage_runs, data_key, digests))
         _check_caches(stage_specs, grid.source, f"stages[{i}].reference.cache")
         for spec in stage_specs:
             if spec["run_id"] in seen:
@@ -44,8 +49,11 @@ def expand(grid: GridConfig) -> list[dict[str, Any]]:
     return specs
 
 
-def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, dict[str, Any]]):
+def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, dict[str, Any]], data_key: str,
+                 digests: dict[str, str]):
     data = _plain(asdict(pool_config({**grid.data, **stage.data})))
+    if data["shards"] is not None:
+        data = _shard_data(data, grid.source, data_key, digests)
     train = asdict(TrainConfig(**{**grid.train, **stage.train}))
     for method in stage.methods:
         cls = get_method(method.name)
@@ -76,6 +84,22 @@ def _reference(ref: ReferenceConfig | None, stage_runs: dict[str, dict[str, Any]
     if ref.cache is not None:
         source["cache"] = str(Path(ref.cache).resolve())
     return source
+
+
+def _shard_data(data: dict[str, Any], src: str, key: str, digests: dict[str, str]) -> dict[str, Any]:
+    """A shard-set pool's data: its spec made absolute and its manifest's SHA-256 (which a grid may pin: it must
+    match; found in `digests` or added to it); the embedded pool's fields, unused, are left out."""
+    shards = absolute_shards(data["shards"])
+    if shards not in digests:
+        try:
+            digests[shards] = shard_set(shards).sha256
+        except ValueError as e:
+            raise ConfigError(src, f"{key}.shards", str(e)) from None
+    digest = digests[shards]
+    if data["manifest_sha256"] not in (None, digest):
+        raise ConfigError(src, f"{key}.manifest_sha256", f"the grid pins {data['manifest_sha256']}, but the manifest "
+                          f"of {shards} has SHA-256 {digest}: the shard set changed")
+    return {"manifest_sha256": digest, "shards": shards}
 
 
 def _check_caches(specs: list[dict[str, Any]], src: str, key: str) -> None:

@@ -1,17 +1,20 @@
 """One run, start to finish: data, model, reference, method -> train -> evaluate -> store.
 
 This is the function submitit executes. It records its own failure in the run directory
-before re-raising, so a failure is on disk even if the launcher is gone.
+before re-raising, so a failure is on disk even if the launcher is gone. In a job of several
+tasks (Slurm tasks, or local tasks_per_job) every task runs it: they form one data-parallel
+process group, rank 0 records, evaluates and stores, the others only train.
 """
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness import codeversion, faults, io, refcache, store
+from harness import codeversion, distributed, faults, io, refcache, store
 from harness.compute import run_compute
 from harness.config import pool_config
 from harness.data.pool import build_pool
@@ -28,12 +31,15 @@ def run_job(spec: dict[str, Any], results: str | Path, threads: int = 1, show_pr
     """Execute the run `spec` under `results` (under the launcher's lease `lease_token`, and refusing to run
     if the harness code is not the version `code` the sweep started with); returns and stores its result."""
     rdir = store.run_dir(Path(results), spec["run_id"])
-    return store.recorded(rdir, spec, lambda: _execute(spec, Path(results), rdir, threads, show_progress, code),
-                          lease_token)
+    with distributed.joined(spec["train"]["device"]) as world:
+        work = functools.partial(_execute, spec, Path(results), rdir, threads, show_progress, code, world)
+        if not world.main:  # another rank of a data-parallel job: it trains its share; rank 0 records the run
+            return work()
+        return store.recorded(rdir, spec, work, lease_token)
 
 
 def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show_progress: bool,
-             code: str | None) -> dict[str, Any]:
+             code: str | None, world: distributed.World) -> dict[str, Any]:
     version = codeversion.check(code)
     start = time.perf_counter()
     torch.set_num_threads(threads)
@@ -45,6 +51,8 @@ def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show
     method = get_method(spec["method"]["name"])(spec["method"]["params"], num_indices=pool.num_indices)
     summary = train(built, method, pool, spec["samples_seen"], cfg, spec["seed"], rdir, reference=reference,
                     show_progress=show_progress)
+    if not world.main:
+        return {}
     faults.hit("evaluate")
     eval_start = time.perf_counter()
     scores = evaluate(built, spec["eval_tasks"], device=cfg.device)
@@ -61,7 +69,7 @@ def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show
     return {"run_id": spec["run_id"], "gflops_per_pair": compute["gflops_per_pair"], "samples_seen": summary.samples_seen,
             "c_paper": compute["c_paper"], "compute": compute, "train": vars(summary), "eval": scores,
             "reference": diagnostics, "eval_time_s": time.perf_counter() - eval_start, "wall_time_s": wall,
-            "threads": threads, "code": version}
+            "threads": threads, "processes": world.size, "code": version}
 
 
 def _reference_features(spec: dict[str, Any], results: Path, pool: Any, device: str) -> Any:

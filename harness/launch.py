@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import submitit
 from submitit.local.debug import DebugJob
@@ -22,7 +22,7 @@ from harness import codeversion, lease, refcache, store
 from harness.config import ExecutorConfig
 from harness.job import run_job
 from harness.models import model_profile
-from harness.slurm import TrainingJob, make_slurm_executor
+from harness.slurm import TrainingJob, dependency_parameters, job_environment, make_slurm_executor
 
 
 @dataclass
@@ -34,6 +34,7 @@ class LaunchReport:
     skipped: list[str] = field(default_factory=list)
     by_others: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    queued: dict[str, str] = field(default_factory=dict)  # run id -> Slurm job id, left queued by a launch that did not wait
 
 
 def pending(specs: list[dict[str, Any]], results: Path) -> list[dict[str, Any]]:
@@ -61,8 +62,19 @@ def make_executor(cfg: ExecutorConfig, folder: Path) -> submitit.Executor:
     if cfg.kind == "slurm":
         return make_slurm_executor(cfg.slurm, folder)
     executor = submitit.LocalExecutor(folder=folder)
-    executor.update_parameters(timeout_min=cfg.timeout_min)
+    executor.update_parameters(timeout_min=cfg.timeout_min, tasks_per_node=cfg.tasks_per_job)
     return executor
+
+
+@dataclass(frozen=True)
+class _FirstTaskOnly:
+    """A job function run by task 0 alone of a multi-task job: a feature cache is one process's work."""
+
+    function: Callable[..., Any]
+
+    def __call__(self, *args: Any) -> Any:
+        env = job_environment()
+        return None if env is not None and env.global_rank != 0 else self.function(*args)
 
 
 class _Launch:
@@ -75,9 +87,11 @@ class _Launch:
         self.code = codeversion.code_version()
         self.heartbeat = lease.Heartbeat()
 
-    def start(self, spec: dict[str, Any], executor: submitit.Executor, cfg: ExecutorConfig, show: bool, bar: tqdm) -> None:
-        """Take the run's lease and submit it; a run another process holds is watched instead, and one
-        finished since this launch looked is counted as done by others."""
+    def start(self, spec: dict[str, Any], executor: submitit.Executor, cfg: ExecutorConfig, show: bool, bar: tqdm,
+              after: tuple[str, ...] = ()) -> None:
+        """Take the run's lease and submit it (on Slurm, to start after jobs `after`, and owned by its Slurm
+        job as well); a run another process holds is watched instead, and one finished since this launch
+        looked is counted as done by others."""
         run_id, rdir = spec["run_id"], store.run_dir(self.results, spec["run_id"])
         held = lease.acquire(rdir)
         if held is None:
@@ -95,11 +109,15 @@ class _Launch:
                 self.log(f"  FAILED  {run_id}: {self.report.failed[run_id]}")
             return
         self.heartbeat.add(held)
-        function = refcache.build_cache_job if spec.get("kind") == refcache.KIND else _run_function(cfg)
+        function = _FirstTaskOnly(refcache.build_cache_job) if spec.get("kind") == refcache.KIND else _run_function(cfg)
         threads = cfg.slurm.cpus_per_task or cfg.cpus_per_job if cfg.slurm else cfg.cpus_per_job
+        if cfg.slurm:
+            executor.update_parameters(**dependency_parameters(cfg.slurm, after))
         job = executor.submit(function, spec, str(self.results), threads, show, held.token, self.code)
+        if cfg.slurm:
+            lease.hand_to_slurm(held, job.job_id)
         self.running[run_id] = (job, held)
-        self.log(f"  started {run_id} (job {job.job_id})")
+        self.log(f"  started {run_id} (job {job.job_id}" + (f", after job {', '.join(after)})" if after else ")"))
 
     def collect(self, bar: tqdm) -> None:
         """Record the runs that finished here, and those that another process finished, failed or left."""
@@ -152,9 +170,13 @@ def _run_function(cfg: ExecutorConfig):
     return TrainingJob(cfg.slurm.max_requeues, cfg.slurm.time_min) if cfg.slurm else run_job
 
 
-def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=tqdm.write) -> LaunchReport:
+def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=tqdm.write,
+           wait: bool = True) -> LaunchReport:
     """Run every spec (and every feature cache the specs read) that is not done; a unit starts once the
-    units it requires are done.
+    units it requires are done. On Slurm a unit is submitted as soon as the units it requires are
+    submitted, as a job that Slurm holds until theirs succeed (scheduler dependencies); with
+    `wait=False` the launch returns once it has submitted what it can, leaving the jobs queued
+    (`LaunchReport.queued`), each run held by its Slurm job's lease.
 
     Units without a pending requirement start at once (up to max_parallel), whatever their stage,
     so a reference stage does not leave cores idle. Among ready units, those that others require
@@ -162,6 +184,8 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
     started under its lease (harness.lease): a run another `clipsteer run` works on is waited for, not
     started twice, and taken over if that process dies.
     """
+    if not wait and cfg.slurm is None:
+        raise ValueError("only a Slurm launch can leave its runs queued (wait=False): other jobs need this process")
     results = Path(results)
     units = refcache.cache_units(pending(specs, results)) + list(specs)  # only caches that a run still to do reads
     required = {u["run_id"]: requirements(u) for u in units}
@@ -176,11 +200,16 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=show or not todo, dynamic_ncols=True)
     try:
         while run.queue or run.running or run.elsewhere:
-            for spec in _ready(run, bar):
+            submitted = 0
+            for spec, after in _ready(run, bar, scheduler=cfg.slurm is not None):
                 if len(run.running) >= cfg.max_parallel:
                     break
                 run.queue.remove(spec)
-                run.start(spec, executor, cfg, show, bar)
+                run.start(spec, executor, cfg, show, bar, after)
+                submitted += 1
+            if not wait and not submitted:  # all that can be submitted is: leave it to the scheduler
+                run.report.queued = {run_id: job.job_id for run_id, (job, _) in run.running.items()}
+                break
             run.collect(bar)
             if run.running or run.elsewhere:
                 time.sleep(0.5)
@@ -190,22 +219,26 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
     return run.report
 
 
-def _ready(run: _Launch, bar: tqdm) -> list[dict[str, Any]]:
-    """Queued units that can start now. A unit with a requirement that is neither done nor still queued
-    or running (here or elsewhere) in this launch (it failed) is recorded as failed and dropped from the
-    queue. Done-ness comes from this launch's own record (done now, by others, or skipped as done before);
-    a requirement outside this launch is looked up on disk."""
+def _ready(run: _Launch, bar: tqdm, scheduler: bool = False) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """Queued units that can be submitted now, each with the job ids it must wait for: none, or with
+    `scheduler` (Slurm dependencies), those of requirements this launch submitted and that still run. A
+    unit with a requirement that is neither done nor still queued or running (here or elsewhere) in this
+    launch (it failed) is recorded as failed and dropped from the queue. Done-ness comes from this launch's
+    own record (done now, by others, or skipped as done before); a requirement outside this launch is
+    looked up on disk."""
     report, results = run.report, run.results
     waiting = {s["run_id"] for s in run.queue} | set(run.running) | set(run.elsewhere)
     finished = set(report.done) | set(report.skipped) | set(report.by_others)
     ready = []
     for spec in list(run.queue):
         unmet = run.required[spec["run_id"]] - finished
-        if unmet & waiting:
+        submitted = {r for r in unmet if r in run.running} if scheduler else set()
+        if (unmet - submitted) & waiting:
             continue
+        unmet -= submitted
         missing = sorted(r for r in unmet if r in report.failed or store.state(results, r) != "done")
         if not missing:
-            ready.append(spec)
+            ready.append((spec, tuple(sorted(run.running[r][0].job_id for r in submitted))))
         else:
             status = store.read_status(store.run_dir(results, missing[0])) or {}
             what = "feature cache" if missing[0].startswith(f"{refcache.KIND}-") else "reference run"

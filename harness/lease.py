@@ -7,7 +7,8 @@ host lapses at once, one held from another node when its heartbeat stops (TTL_S)
 under an flock on `<run dir>/.lease.lock`, so two launchers never both take a run.
 
 The launcher takes the lease before it submits a run and hands its token to the job, which joins it
-(`adopt`); the job lets go when it has written its result.
+(`adopt`); the job lets go when it has written its result. A run submitted to Slurm is also owned by
+its Slurm job (`hand_to_slurm`): it stays held while squeue lists the job, even after the launcher exits.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import fcntl
 import os
 import secrets
 import socket
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -28,6 +30,9 @@ LEASE = "lease.json"
 LOCK = ".lease.lock"
 TTL_S = 120.0  # a lease not renewed for this long is dead, whoever holds it
 BEAT_S = TTL_S / 4
+SQUEUE_TIMEOUT_S = 30
+SLURM_QUEUED = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
+                "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT"}
 
 
 class LeaseLost(RuntimeError):
@@ -71,9 +76,28 @@ def _owner_alive(owner: dict[str, Any]) -> bool:
     return True
 
 
+def _slurm_job_queued(job_id: str) -> bool | None:
+    """Whether Slurm still has the job pending or running (squeue); None where squeue cannot say."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                             timeout=SQUEUE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return False if "invalid job id" in out.stderr.lower() else None
+    return any(state.strip() in SLURM_QUEUED for state in out.stdout.splitlines())
+
+
 def is_live(record: dict[str, Any] | None) -> bool:
-    """Whether a lease record still holds its run."""
-    return bool(record) and time.time() < record["expires"] and any(_owner_alive(o) for o in record["owners"])
+    """Whether a lease record still holds its run: a Slurm job owning it is still queued or running (as
+    squeue says; without an answer, expiry decides), or it has not expired and an owning process lives."""
+    if not record:
+        return False
+    if any(_slurm_job_queued(o["slurm_job"]) for o in record["owners"] if "slurm_job" in o):
+        return True
+    processes = [o for o in record["owners"] if "slurm_job" not in o]
+    return time.time() < record["expires"] and (len(processes) < len(record["owners"])
+                                                 or any(_owner_alive(o) for o in processes))
 
 
 def read(rdir: Path) -> dict[str, Any] | None:
@@ -92,8 +116,9 @@ def holder(rdir: Path) -> dict[str, Any] | None:
 
 
 def describe(record: dict[str, Any]) -> str:
-    """'host:pid[,pid]' of a lease's owners, for messages."""
-    return ", ".join(f"{o['host']}:{o['pid']}" for o in record["owners"])
+    """'host:pid, slurm job N' of a lease's owners, for messages."""
+    return ", ".join(f"slurm job {o['slurm_job']}" if "slurm_job" in o else f"{o['host']}:{o['pid']}"
+                     for o in record["owners"])
 
 
 @contextmanager
@@ -132,8 +157,18 @@ def renew(lease: Lease) -> None:
         if record is None or record["token"] != lease.token:
             raise LeaseLost(f"the lease on {lease.rdir.name} was released or taken over")
         me = _me()
-        owners = [o for o in record["owners"] if (o["host"], o["pid"]) != (me["host"], me["pid"])] + [me]
+        owners = [o for o in record["owners"] if (o.get("host"), o.get("pid")) != (me["host"], me["pid"])] + [me]
         io.write_json(lease.rdir / LEASE, {**record, "owners": owners, "expires": time.time() + TTL_S})
+
+
+def hand_to_slurm(lease: Lease, job_id: str) -> None:
+    """Make Slurm job `job_id` an owner of the lease: while squeue lists the job (pending behind its
+    dependencies, running, requeued) the run stays held, whether or not the launcher still runs."""
+    with _locked(lease.rdir):
+        record = read(lease.rdir)
+        if record is None or record["token"] != lease.token:
+            raise LeaseLost(f"the lease on {lease.rdir.name} was released or taken over")
+        io.write_json(lease.rdir / LEASE, {**record, "owners": record["owners"] + [{"slurm_job": str(job_id)}]})
 
 
 def release(lease: Lease) -> None:

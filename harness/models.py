@@ -89,10 +89,15 @@ def build_model(name: str, pretrained: str | None = None, device: str = "cpu") -
                       mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
 
 
-def encode(built: BuiltModel, images: torch.Tensor, tokens: torch.Tensor, device: str) -> Features:
-    """Normalised features of a uint8 image batch and its tokens, with the model's logit scale."""
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
-    with amp:
+def encode(built: BuiltModel, images: torch.Tensor, tokens: torch.Tensor, device: str,
+           precision: str = "auto") -> Features:
+    """Normalised features of a uint8 image batch and its tokens, with the model's logit scale.
+
+    `precision`: "auto" runs under bf16 autocast on cuda and in fp32 on cpu; "bf16" and "fp32" force one.
+    Features come back in fp32 either way, so losses are computed in fp32.
+    """
+    bf16 = precision == "bf16" or (precision == "auto" and device == "cuda")
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
         img, txt, scale = built.model(built.preprocess(images.to(device)), tokens.to(device))[:3]
     return Features(img.float(), txt.float(), scale.float())
 

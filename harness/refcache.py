@@ -37,13 +37,19 @@ def reference_identity(ref: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in reference_source(ref).items() if k != "path"}
 
 
+def data_identity(data: dict[str, Any]) -> dict[str, Any]:
+    """What makes a pool what it is: a spec's data as the run identity counts it (store.identity), so a field
+    added later at its old-behaviour default leaves existing caches' ids and records matching."""
+    return store.identity({"data": data})["data"]
+
+
 def cache_unit(spec: dict[str, Any]) -> dict[str, Any] | None:
     """The cache-building unit a run needs built in its sweep (None if it uses none or names its own;
     None for a cache unit itself)."""
     ref = spec.get("reference")
     if spec.get("kind") == KIND or not ref or ref.get("features") != "cached" or ref.get("cache"):
         return None
-    digest = io.digest({"reference": reference_identity(ref), "data": spec["data"]})
+    digest = io.digest({"reference": reference_identity(ref), "data": data_identity(spec["data"])})
     return {"kind": KIND, "run_id": f"{KIND}-{ref['model']}-{digest}", "reference": reference_source(ref),
             "data": spec["data"], "device": spec["train"]["device"]}
 
@@ -95,8 +101,9 @@ def check_cache(path: Path, ref: dict[str, Any], data: dict[str, Any]) -> dict[s
     if record["reference"] != reference_identity(ref):
         raise ValueError(f"the cache at {path} was made by reference {_describe(record['reference'])}, "
                          f"but this run names reference {_describe(reference_identity(ref))}")
-    if record["data"] != data:
-        changed = sorted(k for k in set(record["data"]) | set(data) if record["data"].get(k) != data.get(k))
+    made_for, wanted = data_identity(record["data"]), data_identity(data)
+    if made_for != wanted:
+        changed = sorted(k for k in set(made_for) | set(wanted) if made_for.get(k) != wanted.get(k))
         raise ValueError(f"the cache at {path} was made for another pool (data differs in: {', '.join(changed)})")
     return record
 

@@ -38,7 +38,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import submitit
 from submitit.core.utils import DelayedSubmission, UncompletedJobError
@@ -89,7 +89,7 @@ class SlurmConfig:
     job_name: str = "clipsteer"
     nodes: int = 1
     gpus_per_node: int = 0  # 0: no GPU asked for (no --gpus-per-node line)
-    tasks_per_node: int = 1  # harness training is one process: extra tasks idle (see TrainingJob)
+    tasks_per_node: int = 1  # processes per node, trained data-parallel: one per GPU
     cpus_per_task: int | None = None
     mem_gb: float | None = None
     time_min: int = 60
@@ -259,6 +259,18 @@ def executor_parameters(cfg: SlurmConfig) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
+def dependency_parameters(cfg: SlurmConfig, after: Sequence[str] = ()) -> dict[str, Any]:
+    """executor_parameters of a job that Slurm starts only once jobs `after` completed successfully
+    (afterok), and cancels itself if one of them fails (kill-on-invalid-dep), so a stage waits for the
+    stage it reads in the queue, not in a client."""
+    params = executor_parameters(cfg)
+    if after:
+        params["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}),
+                                                 "dependency": "afterok:" + ":".join(after),
+                                                 "kill_on_invalid_dep": "yes"}
+    return params
+
+
 class SlurmUnavailableError(ConfigError):
     """Slurm's commands (srun, sbatch) are not on this machine's PATH (bad input for this machine: exit 2)."""
 
@@ -290,12 +302,13 @@ class _ScriptOnlySlurmExecutor(SlurmExecutor):
         raise RuntimeError("this executor only renders sbatch scripts; use make_slurm_executor to submit")
 
 
-def sbatch_script(cfg: SlurmConfig, folder: Path, array_size: int | None = None) -> str:
+def sbatch_script(cfg: SlurmConfig, folder: Path, array_size: int | None = None, after: Sequence[str] = ()) -> str:
     """The sbatch script submitit would submit for one job (or a job array of `array_size` tasks, as
-    `executor.batch()` / map_array make) of `cfg` with logs under `folder`; needs no cluster, writes nothing."""
+    `executor.batch()` / map_array make) of `cfg` with logs under `folder`, waiting for jobs `after`;
+    needs no cluster, writes nothing."""
     folder = _check_folder(folder)
     executor = _ScriptOnlySlurmExecutor(folder, max_num_timeout=cfg.max_requeues)
-    params = executor_parameters(cfg)
+    params = dependency_parameters(cfg, after)
     # route the parameters as AutoExecutor does: generic names converted, `slurm_` ones stripped
     native = executor._convert_parameters({k: v for k, v in params.items() if not k.startswith("slurm_")})
     native.update({k[len("slurm_"):]: v for k, v in params.items() if k.startswith("slurm_")})
@@ -331,7 +344,7 @@ def requeue_count(run_dir: Path, attempt: str | None = None) -> int:
                if r.get("requeued") is True and (attempt is None or r.get("attempt") == attempt))
 
 
-def _job_environment() -> submitit.JobEnvironment | None:
+def job_environment() -> submitit.JobEnvironment | None:
     try:
         return submitit.JobEnvironment()
     except RuntimeError:  # not inside a submitit job
@@ -341,9 +354,9 @@ def _job_environment() -> submitit.JobEnvironment | None:
 class TrainingJob(submitit.helpers.Checkpointable):
     """A run as a submitit job that is requeued after preemption or its time limit.
 
-    `job(spec, results, threads, show, *extra)` runs harness.job.run_job with those arguments (on global
-    rank 0 only: harness training is one process, so the other tasks of a multi-task job return None at
-    once). submitit's exit-to-requeue passes through store.recorded as SystemExit, which leaves the run
+    `job(spec, results, threads, show, *extra)` runs harness.job.run_job with those arguments, on every
+    task of the job (the tasks train data-parallel; rank 0 records the run, and only rank 0 handles
+    submitit's checkpoint signal). submitit's exit-to-requeue passes through store.recorded as SystemExit, which leaves the run
     'running' and keeps its lease for the requeued job. On submitit's preemption/timeout signal, `checkpoint` (same arguments) appends a record to
     `<results>/runs/<run_id>/requeues.jsonl` and returns a DelayedSubmission of this same call, which
     submitit requeues; the training resumes from its last periodic checkpoint. Once this submission
@@ -362,9 +375,6 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def __call__(self, spec: dict[str, Any], results: str | Path, threads: int = 1, show: bool = False,
                  *extra: Any, **options: Any) -> dict[str, Any] | None:
         self._started, self._decision = time.time(), None
-        env = _job_environment()
-        if env is not None and env.global_rank != 0:
-            return None
         try:
             return self.work(spec, results, threads, show, *extra, **options)
         except UncompletedJobError as error:  # submitit's "not requeued" after checkpoint refused
@@ -389,7 +399,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         rdir = store.run_dir(Path(results), spec["run_id"])
         before = requeue_count(rdir, self.attempt)
         elapsed = None if self._started is None else round(time.time() - self._started, 3)
-        env = _job_environment()
+        env = job_environment()
         record = {"time": time.time(), "reason": self._reason(elapsed),
                   "signal": f"SIG{submitit.JobEnvironment.USR_SIG}", "elapsed_s": elapsed, "attempt": self.attempt,
                   "max_requeues": self.max_requeues,

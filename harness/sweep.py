@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import io, refcache, store
+from harness import estimate, io, refcache, store
 from harness.config import ExecutorConfig, GridConfig
 from harness.errors import ConfigError
 from harness.grid import expand
@@ -25,20 +25,28 @@ class SweepOutcome:
     report_paths: dict[str, Path]
 
 
-def plan(grid: GridConfig, results: Path) -> list[str]:
-    """Human-readable lines: the runs and feature caches `run` would launch now, and how many are done."""
+def plan(grid: GridConfig, results: Path, executor: ExecutorConfig | None = None,
+         rate: estimate.Throughput | None = None) -> list[str]:
+    """Human-readable lines: the runs and feature caches `run` would launch now with `executor` (default: the
+    grid's), how many are done, the resources each asks for and the GPU-hours they would take at `rate`."""
+    executor = executor or grid.executor
     specs = expand(grid)
     todo = pending(specs, results)
+    caches = refcache.cache_units(todo)
+    est = estimate.estimate(todo, caches, executor, rate or estimate.Throughput())
     lines = [f"grid {grid.name}: {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to launch "
-             f"(executor {grid.executor.kind}, results {results})"]
-    for unit in refcache.cache_units(todo):
-        lines.append(f"  {unit['run_id']}  reference-feature cache of the pool")
+             f"(executor {executor.kind}, results {results})"]
+    for unit in caches:
+        lines.append(f"  {unit['run_id']}  reference-feature cache of the pool  "
+                     f"{est.gflops[unit['run_id']]:.3g} GFLOPs  ~{est.gpu_hours[unit['run_id']]:.3g} GPU-h")
     for spec in todo:
-        compute = model_profile(spec["model"])["gflops"] * spec["samples_seen"]
-        lines.append(f"  {spec['run_id']}  C_paper={compute:.3g} GFLOPs")
-    if grid.executor.slurm is not None:
+        rid, c_paper = spec["run_id"], model_profile(spec["model"])["gflops"] * spec["samples_seen"]
+        lines.append(f"  {rid}  C_paper={c_paper:.3g} GFLOPs  C_total={est.gflops[rid]:.3g} GFLOPs  "
+                     f"~{est.gpu_hours[rid]:.3g} GPU-h")
+    lines.extend(estimate.summary(est, executor))
+    if executor.slurm is not None:
         lines.append("each run is one sbatch job; the script submitit submits for it:")
-        lines.extend("  " + line for line in sbatch_script(grid.executor.slurm, results / "submitit").splitlines())
+        lines.extend("  " + line for line in sbatch_script(executor.slurm, results / "submitit").splitlines())
     return lines
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from harness import faults, io
+from harness import distributed, faults, io
 from harness.models import BuiltModel, encode
 from methods import Features, Method, Progress
 
@@ -29,6 +29,7 @@ KEEP_CHECKPOINTS = 2  # the newest, and one to fall back to if the newest is fou
 FINAL_MODEL = "model.pt"
 METRICS = "metrics.jsonl"
 KEPT_INDICES = "kept_indices.pt"
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     log_every: int = 10
     device: str = "cpu"
+    precision: str = "auto"  # "auto": bf16 autocast on cuda, fp32 on cpu; or "fp32" / "bf16" everywhere
+    compile: bool = False  # torch.compile the model (same math; faster on GPUs)
+    channels_last: bool = False  # channels-last memory format for the image tower (same math)
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, same math
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -70,6 +75,8 @@ class TrainConfig:
             raise ValueError("beta1 and beta2 must be in [0, 1)")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -151,60 +158,69 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
     the newest intact checkpoint in run_dir/checkpoints (a damaged one is set aside, saying so); writes
     metrics.jsonl, checkpoints every `checkpoint_every` steps and `checkpoint_minutes` minutes and at the
     end, and model.pt (open_clip-loadable weights).
+
+    Inside a process group (harness.distributed) every rank calls this with the same arguments: each
+    encodes its share of the global batch of cfg.batch_size, the loss is the global batch's, and only
+    rank 0 writes files.
     """
+    world = distributed.current()
     if samples_seen % cfg.batch_size:
         raise ValueError(f"samples_seen {samples_seen} is not a multiple of batch_size {cfg.batch_size}")
     if method.reference is not None and reference is None:
         raise ValueError(f"method {method.name!r} needs a reference model")
+    world.check_divides(cfg.batch_size, "batch_size")
     run_dir = Path(run_dir)
-    device, model = cfg.device, built.model.to(cfg.device)
+    device, model = cfg.device, _prepare(built.model, cfg)
     total = samples_seen // cfg.batch_size
-    pool = _static_selection(method, pool, reference, seed, run_dir, cfg.batch_size)
+    pool = _static_selection(method, pool, reference, seed, run_dir, cfg.batch_size, world)
     tokens = pool.tokenize(built.tokenizer)
     groups = param_groups(model, cfg.weight_decay)
     if method.parameters():
         groups.append({"params": method.parameters(), "weight_decay": 0.0})
+    params = [p for group in groups for p in group["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             eps=cfg.adam_eps, fused=True)  # fused kernels exist for CPU and CUDA: 5-8x faster steps here
-    start, loss_value, time_before, rejected = _resume(run_dir, model, opt, method)
+    start, loss_value, time_before, rejected = _resume(run_dir, model, opt, method, world)
     model.train()
     drawn = method.candidates(cfg.batch_size)  # > batch_size: a super-batch the method selects from
+    world.check_divides(drawn, f"method {method.name!r}'s super-batch of")
     per_epoch = steps_per_epoch(len(pool), drawn)
     t0 = time.perf_counter() - time_before
     last_checkpoint = time.perf_counter()
     bar = tqdm(range(start, total), initial=start, total=total, desc=f"train {method.name}/{built.name}",
-               disable=not show_progress, dynamic_ncols=True)
+               disable=not (show_progress and world.main), dynamic_ncols=True)
     for step in bar:
         progress = Progress(step=step, epoch=step / per_epoch)
-        pos = batch_positions(step, len(pool), drawn, seed)
+        pos = batch_positions(step, len(pool), drawn, seed)  # the global batch; this rank encodes world.share of it
         images = pool.images[pos]
         if cfg.augment:
             images = random_shift(images, seed, step)
-        caption_ids = pool.caption_ids[pos]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg)
-        ref = reference.batch(pool, pos, images) if method.reference == "batch" else None
+        ref = (world.gather(reference.batch(pool, world.share(pos), world.share(images)))
+               if method.reference == "batch" else None)
         if drawn != cfg.batch_size:
             with torch.no_grad():
-                scored = encode(built, images, tokens[caption_ids], device)
+                scored = world.gather(_encode_share(built, world, images, pos, pool, tokens, cfg))
             keep = method.select(scored, ref, pool.indices[pos], progress, generator(seed, "select", step),
                                  cfg.batch_size).cpu()
-            pos, images, caption_ids = pos[keep], images[keep], caption_ids[keep]
+            pos, images = pos[keep], images[keep]
             ref = None if ref is None else Features(ref.image[keep.to(device)], ref.text[keep.to(device)], ref.logit_scale)
-        feats = encode(built, images, tokens[caption_ids], device)
+        feats = world.gather(_encode_share(built, world, images, pos, pool, tokens, cfg))
         out = method.loss(feats, ref, pool.indices[pos], progress)
         loss_value = float(out.loss.detach())
         if not math.isfinite(loss_value):
             raise NonFiniteLoss(f"non-finite loss {loss_value} at step {step}; loss parts: {out.logs}")
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
+        world.average_gradients(params)
         opt.step()
         method.after_step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         faults.hit("step")
         done = step + 1
-        if done % cfg.log_every == 0 or done == total:
+        if world.main and (done % cfg.log_every == 0 or done == total):
             record = {"step": done, "samples_seen": done * cfg.batch_size, "loss": loss_value,
                       "lr": opt.param_groups[0]["lr"], "logit_scale": float(model.logit_scale.detach().exp()),
                       "time_s": time.perf_counter() - t0, **_data_stats(pool, pos), **out.logs}
@@ -212,14 +228,36 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
             bar.set_postfix(loss=f"{loss_value:.4f}")
         due = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or \
             (cfg.checkpoint_minutes and time.perf_counter() - last_checkpoint >= 60 * cfg.checkpoint_minutes)
-        if done == total or due:
-            _checkpoint(run_dir, model, opt, method, done, loss_value, time.perf_counter() - t0)
+        if world.broadcast(bool(done == total or due)):  # rank 0's clock decides, so all ranks agree
+            if world.main:
+                _checkpoint(run_dir, model, opt, method, done, loss_value, time.perf_counter() - t0)
             last_checkpoint = time.perf_counter()
     bar.close()
-    io.torch_save(run_dir / FINAL_MODEL, {"state_dict": model.state_dict()})
+    if world.main:
+        io.torch_save(run_dir / FINAL_MODEL, {"state_dict": model.state_dict()})
+    world.barrier()
     return TrainSummary(steps=total, samples_seen=total * cfg.batch_size, final_loss=loss_value,
                         train_time_s=time.perf_counter() - t0, resumed_from_step=start, pool_size=len(pool),
                         earlier_time_s=time_before, rejected_checkpoints=rejected)
+
+
+def _prepare(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """The model on cfg.device with the speed options that keep its math (compiled in place, so its
+    state_dict keys stay open_clip's)."""
+    model = model.to(cfg.device)
+    if cfg.channels_last:
+        model.visual.to(memory_format=torch.channels_last)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if cfg.compile:
+        model.compile()
+    return model
+
+
+def _encode_share(built: BuiltModel, world: distributed.World, images: torch.Tensor, pos: torch.Tensor, pool: Any,
+                  tokens: torch.Tensor, cfg: TrainConfig) -> Features:
+    """Features of this rank's share of the global batch (`images` of pool positions `pos`)."""
+    return encode(built, world.share(images), tokens[pool.caption_ids[world.share(pos)]], cfg.device, cfg.precision)
 
 
 def _data_stats(pool: Any, pos: torch.Tensor) -> dict[str, float]:
@@ -228,27 +266,34 @@ def _data_stats(pool: Any, pos: torch.Tensor) -> dict[str, float]:
     return {} if noisy is None else {"noisy_fraction": float(noisy[pos].double().mean())}
 
 
-def _static_selection(method: Method, pool: Any, reference: Any, seed: int, run_dir: Path, batch_size: int) -> Any:
-    """The pool the method trains on: all of it, or the subset its `select_pool` keeps (chosen once;
-    a resumed run reads the kept indices back instead of scoring the pool again)."""
+def _static_selection(method: Method, pool: Any, reference: Any, seed: int, run_dir: Path, batch_size: int,
+                      world: distributed.World) -> Any:
+    """The pool the method trains on: all of it, or the subset its `select_pool` keeps (chosen once, on
+    rank 0; a resumed run reads the kept indices back instead of scoring the pool again)."""
+    kept = world.from_main(lambda: _kept_indices(method, pool, reference, seed, run_dir, batch_size))
+    return pool if kept is None else pool.subset(torch.isin(pool.indices, kept))
+
+
+def _kept_indices(method: Method, pool: Any, reference: Any, seed: int, run_dir: Path,
+                  batch_size: int) -> torch.Tensor | None:
+    """The stable indices of the samples a static selection keeps (saved in the run directory), or None."""
     path = run_dir / KEPT_INDICES
     if path.exists():
-        kept = torch.load(path, map_location="cpu", weights_only=True)
-        return pool.subset(torch.isin(pool.indices, kept))
+        return torch.load(path, map_location="cpu", weights_only=True)
     ref = reference.pool(pool) if method.reference == "pool" else None
     positions = method.select_pool(ref, pool.indices, generator(seed, "select-pool", 0))
     if positions is None:
-        return pool
+        return None
     keep = torch.zeros(len(pool), dtype=torch.bool)
     keep[positions.cpu()] = True
     if int(keep.sum()) != len(positions):
         raise ValueError(f"method {method.name!r} selected a pool position twice")
-    subset = pool.subset(keep)
-    if len(subset) < batch_size:
-        raise ValueError(f"method {method.name!r} keeps {len(subset)} of {len(pool)} pool samples, fewer than one "
+    if int(keep.sum()) < batch_size:
+        raise ValueError(f"method {method.name!r} keeps {int(keep.sum())} of {len(pool)} pool samples, fewer than one "
                          f"batch of {batch_size}; raise 'keep' or use a larger pool")
-    io.torch_save(path, subset.indices.clone())
-    return subset
+    kept = pool.indices[keep].clone()
+    io.torch_save(path, kept)
+    return kept
 
 
 def checkpoint_step(path: Path) -> int:
@@ -271,37 +316,46 @@ def _checkpoint(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimize
         old.unlink()
 
 
-def _resume(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-            method: Method) -> tuple[int, float, float, list[str]]:
-    """Load the newest intact checkpoint, if any, and drop metric lines logged after it (and a line cut
-    short by a kill). A checkpoint whose bytes do not match the checksum in its name, or that torch cannot
-    read, is renamed *.corrupt and the one before it is tried; without any, training restarts at step 0.
-    Returns (step, loss at that step, training seconds spent before it, what was rejected and why)."""
-    rejected, state = [], None
-    for path in checkpoint_files(run_dir):
-        try:
-            if not io.verify_checksummed(path):
-                raise ValueError("its bytes do not match the checksum in its name")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            break
-        except Exception as e:  # a damaged file fails in many ways (zip, unpickling, EOF): all mean "do not use"
-            rejected.append(f"{path.name}: {type(e).__name__}: {e}")
-            path.rename(path.with_name(path.name + ".corrupt"))
-            tqdm.write(f"checkpoint {path} is damaged ({rejected[-1]}); set aside as *.corrupt, trying an earlier one", file=sys.stderr)
+def _resume(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method,
+            world: distributed.World) -> tuple[int, float, float, list[str]]:
+    """Load the newest intact checkpoint, if any (rank 0 picks it, every rank loads it), and drop metric
+    lines logged after it (and a line cut short by a kill). Returns (step, loss at that step, training
+    seconds spent before it, what was rejected and why)."""
+    path, rejected = world.from_main(lambda: _intact_checkpoint(run_dir))
     metrics = run_dir / METRICS
-    if state is None:
-        if rejected:
-            tqdm.write(f"no intact checkpoint left in {run_dir / CHECKPOINTS}: training restarts from step 0", file=sys.stderr)
-        metrics.unlink(missing_ok=True)
+    if path is None:
+        if world.main:
+            metrics.unlink(missing_ok=True)
         return 0, float("nan"), 0.0, rejected
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     method.load_state_dict(state["method"])
     step = int(state["step"])
-    if metrics.exists():
+    if world.main and metrics.exists():
         kept = [line for line in metrics.read_text().splitlines() if _logged_step(line) <= step]
         io.write_text(metrics, "".join(line + "\n" for line in kept))
     return step, float(state["loss"]), float(state["train_time_s"]), rejected
+
+
+def _intact_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that matches the checksum in its name and that torch reads, and what was
+    rejected and why. A damaged one is renamed *.corrupt and the one before it is tried; None when
+    none is left (training then restarts at step 0)."""
+    rejected = []
+    for path in checkpoint_files(run_dir):
+        try:
+            if not io.verify_checksummed(path):
+                raise ValueError("its bytes do not match the checksum in its name")
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return path, rejected
+        except Exception as e:  # a damaged file fails in many ways (zip, unpickling, EOF): all mean "do not use"
+            rejected.append(f"{path.name}: {type(e).__name__}: {e}")
+            path.rename(path.with_name(path.name + ".corrupt"))
+            tqdm.write(f"checkpoint {path} is damaged ({rejected[-1]}); set aside as *.corrupt, trying an earlier one", file=sys.stderr)
+    if rejected:
+        tqdm.write(f"no intact checkpoint left in {run_dir / CHECKPOINTS}: training restarts from step 0", file=sys.stderr)
+    return None, rejected
 
 
 def _logged_step(line: str) -> float:

@@ -325,13 +325,13 @@ def test_checkpoint_passes_further_arguments_on_unchanged(tmp_path):
     assert delayed.args == (spec, str(tmp_path), 2, False, "lease-token") and delayed.kwargs == {"code": "abc123"}
 
 
-def test_only_global_rank_zero_trains(tmp_path, monkeypatch):
+def test_every_task_of_a_multi_task_job_trains(tmp_path, monkeypatch):
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "7")
     monkeypatch.setenv("SUBMITIT_LOCAL_GLOBALID", "1")
     job = TrainingJob()
-    job.work = lambda *args: pytest.fail("rank 1 must not train")
-    assert job({"run_id": "r1"}, str(tmp_path)) is None
+    job.work = lambda *args: {"rank 1 trained": True}  # its share of the data-parallel run
+    assert job({"run_id": "r1"}, str(tmp_path)) == {"rank 1 trained": True}
 
 
 class SignalledJob(TrainingJob):
@@ -501,3 +501,80 @@ def test_a_slurm_section_needs_kind_slurm_and_a_local_override_drops_it(tmp_path
     args = type("Args", (), {"grid": slurm_grid(tmp_path, "gpu"), "executor": "local", "max_parallel": None})()
     _, executor = _grid_and_executor(args)
     assert executor.kind == "local" and executor.slurm is None
+
+
+# ---------------------------------------------------------------- stage dependencies in the scheduler
+
+def queueing_slurm(tmp_path, monkeypatch):
+    """sbatch that numbers jobs 1, 2, ... and keeps each script; squeue that lists the jobs named in
+    `queue` as PENDING; sacct that knows nothing yet (as right after submission)."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "slurm"
+    bin_dir.mkdir()
+    state.mkdir()
+    (state / "queue").write_text("")
+    scripts = {
+        "srun": "exit 0",
+        "sbatch": f'n=$(( $(ls {state} | grep -c "^job-") + 1 )); cp "$1" {state}/job-$n.sh; '
+                  f'echo $n >> {state}/queue; echo "Submitted batch job $n"',
+        "squeue": f'grep -qx "$3" {state}/queue && echo PENDING; exit 0',
+        "sacct": "exit 0",
+    }
+    for name, body in scripts.items():
+        path = bin_dir / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return state
+
+
+DEPENDENT_GRID = """
+name: deps
+data: {sources: [shapes], shapes_count: 256}
+eval: {tasks: [shapes_retrieval]}
+train: {batch_size: 16}
+executor: {kind: slurm, max_parallel: 10, slurm: {gpus_per_node: 8, tasks_per_node: 8, time_min: 60}}
+stages:
+  - {name: reference, methods: [clip], models: [tiny-s], samples_seen: [32]}
+  - {name: sweep, reference: reference, methods: [clip, drrho], models: [tiny-s], samples_seen: [32]}
+"""
+
+
+def test_a_stage_waits_for_its_reference_in_the_slurm_queue_not_in_the_client(tmp_path, monkeypatch):
+    from harness import launch
+    from harness.config import load_grid
+    from harness.grid import expand
+
+    state = queueing_slurm(tmp_path, monkeypatch)
+    (tmp_path / "deps.yaml").write_text(DEPENDENT_GRID)
+    grid = load_grid(tmp_path / "deps.yaml")
+    specs, results = expand(grid), tmp_path / "results"
+    report = launch.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
+
+    reference, plain, steered = (s["run_id"] for s in specs)  # the sweep's clip run reads no reference
+    assert sorted(report.queued) == sorted([reference, plain, steered])
+    scripts = {run_id: (state / f"job-{job}.sh").read_text() for run_id, job in report.queued.items()}
+    assert "--dependency" not in scripts[reference] and "--dependency" not in scripts[plain]
+    # drrho is held by Slurm until the reference job succeeds, and cancelled by it if that job fails
+    assert f"#SBATCH --dependency=afterok:{report.queued[reference]}\n" in scripts[steered]
+    assert "#SBATCH --kill-on-invalid-dep=yes\n" in scripts[steered]
+    assert all("#SBATCH --ntasks-per-node=8\n" in script for script in scripts.values())
+
+    # The launcher is gone; its heartbeat stopped. Leases hold while squeue lists the jobs, past their expiry.
+    for spec in specs:
+        rdir = store.run_dir(results, spec["run_id"])
+        record = lease.read(rdir)
+        io.write_json(rdir / lease.LEASE, {**record, "expires": time.time() - 1})
+        assert lease.holder(rdir) is not None and "slurm job" in lease.describe(record)
+    again = launch.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
+    assert not again.queued and len(list(state.glob("job-*.sh"))) == 3  # nothing submitted twice
+
+    (state / "queue").write_text("")  # the jobs left the queue without a result (cancelled)
+    assert all(lease.holder(store.run_dir(results, s["run_id"])) is None for s in specs)
+
+
+def test_only_a_slurm_launch_can_leave_its_runs_queued(tmp_path):
+    from harness import launch
+    from harness.config import ExecutorConfig
+
+    with pytest.raises(ValueError, match="only a Slurm launch"):
+        launch.launch([], tmp_path, ExecutorConfig(kind="local"), wait=False)

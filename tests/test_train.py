@@ -210,3 +210,38 @@ def test_checkpoints_follow_the_clock_as_well_as_the_step_count(pool, tmp_path, 
     train(fresh(), get_method("clip")({}, pool.num_indices), pool, 6 * 32, cfg, 0, tmp_path, show_progress=False)
     steps = sorted(torch.load(f, weights_only=True)["step"] for f in (tmp_path / CHECKPOINTS).glob("*.pt*"))
     assert steps and steps[-1] == 6
+
+
+def test_speed_options_keep_the_math_and_bf16_stays_close(pool, tmp_path):
+    """Gradient checkpointing and channels-last change memory and speed, not the trajectory; bf16 autocast
+    changes the rounding only (the losses are computed in fp32)."""
+    finals, losses = {}, {}
+    for name, extra in (("fp32", {}), ("checkpointing", {"grad_checkpointing": True}),
+                        ("channels_last", {"channels_last": True}), ("bf16", {"precision": "bf16"})):
+        built = fresh()
+        cfg = TrainConfig(**{**CFG.__dict__, **extra})
+        losses[name] = train(built, get_method("clip")({}, pool.num_indices), pool, 4 * cfg.batch_size, cfg, 0,
+                             tmp_path / name, show_progress=False).final_loss
+        finals[name] = built.model.state_dict()
+    for name in ("checkpointing", "channels_last"):
+        assert losses[name] == losses["fp32"]
+        for key, value in finals["fp32"].items():
+            assert torch.allclose(finals[name][key], value, atol=1e-6), (name, key)
+    assert losses["bf16"] != losses["fp32"] and losses["bf16"] == pytest.approx(losses["fp32"], abs=0.02)
+    assert fresh().model.transformer.grad_checkpointing is False
+
+
+def test_compiling_keeps_open_clips_weight_names():
+    """The model is compiled in place (nn.Module.compile), so checkpoints and model.pt load into open_clip."""
+    from harness.train import _prepare
+
+    built = fresh()
+    names = list(built.model.state_dict())
+    model = _prepare(built.model, TrainConfig(compile=True, grad_checkpointing=True))
+    assert model is built.model and list(model.state_dict()) == names
+    assert model._compiled_call_impl is not None and model.transformer.grad_checkpointing is True
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="fp16")

@@ -4,10 +4,22 @@ Images are uint8 [N, 3, S, S]; captions are ids into a list of unique strings, s
 tokenizes each distinct caption once. Every sample has a stable index (its position in the
 full pool of its config) that methods use to keep per-sample state; the clean subset keeps
 the indices its samples have in the full pool.
+
+A pool is either built from the embedded sources (Fashion-MNIST, digits, shapes) or, with
+`shards`, read from a webdataset shard set (harness.data.shards): a directory, its
+manifest.json, or a brace spec of tar paths or URLs beside their manifest.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -21,6 +33,8 @@ SUBSETS = ("all", "clean")
 _NOISE_STREAM = 1  # random streams of np.random.default_rng([seed, stream])
 _CAP_STREAM = 2
 _NOISE_CLASS_SALT = 300
+# The fields that describe an embedded pool; a shard-set pool leaves them at their defaults.
+EMBEDDED_FIELDS = ("sources", "per_source", "shapes_count", "noise", "subset", "seed", "image_size")
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,8 @@ class PoolConfig:
     subset: str = "all"
     seed: int = 0
     image_size: int = 32
+    shards: str | None = None  # a shard set instead of the embedded sources
+    manifest_sha256: str | None = None  # of the shard set's manifest: checked when the pool is built
 
     def __post_init__(self) -> None:
         if isinstance(self.sources, str) or not isinstance(self.sources, (tuple, list)):
@@ -51,6 +67,20 @@ class PoolConfig:
             raise ValueError(f"noise must be a number in [0, 1), got {self.noise!r}")
         if self.subset not in SUBSETS:
             raise ValueError(f"subset must be one of {SUBSETS}, got {self.subset!r}")
+        if self.shards is not None:
+            if not isinstance(self.shards, str) or not self.shards.strip():
+                raise ValueError(f"shards must be a shard-set directory, its manifest.json or a brace spec of "
+                                 f"shards, got {self.shards!r}")
+            mixed = [f.name for f in dataclasses.fields(self)
+                     if f.name in EMBEDDED_FIELDS and getattr(self, f.name) != f.default]
+            if mixed:
+                raise ValueError(f"a shard-set pool takes its samples, captions and image size from the shards; "
+                                 f"leave {', '.join(mixed)} out (they describe the embedded pool)")
+        if self.manifest_sha256 is not None:
+            if self.shards is None:
+                raise ValueError("manifest_sha256 goes with shards (the SHA-256 of the shard set's manifest)")
+            if not isinstance(self.manifest_sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", self.manifest_sha256):
+                raise ValueError(f"manifest_sha256 must be 64 lowercase hex digits, got {self.manifest_sha256!r}")
 
 
 def _check_int(name: str, value: object, minimum: int, allowed: str) -> None:
@@ -123,7 +153,10 @@ class _CaptionTable:
 
 def build_pool(cfg: PoolConfig, split: str = "train") -> ImageTextPool:
     """The pool described by `cfg` (the clean subset if cfg.subset == "clean"), drawn from the sources' train
-    split; split="test" draws the same kind of pool (captions, noise) from their test images instead."""
+    split; split="test" draws the same kind of pool (captions, noise) from their test images instead.
+    A shard-set pool (cfg.shards) is its shards, read whole (see shard_pool)."""
+    if cfg.shards is not None:
+        return shard_pool(cfg, split)
     splits = {name: source_split(name, split, cfg.shapes_count) for name in cfg.sources}
     rows = {name: _rows(split, name, cfg) for name, split in splits.items()}
     offsets = np.cumsum([0] + [len(s.classnames) for s in splits.values()])
@@ -160,3 +193,101 @@ def build_pool(cfg: PoolConfig, split: str = "train") -> ImageTextPool:
                          source_names=tuple(splits), noisy=torch.from_numpy(noisy),
                          indices=torch.arange(n), num_indices=n, config=cfg)
     return pool.subset(~pool.noisy) if cfg.subset == "clean" else pool
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """What a shard spec names: where its manifest lies, the manifest's SHA-256 (it lists every shard's
+    SHA-256, so it identifies the content), how many samples the named shards hold by the manifest and
+    the size of their square images (None if the manifest does not say)."""
+
+    manifest: str
+    sha256: str
+    count: int
+    image_size: int | None = None
+
+
+def absolute_shards(spec: str) -> str:
+    """`spec` with each local path made absolute (each "::" part; URLs stay as they are), so a run reads the
+    same shards from whatever directory its job starts in. Paths are joined, not normalised: a brace
+    group may stand before a "..", which normalising would drop."""
+    parts = [p.strip() for p in spec.split("::") if p.strip()]
+    return "::".join(p if _is_url(p) or os.path.isabs(p) else os.path.join(os.getcwd(), p) for p in parts)
+
+
+def shard_set(spec: str) -> ShardSet:
+    """The manifest of shard spec `spec` (a directory, its manifest.json, or a brace spec of tar paths or URLs
+    with the manifest beside the first shard), checked to describe an image-text pool; ValueError naming
+    the manifest when it is missing, unreadable or of another kind."""
+    from harness.data import shards  # shards imports this module: imported when first needed
+
+    manifest = _manifest_location(spec)
+    try:
+        shards.iterate_samples(spec, manifest=manifest).close()  # checks the manifest; reads no shard
+        raw = _read_bytes(manifest)
+        meta = json.loads(raw)
+        names = None if manifest == spec or Path(spec).is_dir() else \
+            {u.rstrip("/").rsplit("/", 1)[-1] for u in shards.expand_urls(spec)}
+    except (OSError, ValueError) as e:  # urllib's errors are OSErrors, JSON's ValueErrors
+        raise ValueError(f"cannot use the shard set {spec!r}: its manifest {manifest} is missing or not a "
+                         f"clipsteer pool manifest ({type(e).__name__}: {e})") from None
+    count = sum(e["count"] for e in meta["shards"] if names is None or e["name"] in names)
+    return ShardSet(manifest, hashlib.sha256(raw).hexdigest(), count, meta.get("image_size"))
+
+
+def shard_pool(cfg: PoolConfig, split: str = "train") -> ImageTextPool:
+    """The pool of shard set cfg.shards, every shard checked against its manifest SHA-256, with `cfg` as its
+    config. Refused: a split other than "train" (a shard set is one set of samples), a manifest other than
+    the one the run was expanded with (cfg.manifest_sha256), a shard that fails its check or lost samples
+    (the run would train on other data than its id names). Samples skipped as undecodable are reported."""
+    from harness.data import shards  # shards imports this module: imported when first needed
+
+    if split != "train":
+        raise ValueError(f"the shard-set pool {cfg.shards} has no {split!r} split: a shard set is one set of "
+                         "training samples")
+    if cfg.manifest_sha256 is not None:
+        found = shard_set(cfg.shards).sha256
+        if found != cfg.manifest_sha256:
+            raise ValueError(f"the shard set {cfg.shards} changed since the grid was expanded: its manifest's "
+                             f"SHA-256 is {found}, the run was made for {cfg.manifest_sha256}")
+    stats = shards.ReadStats()
+    pool = shards.read_pool(cfg.shards, verify=True, stats=stats)
+    if stats.shard_errors or stats.reasons.get("lost"):
+        raise ValueError(f"the shard set {cfg.shards} is damaged: {stats}; shard errors: "
+                         f"{dict(sorted(stats.shard_errors.items()))}; e.g. {'; '.join(stats.examples[:3])}")
+    if not len(pool):
+        raise ValueError(f"the shard set {cfg.shards} holds no readable sample")
+    if stats.skipped:
+        print(f"shard set {cfg.shards}: {stats}", file=sys.stderr)
+    return dataclasses.replace(pool, config=cfg)
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location
+
+
+def _manifest_location(spec: str) -> str:
+    """Where the manifest of shard spec `spec` lies, by harness.data.shards' conventions."""
+    from harness.data import shards  # shards imports this module: imported when first needed
+
+    spec = spec.strip()
+    if "{" not in spec and "::" not in spec:
+        if spec.rstrip("/").rsplit("/", 1)[-1] == shards.MANIFEST:
+            return spec
+        if not _is_url(spec) and Path(spec).is_dir():
+            return str(Path(spec) / shards.MANIFEST)
+    urls = shards.expand_urls(spec)
+    if not urls:
+        raise ValueError(f"the shard spec {spec!r} names no shards")
+    return f"{urls[0].rsplit('/', 1)[0]}/{shards.MANIFEST}" if _is_url(urls[0]) else \
+        str(Path(urls[0]).parent / shards.MANIFEST)
+
+
+def _read_bytes(location: str) -> bytes:
+    """The bytes of a local file or of a file://, http:// or https:// URL."""
+    from harness.data.shards import URL_TIMEOUT_S
+
+    if not _is_url(location):
+        return Path(location).read_bytes()
+    with urllib.request.urlopen(location, timeout=URL_TIMEOUT_S) as response:  # noqa: S310 - the user's own shard URL
+        return response.read()
