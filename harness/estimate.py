@@ -17,6 +17,7 @@ from typing import Any, Callable
 from harness import io
 from harness.compute import run_compute
 from harness.config import ExecutorConfig, pool_config
+from harness.data.lazy import INDEX_BYTES_PER_SAMPLE
 from harness.data.pool import ShardSet, build_pool, shard_set
 from harness.errors import ConfigError
 from harness.models import model_profile
@@ -68,6 +69,7 @@ class Estimate:
     gflops: dict[str, float]
     gpu_hours: dict[str, float]
     shard_sets: dict[str, ShardSet]
+    lazy: set[str]  # the shard sets every unit reads lazily (decoding batches from disk)
     runs: int
     caches: int
     gpus: int
@@ -85,6 +87,8 @@ def estimate(specs: list[dict[str, Any]], caches: list[dict[str, Any]], executor
     manifest, an embedded pool's from building it (only then)."""
     shard_sets = {spec: shard_set(spec) for spec in dict.fromkeys(
         u["data"]["shards"] for u in specs + caches if u["data"].get("shards"))}
+    lazy = {spec for spec in shard_sets if all(u["data"].get("lazy") for u in specs + caches
+                                               if u["data"].get("shards") == spec)}
     sizes: dict[str, int] = {}
 
     def pool_size(data: dict[str, Any]) -> int:
@@ -100,7 +104,7 @@ def estimate(specs: list[dict[str, Any]], caches: list[dict[str, Any]], executor
         gflops[unit["run_id"]] = flops[unit["run_id"]] = model_profile(unit["reference"]["model"])["gflops"] * \
             pool_size(unit["data"])
     hours = {uid: 1e9 * f / rate.flops_per_second / 3600 for uid, f in flops.items()}
-    return Estimate(gflops, hours, shard_sets, len(specs), len(caches), gpus_per_run(executor), rate)
+    return Estimate(gflops, hours, shard_sets, lazy, len(specs), len(caches), gpus_per_run(executor), rate)
 
 
 def _run_gflops(spec: dict[str, Any], pool_size: Callable[[dict[str, Any]], int]) -> tuple[float, float]:
@@ -135,12 +139,18 @@ def summary(est: Estimate, executor: ExecutorConfig) -> list[str]:
         if found.image_size is None:
             lines.append(f"  data: {spec}: {found.count:,} pairs (image size not in the manifest)")
             continue
-        gb = found.count * 3 * found.image_size ** 2 / 1e9
-        lines.append(f"  data: {spec}: {found.count:,} pairs at {found.image_size} px, {gb:,.1f} GB of images "
-                     "held in memory by each process that trains on it (the pool is read whole)")
-        if mem is not None and gb > mem:
-            lines.append(f"  warning: that is more than executor.slurm.mem_gb ({mem:g} GB): these runs cannot start "
-                         "until the pool is streamed from the shards instead of read whole")
+        if spec in est.lazy:
+            gb = found.count * INDEX_BYTES_PER_SAMPLE / 1e9
+            lines.append(f"  data: {spec}: {found.count:,} pairs at {found.image_size} px, read lazily (each batch "
+                         f"decoded from the shards): about {gb:,.1f} GB of shard index per process")
+        else:
+            gb = found.count * 3 * found.image_size ** 2 / 1e9
+            lines.append(f"  data: {spec}: {found.count:,} pairs at {found.image_size} px, {gb:,.1f} GB of images "
+                         "held in memory by each process that trains on it (the pool is read whole)")
+        if mem is not None and gb * (executor.slurm.tasks_per_node if executor.slurm else 1) > mem:
+            lines.append(f"  warning: that, times {executor.slurm.tasks_per_node} task(s) per node, is more than "
+                         f"executor.slurm.mem_gb ({mem:g} GB): these runs cannot start"
+                         + ("" if spec in est.lazy else "; read the set lazily (data.lazy: true)"))
     if est.gpus and est.gpu_hours:
         shortest, longest = min(est.gpu_hours.values()) / est.gpus, max(est.gpu_hours.values()) / est.gpus
         lines.append(f"  wall-clock per job on its {est.gpus} GPU(s): {shortest:,.1f} h to {longest:,.1f} h")

@@ -99,7 +99,7 @@ def _shard_data(data: dict[str, Any], src: str, key: str, digests: dict[str, str
     if data["manifest_sha256"] not in (None, digest):
         raise ConfigError(src, f"{key}.manifest_sha256", f"the grid pins {data['manifest_sha256']}, but the manifest "
                           f"of {shards} has SHA-256 {digest}: the shard set changed")
-    return {"manifest_sha256": digest, "shards": shards}
+    return {"lazy": data["lazy"], "manifest_sha256": digest, "shards": shards}
 
 
 def _check_caches(specs: list[dict[str, Any]], src: str, key: str) -> None:

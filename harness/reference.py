@@ -50,12 +50,11 @@ def load_reference(ref: dict[str, Any], results: Path, device: str = "cpu") -> B
 def pool_features(built: BuiltModel, pool: Any, device: str, chunk: int = POOL_CHUNK,
                   show_progress: bool = False) -> Features:
     """Features of every pool sample (un-augmented images, their captions), in pool order, in chunks."""
-    tokens = pool.tokenize(built.tokenizer)
     images, texts, scale = [], [], None
     for start in tqdm(range(0, len(pool), chunk), desc=f"encode pool with {built.name}", disable=not show_progress,
                       dynamic_ncols=True):
-        part = slice(start, start + chunk)
-        feats = encode(built, pool.images[part], tokens[pool.caption_ids[part]], device)
+        part = torch.arange(start, min(start + chunk, len(pool)))
+        feats = encode(built, pool.images_at(part), pool.tokens_at(built.tokenizer, part), device)
         images.append(feats.image)
         texts.append(feats.text)
         scale = feats.logit_scale
@@ -67,15 +66,12 @@ class OnlineReference:
 
     def __init__(self, built: BuiltModel, device: str) -> None:
         self.built, self.device = built, device
-        self._tokens: tuple[Any, torch.Tensor] | None = None
         built.model.to(device).eval()
 
     def batch(self, pool: Any, pos: torch.Tensor, images: torch.Tensor) -> Features:
         """Features of pool samples `pos`, whose (possibly augmented) images are `images`."""
-        if self._tokens is None or self._tokens[0] is not pool:
-            self._tokens = (pool, pool.tokenize(self.built.tokenizer))
         with torch.no_grad():
-            return encode(self.built, images, self._tokens[1][pool.caption_ids[pos]], self.device)
+            return encode(self.built, images, pool.tokens_at(self.built.tokenizer, pos), self.device)
 
     def pool(self, pool: Any) -> Features:
         """Features of every pool sample, un-augmented, in pool order."""

@@ -28,7 +28,7 @@ RUNS = "runs"
 RESULT_FORMAT = 3  # version of result.json's fields; 2 added the compute breakdown (C_total), 3 the reference diagnostics
 ATTEMPTS = "attempts.jsonl"
 NOT_IN_ID = {"train": ("log_every", "checkpoint_every", "checkpoint_minutes", "compile", "channels_last",
-                       "grad_checkpointing"), "reference": ("path", "cache")}
+                       "grad_checkpointing"), "data": ("lazy",), "reference": ("path", "cache")}
 # Fields added after runs existed, left out of the identity at the value that reproduces those runs,
 # so adding an option does not rename every stored run.
 OMITTED_AT = {"train": {"precision": "auto"}, "data": {"shards": None, "manifest_sha256": None}}
@@ -40,7 +40,8 @@ class SpecConflict(RuntimeError):
 
 def identity(spec: dict[str, Any]) -> dict[str, Any]:
     """The part of a spec that determines the result: all of it but logging, checkpoint cadence, speed
-    options that keep the math (compile, channels-last, gradient checkpointing), where a reference checkpoint or feature cache lies (the checkpoint's sha256 is kept; a cache is
+    options that keep the math (compile, channels-last, gradient checkpointing, a lazily read shard
+    set, whose rows are those of the same set read into memory), where a reference checkpoint or feature cache lies (the checkpoint's sha256 is kept; a cache is
     checked to match the reference and pool) and the id itself."""
     ident = {k: v for k, v in spec.items() if k != "run_id"}
     for key, dropped in NOT_IN_ID.items():

@@ -130,11 +130,19 @@ def batch_positions(step: int, pool_size: int, batch_size: int, seed: int) -> to
 
 def random_shift(images: torch.Tensor, seed: int, step: int, pad: int = 2) -> torch.Tensor:
     """Translate each uint8 image by up to `pad` pixels (zero fill), seeded by (seed, step)."""
-    g = generator(seed, "augment", step)
-    b, _, h, w = images.shape
-    shifts = torch.randint(0, 2 * pad + 1, (b, 2), generator=g).tolist()
+    return apply_shifts(images, draw_shifts(seed, step, len(images), pad), pad)
+
+
+def draw_shifts(seed: int, step: int, count: int, pad: int = 2) -> torch.Tensor:
+    """The (dy, dx) shifts in [0, 2 pad] of the `count` images of step `step`'s batch, seeded by (seed, step)."""
+    return torch.randint(0, 2 * pad + 1, (count, 2), generator=generator(seed, "augment", step))
+
+
+def apply_shifts(images: torch.Tensor, shifts: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """Each uint8 image translated by its row of `shifts` (zero fill)."""
+    _, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad))
-    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(shifts)])
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(shifts.tolist())])
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -173,7 +181,6 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
     device, model = cfg.device, _prepare(built.model, cfg)
     total = samples_seen // cfg.batch_size
     pool = _static_selection(method, pool, reference, seed, run_dir, cfg.batch_size, world)
-    tokens = pool.tokenize(built.tokenizer)
     groups = param_groups(model, cfg.weight_decay)
     if method.parameters():
         groups.append({"params": method.parameters(), "weight_decay": 0.0})
@@ -191,22 +198,26 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
                disable=not (show_progress and world.main), dynamic_ncols=True)
     for step in bar:
         progress = Progress(step=step, epoch=step / per_epoch)
-        pos = batch_positions(step, len(pool), drawn, seed)  # the global batch; this rank encodes world.share of it
-        images = pool.images[pos]
-        if cfg.augment:
-            images = random_shift(images, seed, step)
+        pos = batch_positions(step, len(pool), drawn, seed)  # the global batch, of which this rank reads its share
+        shifts = draw_shifts(seed, step, drawn) if cfg.augment else None
+        rows = world.share(torch.arange(drawn))
+        images = _images(pool, pos, rows, shifts)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg)
-        ref = (world.gather(reference.batch(pool, world.share(pos), world.share(images)))
-               if method.reference == "batch" else None)
+        ref = world.gather(reference.batch(pool, pos[rows], images)) if method.reference == "batch" else None
+        trained = torch.arange(drawn)  # rows of the drawn batch that are trained on
         if drawn != cfg.batch_size:
             with torch.no_grad():
-                scored = world.gather(_encode_share(built, world, images, pos, pool, tokens, cfg))
-            keep = method.select(scored, ref, pool.indices[pos], progress, generator(seed, "select", step),
-                                 cfg.batch_size).cpu()
-            pos, images = pos[keep], images[keep]
-            ref = None if ref is None else Features(ref.image[keep.to(device)], ref.text[keep.to(device)], ref.logit_scale)
-        feats = world.gather(_encode_share(built, world, images, pos, pool, tokens, cfg))
+                scored = world.gather(encode(built, images, pool.tokens_at(built.tokenizer, pos[rows]), device,
+                                             cfg.precision))
+            trained = method.select(scored, ref, pool.indices[pos], progress, generator(seed, "select", step),
+                                    cfg.batch_size).cpu()
+            ref = None if ref is None else Features(ref.image[trained.to(device)], ref.text[trained.to(device)],
+                                                    ref.logit_scale)
+            rows = world.share(trained)
+            images = images[trained] if world.size == 1 else _images(pool, pos, rows, shifts)
+        feats = world.gather(encode(built, images, pool.tokens_at(built.tokenizer, pos[rows]), device, cfg.precision))
+        pos = pos[trained]
         out = method.loss(feats, ref, pool.indices[pos], progress)
         loss_value = float(out.loss.detach())
         if not math.isfinite(loss_value):
@@ -254,10 +265,11 @@ def _prepare(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     return model
 
 
-def _encode_share(built: BuiltModel, world: distributed.World, images: torch.Tensor, pos: torch.Tensor, pool: Any,
-                  tokens: torch.Tensor, cfg: TrainConfig) -> Features:
-    """Features of this rank's share of the global batch (`images` of pool positions `pos`)."""
-    return encode(built, world.share(images), tokens[pool.caption_ids[world.share(pos)]], cfg.device, cfg.precision)
+def _images(pool: Any, pos: torch.Tensor, rows: torch.Tensor, shifts: torch.Tensor | None) -> torch.Tensor:
+    """The (augmented) images of rows `rows` of a global batch of pool positions `pos` with augmentation `shifts`:
+    a rank reads only its share, and each image is shifted as it would be in the whole batch."""
+    images = pool.images_at(pos[rows])
+    return images if shifts is None else apply_shifts(images, shifts[rows])
 
 
 def _data_stats(pool: Any, pos: torch.Tensor) -> dict[str, float]:

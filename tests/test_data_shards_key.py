@@ -61,7 +61,8 @@ def test_environment_variables_in_the_spec_are_expanded_at_load(shard_dir, tmp_p
     grid = load_grid(grid_file(tmp_path, "${SHARDS_HOME}/set"))
     assert grid.data == {"shards": f"{shard_dir.parent}/set"}
     spec = expand(grid)[0]
-    assert spec["data"] == {"shards": str(shard_dir), "manifest_sha256": shards.manifest_digest(shard_dir)}
+    assert spec["data"] == {"shards": str(shard_dir), "manifest_sha256": shards.manifest_digest(shard_dir),
+                            "lazy": False}
 
 
 @pytest.mark.parametrize("value", [None, ""])

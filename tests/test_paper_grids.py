@@ -127,9 +127,9 @@ def test_the_drrho_grid_dry_runs_with_its_resources_and_gpu_hours(dfn, capsys):
                  "assuming 989 TFLOP/s peak per GPU (H100 SXM, dense bf16) at 40% MFU",
                  "trained samples count 3x their forward FLOPs"):
         assert line in out, line
-    gb = DFN_PAIRS * 3 * 224 ** 2 / 1e9  # the pool as uint8 images, read whole: far above the node's memory
-    assert f"data: {dfn}: 192,160,462 pairs at 224 px, {gb:,.1f} GB of images held in memory" in out
-    assert "warning: that is more than executor.slurm.mem_gb (480 GB): these runs cannot start" in out
+    gb = DFN_PAIRS * 80 / 1e9  # read lazily: the shard index only (80 bytes a row), 15.4 GB per process
+    assert f"data: {dfn}: 192,160,462 pairs at 224 px, read lazily (each batch decoded from the shards): " \
+           f"about {gb:,.1f} GB of shard index per process" in out and "warning: that" not in out
     specs = expand(load_grid("grids/drrho_paper.yaml"))
     want = expected_gpu_hours(specs, H100_BF16, MFU)
     assert printed_total(out) == pytest.approx(want, abs=0.05)
@@ -165,3 +165,13 @@ def test_without_the_data_variable_the_grid_exits_2_naming_it(grid, monkeypatch,
 def test_a_bad_throughput_exits_2(dfn, capsys, flags, message):
     assert main(["run", "grids/drrho_paper.yaml", "--dry-run", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_shard_set_read_whole_that_outgrows_the_jobs_memory_is_warned_about(dfn, tmp_path, capsys):
+    whole = tmp_path / "whole.yaml"
+    whole.write_text(Path("grids/drrho_paper.yaml").read_text().replace("lazy: true", "lazy: false"))
+    out = dry_run(capsys, str(whole))
+    gb = DFN_PAIRS * 3 * 224 ** 2 / 1e9  # the pool as uint8 images, read whole: far above the node's memory
+    assert f"data: {dfn}: 192,160,462 pairs at 224 px, {gb:,.1f} GB of images held in memory" in out
+    assert ("warning: that, times 8 task(s) per node, is more than executor.slurm.mem_gb (480 GB): these runs "
+            "cannot start; read the set lazily (data.lazy: true)") in out

@@ -18,9 +18,9 @@ import os
 import re
 import sys
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ class PoolConfig:
     image_size: int = 32
     shards: str | None = None  # a shard set instead of the embedded sources
     manifest_sha256: str | None = None  # of the shard set's manifest: checked when the pool is built
+    lazy: bool = False  # shards only: decode each batch's samples from disk instead of reading the set into memory
 
     def __post_init__(self) -> None:
         if isinstance(self.sources, str) or not isinstance(self.sources, (tuple, list)):
@@ -76,6 +77,8 @@ class PoolConfig:
             if mixed:
                 raise ValueError(f"a shard-set pool takes its samples, captions and image size from the shards; "
                                  f"leave {', '.join(mixed)} out (they describe the embedded pool)")
+        if not isinstance(self.lazy, bool) or (self.lazy and self.shards is None):
+            raise ValueError(f"lazy must be true or false, and true only with shards; got {self.lazy!r}")
         if self.manifest_sha256 is not None:
             if self.shards is None:
                 raise ValueError("manifest_sha256 goes with shards (the SHA-256 of the shard set's manifest)")
@@ -104,6 +107,7 @@ class ImageTextPool:
     indices: torch.Tensor         # int64 [N], stable sample index in [0, num_indices)
     num_indices: int              # size of the full pool of this config: bound for per-sample state
     config: PoolConfig
+    _token_tables: dict[int, tuple[Callable, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -111,6 +115,17 @@ class ImageTextPool:
     def tokenize(self, tokenizer: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
         """Token ids of the unique captions, [len(captions), context_length]: row i is captions[i]."""
         return tokenizer(self.captions)
+
+    def images_at(self, pos: torch.Tensor) -> torch.Tensor:
+        """uint8 images of rows `pos` (the access the training loop and references use, as a lazy pool's)."""
+        return self.images[pos]
+
+    def tokens_at(self, tokenizer: Callable[[list[str]], torch.Tensor], pos: torch.Tensor) -> torch.Tensor:
+        """Token ids of the captions of rows `pos`; each distinct caption is tokenized once per tokenizer."""
+        table = self._token_tables.get(id(tokenizer))
+        if table is None or table[0] is not tokenizer:
+            table = self._token_tables[id(tokenizer)] = (tokenizer, self.tokenize(tokenizer))
+        return table[1][self.caption_ids[pos]]
 
     def subset(self, keep: torch.Tensor) -> "ImageTextPool":
         """The samples where bool mask `keep` is true, with their indices and only their captions."""
@@ -235,7 +250,7 @@ def shard_set(spec: str) -> ShardSet:
     return ShardSet(manifest, hashlib.sha256(raw).hexdigest(), count, meta.get("image_size"))
 
 
-def shard_pool(cfg: PoolConfig, split: str = "train") -> ImageTextPool:
+def shard_pool(cfg: PoolConfig, split: str = "train") -> Any:
     """The pool of shard set cfg.shards, every shard checked against its manifest SHA-256, with `cfg` as its
     config. Refused: a split other than "train" (a shard set is one set of samples), a manifest other than
     the one the run was expanded with (cfg.manifest_sha256), a shard that fails its check or lost samples
@@ -250,6 +265,9 @@ def shard_pool(cfg: PoolConfig, split: str = "train") -> ImageTextPool:
         if found != cfg.manifest_sha256:
             raise ValueError(f"the shard set {cfg.shards} changed since the grid was expanded: its manifest's "
                              f"SHA-256 is {found}, the run was made for {cfg.manifest_sha256}")
+    if cfg.lazy:
+        from harness.data.lazy import LazyShardPool  # imports shards, which imports this module
+        return LazyShardPool(cfg)
     stats = shards.ReadStats()
     pool = shards.read_pool(cfg.shards, verify=True, stats=stats)
     if stats.shard_errors or stats.reasons.get("lost"):
