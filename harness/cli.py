@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="override the grid's executor: local (subprocesses) or debug (in this process); "
                           "Slurm is set in the grid file (executor: {kind: slurm, slurm: {...}})")
     run.add_argument("--max-parallel", type=int, default=None, help="override the grid's executor.max_parallel")
+    run.add_argument("--no-wait", action="store_true",
+                     help="Slurm only: submit the missing runs (a stage's jobs wait in the queue for the jobs of the "
+                          "stage they read: afterok dependencies) and exit, leaving them queued; run again later to "
+                          "collect them and write the report")
     run.set_defaults(func=_cmd_run)
 
     cache = sub.add_parser("cache-ref", help="compute the reference-feature caches a grid's runs read",
@@ -158,7 +162,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for line in sweep.plan(grid, results, executor, throughput(args.gpu_tflops, args.mfu)):
             print(line)
         return 0
-    outcome = sweep.run(grid, results, executor)
+    if args.no_wait and executor.slurm is None:
+        raise ConfigError(str(args.grid), "executor.kind", f"--no-wait leaves runs in the Slurm queue; the executor "
+                          f"is {executor.kind!r}, whose jobs need this process")
+    outcome = sweep.run(grid, results, executor, wait=not args.no_wait)
+    for run_id, job in outcome.launch.queued.items():
+        print(f"queued {run_id}: Slurm job {job}")
     for path in outcome.report_paths.values():
         print(f"wrote {path}")
     return 1 if outcome.launch.failed else 0

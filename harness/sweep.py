@@ -62,13 +62,15 @@ def cache_references(grid: GridConfig, results: Path, executor: ExecutorConfig) 
     return launch(units, Path(results), executor)
 
 
-def run(grid: GridConfig, results: Path, executor: ExecutorConfig) -> SweepOutcome:
-    """Launch every run of `grid` that is not done under `results`, then write the report."""
+def run(grid: GridConfig, results: Path, executor: ExecutorConfig, wait: bool = True) -> SweepOutcome:
+    """Launch every run of `grid` that is not done under `results`, then write the report; with `wait=False`
+    (Slurm) submit what is missing, each stage held by the scheduler until the one it reads is done, and
+    return with them queued (no report: `clipsteer run` again, or `clipsteer report`, writes it later)."""
     specs = expand(grid)
     results = Path(results)
     io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": specs})
-    outcome = launch(specs, results, executor)
-    return SweepOutcome(launch=outcome, report_paths=report(results))
+    outcome = launch(specs, results, executor, wait=wait)
+    return SweepOutcome(launch=outcome, report_paths=report(results) if wait else {})
 
 
 EARLIER = " (earlier spec)"

@@ -578,3 +578,18 @@ def test_only_a_slurm_launch_can_leave_its_runs_queued(tmp_path):
 
     with pytest.raises(ValueError, match="only a Slurm launch"):
         launch.launch([], tmp_path, ExecutorConfig(kind="local"), wait=False)
+
+
+def test_run_no_wait_leaves_the_sweep_queued_and_refuses_a_local_executor(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    state = queueing_slurm(tmp_path, monkeypatch)
+    grid = tmp_path / "deps.yaml"
+    grid.write_text(DEPENDENT_GRID)
+    assert main(["run", str(grid), "--results", str(tmp_path / "r"), "--no-wait"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("queued ") == 3 and "Slurm job 1" in out and "wrote" not in out  # no report yet
+    assert len(list(state.glob("job-*.sh"))) == 3
+    assert main(["run", str(grid), "--results", str(tmp_path / "r2"), "--executor", "local", "--no-wait"]) == 2
+    assert "--no-wait leaves runs in the Slurm queue" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
