@@ -55,6 +55,17 @@ def assert_same_pool(got, want) -> None:
     assert [got.source_names[i] for i in got.source.tolist()] == [want.source_names[i] for i in want.source.tolist()]
 
 
+def _tokenize(captions: list[str]) -> torch.Tensor:
+    """A stand-in tokenizer: a caption's first 48 UTF-8 bytes as ids, zero-padded."""
+    return torch.tensor([list(c.encode()[:48].ljust(48, b"\0")) for c in captions], dtype=torch.int64)
+
+
+def _npy_bytes(array: np.ndarray, version=(1, 0), allow_pickle=False) -> bytes:
+    buf = _io.BytesIO()
+    np.lib.format.write_array(buf, array, version=version, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
 def _members(path: Path) -> list[tuple[str, bytes]]:
     with tarfile.open(path) as tar:
         return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -286,7 +297,8 @@ def test_resampling_stops_when_no_shard_gives_a_sample(tmp_path):
 
 # --- damaged data ----------------------------------------------------------------------------------
 
-def test_corrupt_samples_are_skipped_and_counted(pool, shard_dir, tmp_path):
+def _damaged_copy(shard_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the shard set with damaged samples in shard 1, shard 2 cut short and shard 3 not a tar."""
     d = _copy(shard_dir, tmp_path)
     # shard 1: samples 70 (PNG garbage), 71 (PNG cut short), 72 (no json), 73 (invalid json),
     # 74 (caption not UTF-8), 75 (json without index), 76 (label out of range)
@@ -317,7 +329,11 @@ def test_corrupt_samples_are_skipped_and_counted(pool, shard_dir, tmp_path):
     shard2.write_bytes(shard2.read_bytes()[:png.offset_data + png.size // 2])
     # shard 3: not a tar at all
     (d / "shard-000003.tar").write_bytes(bytes(range(256)) * 40)
+    return d
 
+
+def test_corrupt_samples_are_skipped_and_counted(pool, shard_dir, tmp_path):
+    d = _damaged_copy(shard_dir, tmp_path)
     stats = shards.ReadStats()
     got = shards.read_pool(d, stats=stats)
     bad = {70, 71, 72, 73, 74, 75, 76}
@@ -413,6 +429,140 @@ def test_missing_shard_is_counted_not_raised(pool, shard_dir, tmp_path):
     stats = shards.ReadStats()
     got = shards.read_pool(d, stats=stats)
     assert len(got) == 192 and dict(stats.shard_errors) == {"unreadable": 1} and dict(stats.reasons) == {"lost": SPP}
+
+
+# --- images as npy arrays --------------------------------------------------------------------------
+
+def test_npy_images_round_trip_and_damaged_arrays_are_skipped(pool, tmp_path):
+    paths = shards.write_shards(pool, tmp_path / "npy", SPP, image_format="npy")
+    assert [name for name, _ in _members(paths[0])][:3] == ["000000000.json", "000000000.npy", "000000000.txt"]
+    assert_same_pool(shards.read_pool(tmp_path / "npy"), pool)
+    again = shards.write_shards(pool, tmp_path / "again", SPP, image_format="npy")
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths]
+    members = []
+    for name, data in _members(paths[1]):
+        data = {"000000065.npy": b"\x93NUMPY not really",
+                "000000066.npy": _npy_bytes(np.zeros((3, 32, 32), np.float32)),
+                "000000067.npy": _npy_bytes(np.zeros((32, 32, 3), np.uint8)),
+                "000000068.npy": data[:-10],  # cut in the array
+                "000000069.npy": data[:100],  # cut in the header
+                "000000070.npy": _npy_bytes(np.zeros((3, 16, 16), np.uint8))}.get(name, data)
+        members.append((name, data))
+    _write_members(paths[1], members)
+    stats = shards.ReadStats()
+    got = shards.read_pool(tmp_path / "npy", stats=stats)
+    assert set(got.indices.tolist()) == set(range(256)) - set(range(65, 71))
+    assert dict(stats.reasons) == {"bad_image": 5, "bad_size": 1}
+    with pytest.raises(ValueError, match="image_format"):
+        shards.write_shards(pool, tmp_path / "x", image_format="jpeg")
+
+
+@pytest.mark.parametrize("array", [np.arange(24, dtype=np.uint8).reshape(2, 3, 4),
+                                   np.asfortranarray(np.arange(12.0).reshape(3, 4)), np.array(1.5, np.float32),
+                                   np.zeros(0, np.int64), np.arange(6, dtype=">i4")])
+def test_load_npy_is_np_load(array):
+    for version in ((1, 0), (2, 0)):
+        data = _npy_bytes(array, version)
+        got, want = shards._load_npy(data), np.load(_io.BytesIO(data))
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+        assert got.flags.writeable
+    for bad in (data[:len(data) - max(array.nbytes // 2, 1)], _npy_bytes(np.array([None]), allow_pickle=True)):
+        with pytest.raises(ValueError):
+            shards._load_npy(bad)
+
+
+# --- training batches ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_carry_each_sample_once_with_its_index_image_and_token_ids(pool, shard_dir, workers):
+    stream = shards.iterate_batches(shard_dir, 50, _tokenize, num_workers=workers)
+    batches = list(stream)
+    if workers:  # worker 0 reads shards 0 and 2, worker 1 shards 1 and 3; batches come in turn
+        assert [len(b.index) for b in batches] == [50, 50, 50, 50, 28, 28]
+        assert batches[1].index.tolist() == list(range(64, 114))
+    else:
+        assert [len(b.index) for b in batches] == [50] * 5 + [6]
+    index = torch.cat([b.index for b in batches])
+    assert sorted(index.tolist()) == list(range(256)) and index.dtype == torch.int64
+    captions = _per_sample_captions(pool)
+    for b in batches:
+        assert b.image.dtype == torch.uint8 and b.image.is_contiguous()
+        assert torch.equal(b.image, pool.images[b.index])
+        assert torch.equal(b.text, _tokenize([captions[i] for i in b.index.tolist()]))
+    assert (stream.stats.read, stream.stats.skipped, stream.stats.shards) == (256, 0, 4)
+
+
+def test_batches_in_this_process_are_the_sample_stream_in_order(shard_dir):
+    kwargs = {"shuffle_buffer": 40, "seed": 1, "resample": True}
+    stream = shards.iterate_samples(shard_dir, **kwargs)
+    want = [s.index for s in itertools.islice(stream, 5 * 32)]
+    batches = shards.iterate_batches(shard_dir, 32, _tokenize, **kwargs)
+    assert torch.cat([b.index for b in itertools.islice(batches, 5)]).tolist() == want
+    stream.close()
+    batches.close()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_skip_and_count_damaged_samples_as_one_reader_does(shard_dir, tmp_path, workers):
+    d = _damaged_copy(shard_dir, tmp_path)
+    one = shards.iterate_samples(d)
+    want = [s.index for s in one]
+    stream = shards.iterate_batches(d, 16, _tokenize, num_workers=workers)
+    got = torch.cat([b.index for b in stream]).tolist()
+    assert sorted(got) == sorted(want)
+    have, expected = stream.stats.as_dict(), one.stats.as_dict()
+    assert sorted(have.pop("examples")) == sorted(expected.pop("examples"))
+    assert have == expected and expected["skipped"] == 115
+
+
+def test_resampled_batches_from_workers_are_seeded(shard_dir):
+    def take(seed):
+        stream = shards.iterate_batches(shard_dir, 32, _tokenize, shuffle_buffer=40, seed=seed, resample=True,
+                                        num_workers=2)
+        got = [b.index.tolist() for b in itertools.islice(stream, 12)]
+        stream.close()
+        return got, stream.stats
+
+    got, stats = take(3)
+    assert got == take(3)[0] and got != take(4)[0]
+    flat = [i for batch in got for i in batch]
+    assert len(flat) == 12 * 32 and set(flat) <= set(range(256)) and len(set(flat)) > 200
+    assert stats.read >= len(flat) and stats.skipped == 0 and stats.shards >= 2
+
+
+def test_token_cache_tokenizes_each_distinct_caption_once():
+    calls = []
+
+    def tokenizer(captions):
+        calls.append(list(captions))
+        return _tokenize(captions)
+
+    cache = shards._TokenCache(tokenizer, capacity=4)
+    assert torch.equal(cache(["a", "b", "a"]), _tokenize(["a", "b", "a"]))
+    assert torch.equal(cache(["b", "c"]), _tokenize(["b", "c"]))
+    assert calls == [["a", "b"], ["c"]]
+    assert torch.equal(cache(["d", "a"]), _tokenize(["d", "a"]))  # 3 held + 2 > 4: it starts afresh
+    assert calls[-1] == ["d", "a"] and set(cache.rows) == {"d", "a"}
+
+
+def test_read_stats_combine():
+    a, b = shards.ReadStats(), shards.ReadStats()
+    a.read, a.shards = 5, 1
+    a.skip("bad_image", "a#1")
+    b.read, b.shards = 7, 2
+    b.skip("lost", "b", 3)
+    b.shard_errors["truncated"] += 1
+    total = shards.ReadStats.combine([a, b])
+    assert (total.read, total.skipped, total.shards) == (12, 4, 3)
+    assert dict(total.reasons) == {"bad_image": 1, "lost": 3} and dict(total.shard_errors) == {"truncated": 1}
+    assert total.examples == ["a#1: bad_image", "b: lost (x3)"]
+
+
+def test_batch_arguments_are_checked(shard_dir):
+    for kwargs in ({"batch_size": 0}, {"batch_size": True}, {"batch_size": 8, "num_workers": -1},
+                   {"batch_size": 8, "shuffle_buffer": -1}):
+        with pytest.raises(ValueError):
+            shards.iterate_batches(shard_dir, tokenizer=_tokenize, **kwargs)
 
 
 # --- over HTTP -------------------------------------------------------------------------------------
@@ -570,13 +720,17 @@ def test_folder_with_tsv_captions_and_no_labels(tmp_path):
 
 # --- the webdataset library reads these shards -----------------------------------------------------
 
-def test_webdataset_library_reads_the_shards(pool, shard_dir):
+def test_webdataset_library_reads_the_shards(pool, shard_dir, tmp_path):
     wds = pytest.importorskip("webdataset")
     dataset = wds.WebDataset(shards.shard_spec(shard_dir), shardshuffle=False).decode("rgb8")
     samples = list(itertools.islice(iter(dataset), 3))
     assert [s["__key__"] for s in samples] == ["000000000", "000000001", "000000002"]
     assert np.array_equal(samples[2]["png"], pool.images[2].permute(1, 2, 0).numpy())
     assert samples[1]["txt"] == _per_sample_captions(pool)[1] and samples[1]["json"]["index"] == 1
+    shards.write_shards(pool, tmp_path, SPP, image_format="npy")
+    dataset = wds.WebDataset(shards.shard_spec(tmp_path), shardshuffle=False).decode()
+    sample = next(iter(dataset))
+    assert np.array_equal(sample["npy"], pool.images[0].numpy())
 
 
 def test_make_shards_writes_a_grids_pool_that_reads_back_identical(tmp_path, capsys):
