@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     shards.add_argument("--image-size", type=int, default=32, help="with --folder: square image size (default 32)")
     shards.add_argument("--out", type=Path, required=True, help="output directory of the shard set")
     shards.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar shard (default 1000)")
+    shards.add_argument("--image-format", choices=["png", "npy"], default="png",
+                        help="how images are stored: png (default; any image tool reads it) or npy (uint8 arrays: "
+                             "about 2.5x the bytes at 32 px, a tenth of the decoding time)")
     shards.set_defaults(func=_cmd_make_shards)
 
     status = sub.add_parser("status", help="show where every run of a grid stands",
@@ -241,7 +244,7 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
                 raise ConfigError(flag, "", f"no such file or directory: {path}")
         stats = shards.ReadStats()
         shards.write_folder_shards(args.folder, args.captions, args.out, args.samples_per_shard,
-                                   image_size=args.image_size, stats=stats)
+                                   image_size=args.image_size, stats=stats, image_format=args.image_format)
         print(stats)
     else:
         from harness.config import load_grid, pool_config
@@ -251,7 +254,8 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
         if args.stage is not None and args.stage not in stages:
             raise ConfigError(str(args.grid), "--stage", f"no stage {args.stage!r}; stages: {', '.join(stages)}")
         data = {**grid.data, **(stages[args.stage].data if args.stage else {})}
-        shards.write_shards(build_pool(pool_config(data), split=args.split), args.out, args.samples_per_shard)
+        shards.write_shards(build_pool(pool_config(data), split=args.split), args.out, args.samples_per_shard,
+                            image_format=args.image_format)
     print(shards.shard_spec(args.out))
     return 0
 

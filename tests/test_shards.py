@@ -733,7 +733,8 @@ def test_webdataset_library_reads_the_shards(pool, shard_dir, tmp_path):
     assert np.array_equal(sample["npy"], pool.images[0].numpy())
 
 
-def test_make_shards_writes_a_grids_pool_that_reads_back_identical(tmp_path, capsys):
+@pytest.mark.parametrize("image_format", ["png", "npy"])
+def test_make_shards_writes_a_grids_pool_that_reads_back_identical(tmp_path, capsys, image_format):
     from harness.cli import main
     from harness.config import pool_config
 
@@ -741,8 +742,10 @@ def test_make_shards_writes_a_grids_pool_that_reads_back_identical(tmp_path, cap
     grid.write_text("name: g\ndata: {sources: [shapes], shapes_count: 96, noise: 0.5}\neval: {tasks: [shapes_retrieval]}\n"
                     "stages:\n  - {name: s, methods: [clip], models: [tiny-s], samples_seen: [128], data: {subset: clean}}\n")
     assert main(["make-shards", "--grid", str(grid), "--stage", "s", "--out", str(tmp_path / "out"),
-                 "--samples-per-shard", "20"]) == 0
+                 "--samples-per-shard", "20", "--image-format", image_format]) == 0
     spec = capsys.readouterr().out.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
+        assert {m.name.rsplit(".", 1)[1] for m in tar} == {"json", "txt", image_format}
     assert spec.endswith("shard-{000000..000002}.tar")  # 48 clean samples of 96, 20 per shard
     want = build_pool(pool_config({"sources": ["shapes"], "shapes_count": 96, "noise": 0.5, "subset": "clean"}))
     got = shards.read_pool(spec)
