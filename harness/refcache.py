@@ -3,8 +3,9 @@ computed once and stored by stable sample index, shared by every run that names 
 reference and pool.
 
 A cache is a unit of the sweep like a run: results/<grid>/runs/refcache-<model>-<hash>/ holds
-its spec, status, features.pt and result.json (written last: it records which reference and
-which pool made the cache, and its compute). A run can also name a cache directory explicitly;
+its spec, status, its features as companion shards (features/: feature shards keyed by sample
+index, with a manifest of their SHA-256s) and result.json (written last: it records which
+reference and which pool made the cache, and its compute). A run can also name a cache directory explicitly;
 a cache made by another reference or for another pool is refused.
 """
 from __future__ import annotations
@@ -18,11 +19,13 @@ import torch
 
 from harness import codeversion, io, store
 from harness.config import pool_config
+from harness.data import shards
 from harness.data.pool import build_pool
 from harness.models import model_profile
 from harness.reference import CachedReference, load_reference, pool_features
 
-FEATURES = "features.pt"
+FEATURES = "features.pt"  # the earlier format: one table, still read
+FEATURE_SHARDS = "features"  # feature shards beside the pool's (harness.data.shards), with their manifest
 KIND = "refcache"
 
 
@@ -110,10 +113,19 @@ def check_cache(path: Path, ref: dict[str, Any], data: dict[str, Any]) -> dict[s
 
 def load_cache(path: Path, ref: dict[str, Any], data: dict[str, Any], device: str) -> CachedReference:
     """The cache at `path` as a feature source, once checked to be reference `ref`'s of pool `data`
-    (the same pool config builds the same samples, so every one has its features)."""
-    check_cache(path, ref, data)
-    table = torch.load(Path(path) / FEATURES, map_location="cpu", weights_only=True)
-    return CachedReference(table["image"], table["text"], table["logit_scale"], device)
+    (the same pool config builds the same samples, so every one has its features). Its feature shards
+    are checked against their manifest's SHA-256s, and must hold a row for every sample the cache encoded;
+    a cache of the earlier format (one features.pt) is read as it is."""
+    record = check_cache(path, ref, data)
+    if (Path(path) / FEATURES).is_file():
+        table = torch.load(Path(path) / FEATURES, map_location="cpu", weights_only=True)
+        return CachedReference(table["image"], table["text"], table["logit_scale"], device)
+    stats = shards.ReadStats()
+    table = shards.read_feature_shards(Path(path) / FEATURE_SHARDS, verify=True, stats=stats)
+    if stats.skipped or stats.shard_errors or int(table.present.sum()) != record["pairs"]:
+        raise ValueError(f"the reference-feature cache at {path} is damaged: {stats} "
+                         f"({int(table.present.sum())} of its {record['pairs']} rows readable)")
+    return CachedReference(table.image, table.text, table.logit_scale, device)
 
 
 def build_cache_job(unit: dict[str, Any], results: str | Path, threads: int = 1, show_progress: bool = True,
@@ -131,18 +143,16 @@ def build_cache_job(unit: dict[str, Any], results: str | Path, threads: int = 1,
 
 def write_cache(rdir: Path, ref: dict[str, Any], data: dict[str, Any], results: Path, threads: int = 1,
                 show_progress: bool = True, device: str = "cpu") -> dict[str, Any]:
-    """Encode every sample of pool `data` with reference `ref` and write features.pt into `rdir`;
+    """Encode every sample of pool `data` with reference `ref` and write the features as companion shards
+    (feature shards keyed by sample index, with their manifest) into `rdir`/features;
     returns the cache record (result.json is the caller's to write, last)."""
     start = time.perf_counter()
     torch.set_num_threads(threads)
     pool = build_pool(pool_config(data))
     built = load_reference(ref, results, device)
     feats = pool_features(built, pool, device, show_progress=show_progress)
-    dim = feats.image.shape[1]
-    image = torch.zeros(pool.num_indices, dim)
-    text = torch.zeros(pool.num_indices, dim)
-    image[pool.indices], text[pool.indices] = feats.image.cpu(), feats.text.cpu()
-    io.torch_save(Path(rdir) / FEATURES, {"image": image, "text": text, "logit_scale": feats.logit_scale.detach().cpu()})
+    shards.write_feature_shards(feats.image.cpu(), feats.text.cpu(), pool.indices, Path(rdir) / FEATURE_SHARDS,
+                                logit_scale=feats.logit_scale.detach().cpu(), num_indices=pool.num_indices)
     gflops = model_profile(ref["model"])["gflops"]
     return {"kind": KIND, "run_id": Path(rdir).name, "reference": reference_identity(ref), "data": data,
             "pairs": len(pool), "gflops_per_pair": gflops, "gflops": gflops * len(pool),

@@ -3,6 +3,7 @@ reference, built by `clipsteer cache-ref`; and the compute a run records against
 import dataclasses
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,8 +15,9 @@ import torch
 from harness import io, refcache
 from harness.compute import run_compute
 from harness.config import pool_config
+from harness.data import shards
 from harness.data.pool import PoolConfig, build_pool
-from harness.models import build_model, model_profile
+from harness.models import build_model, encode, model_profile
 from harness.reference import OnlineReference, load_reference
 from harness.train import KEPT_INDICES, METRICS, TrainConfig, train
 from methods import get_method
@@ -69,6 +71,28 @@ def test_cached_features_give_the_trajectory_of_on_the_fly_ones(made, tmp_path, 
     for key in models[0]:
         torch.testing.assert_close(models[0][key], models[1][key], rtol=1e-3, atol=1e-4)
     assert record["pairs"] == len(pool) and record["gflops"] == pytest.approx(len(pool) * model_profile("tiny-s")["gflops"])
+
+
+def test_the_cache_is_feature_shards_beside_the_pools_with_exact_rows(made, tmp_path):
+    """The features are companion shards (harness.data.shards feature shards keyed by sample index); they
+    read back as the reference's features of each pool sample, and a damaged shard is refused."""
+    root, ref, record = made
+    pool = build_pool(pool_config(DATA))
+    table = shards.read_feature_shards(root / "cache" / refcache.FEATURE_SHARDS, verify=True)
+    assert torch.equal(table.present.nonzero().squeeze(1), pool.indices) and record["pairs"] == len(pool)
+    with torch.no_grad():
+        feats = encode(load_reference(ref, root), pool.images[:5], pool.tokenize(
+            build_model("tiny-s").tokenizer)[pool.caption_ids[:5]], "cpu")
+    torch.testing.assert_close(table.image[pool.indices[:5]], feats.image, rtol=1e-5, atol=1e-6)
+    cached = refcache.load_cache(root / "cache", ref, DATA, "cpu")
+    assert torch.equal(cached.batch(pool, torch.arange(5), pool.images[:5]).text, table.text[pool.indices[:5]])
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(root / "cache", damaged)
+    shard = sorted((damaged / refcache.FEATURE_SHARDS).glob("*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[:-2048])
+    with pytest.raises(ValueError, match="is damaged"):
+        refcache.load_cache(damaged, ref, DATA, "cpu")
 
 
 def test_a_cache_made_by_another_reference_or_pool_is_refused(made, tmp_path):

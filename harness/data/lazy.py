@@ -13,13 +13,16 @@ same replacement every time, so a resumed run stays on its trajectory), and coun
 """
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import hashlib
 import io as _io
 import json
 import os
 import tarfile
+import threading
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,7 +33,8 @@ from harness.data.pool import PoolConfig
 
 CACHE_ENV = "CLIPSTEER_CACHE"
 INDEX_VERSION = 1
-OPEN_FILES = 64  # shard files kept open between batches
+OPEN_FILES = 64  # shard files each thread keeps open between batches
+DECODE_THREADS = min(8, len(os.sched_getaffinity(0)))
 INDEX_BYTES_PER_SAMPLE = 80  # what a lazy pool holds per row (int64 index, offsets, sizes, shard and row numbers)
 MEMBERS = ("image", "txt")
 
@@ -128,7 +132,8 @@ class LazyShardPool:
         size = found.data.get("image_size")
         self.image_shape = None if size is None else (3, int(size), int(size))
         self._rows = torch.arange(len(order))
-        self._files: dict[int, BinaryIO] = {}
+        self._open = threading.local()  # per thread: shard -> open file descriptor
+        self._lock = threading.Lock()
         self._replaced: dict[int, int] = {}  # undecodable row -> the row read in its place
 
     def __len__(self) -> int:
@@ -142,16 +147,19 @@ class LazyShardPool:
         return view
 
     def images_at(self, pos: torch.Tensor) -> torch.Tensor:
-        """uint8 [len(pos), 3, S, S]: the images of rows `pos`, decoded now (call before captions_at: a row
-        whose image does not decode is replaced here, caption included)."""
-        images = []
-        for p in pos.tolist():
-            row = self._replaced.get(int(self._rows[p]), int(self._rows[p]))
-            try:
-                images.append(self._image(row))
-            except Exception:  # noqa: BLE001 - PIL raises many kinds on damaged data
-                images.append(self._image(self._replace(p)))
-        return torch.stack(images)
+        """uint8 [len(pos), 3, S, S]: the images of rows `pos`, decoded now by DECODE_THREADS threads (image
+        decoders release the GIL); call before captions_at: a row whose image does not decode is replaced
+        here, caption included."""
+        return torch.stack(list(_decoders().map(self._image_at, pos.tolist())))
+
+    def _image_at(self, p: int) -> torch.Tensor:
+        row = self._replaced.get(int(self._rows[p]), int(self._rows[p]))
+        try:
+            return self._image(row)
+        except Exception:  # noqa: BLE001 - PIL raises many kinds on damaged data
+            with self._lock:  # another thread may have replaced this row meanwhile
+                bad = int(self._rows[p])
+                return self._image(self._replaced[bad] if bad in self._replaced else self._replace(p))
 
     def captions_at(self, pos: torch.Tensor) -> list[str]:
         """The captions of rows `pos` (of the samples images_at decoded for them)."""
@@ -185,12 +193,22 @@ class LazyShardPool:
         return image
 
     def _read(self, row: int, member: int) -> bytes:
+        """A member's bytes, read at its offset, through this thread's own open files (pread: no shared file
+        position; per thread: no file closed under another thread's read)."""
         shard, local = int(self._shard[row]), int(self._local[row])
-        f = self._files.get(shard)
-        if f is None:
-            if len(self._files) >= OPEN_FILES:
-                self._files.pop(next(iter(self._files))).close()
-            f = self._files[shard] = open(self.urls[shard], "rb")
+        files = getattr(self._open, "files", None)
+        if files is None:
+            files = self._open.files = {}
+        fd = files.get(shard)
+        if fd is None:
+            if len(files) >= OPEN_FILES:
+                os.close(files.pop(next(iter(files))))
+            fd = files[shard] = os.open(self.urls[shard], os.O_RDONLY)
         part = self._parts[shard]
-        f.seek(int(part["offsets"][local, member]))
-        return f.read(int(part["sizes"][local, member]))
+        return os.pread(fd, int(part["sizes"][local, member]), int(part["offsets"][local, member]))
+
+
+@functools.lru_cache(maxsize=1)
+def _decoders() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads lazy pools decode images with (one pool per process)."""
+    return concurrent.futures.ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="clipsteer-decode")
