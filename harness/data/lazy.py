@@ -108,7 +108,7 @@ class LazyShardPool:
     noisy = None  # a shard set does not say which captions are noise
 
     def __init__(self, cfg: PoolConfig, stats: shards.ReadStats | None = None) -> None:
-        urls, found = shards._resolve(cfg.shards, "auto", shards.POOL_KIND)
+        urls, found = shards.resolve_set(cfg.shards, "auto", shards.POOL_KIND)
         if found is None:
             raise ValueError(f"the shard set {cfg.shards} has no manifest: a lazy pool needs the shards' SHA-256s")
         if any("://" in u for u in urls):
@@ -116,7 +116,7 @@ class LazyShardPool:
                              f"{cfg.shards} names URLs: read it into memory (leave out 'lazy') or mount it")
         self.stats = stats if stats is not None else shards.ReadStats()
         entries = found.entries()
-        parts = [index_shard(u, entries[shards._norm(u)]["sha256"], self.stats) for u in urls]
+        parts = [index_shard(u, entries[shards.normalized_url(u)]["sha256"], self.stats) for u in urls]
         indices = np.concatenate([p["indices"] for p in parts])
         shard_of = np.repeat(np.arange(len(parts)), [len(p["indices"]) for p in parts])
         local = np.concatenate([np.arange(len(p["indices"])) for p in parts])
@@ -187,7 +187,7 @@ class LazyShardPool:
 
     def _image(self, row: int) -> torch.Tensor:
         part = self._parts[self._shard[row]]
-        image = shards._decode_image(self._read(row, 0), shards.IMAGE_EXTENSIONS[int(part["ext"][self._local[row]])])
+        image = shards.decode_image(self._read(row, 0), shards.IMAGE_EXTENSIONS[int(part["ext"][self._local[row]])])
         if self.image_shape is not None and tuple(image.shape) != self.image_shape:
             raise ValueError(f"image of shape {tuple(image.shape)}, the shard set's is {self.image_shape}")
         return image

@@ -683,7 +683,8 @@ def _open(url: str) -> BinaryIO:
     return open(_local_path(url), "rb")
 
 
-def _norm(url: str) -> str:
+def normalized_url(url: str) -> str:
+    """A shard's URL as manifests are matched against it: URLs as given, local paths absolute and normalised."""
     return url if _is_url(url) else os.path.normpath(os.path.abspath(_local_path(url)))
 
 
@@ -701,7 +702,7 @@ class _Manifest:
         return [self.url(e["name"]) for e in self.data["shards"]]
 
     def entries(self) -> dict[str, dict[str, Any]]:
-        return {_norm(self.url(e["name"])): e for e in self.data["shards"]}
+        return {normalized_url(self.url(e["name"])): e for e in self.data["shards"]}
 
 
 def _check_manifest(data: Any, where: str) -> dict[str, Any]:
@@ -750,7 +751,7 @@ def _fetch_manifest(where: str, required: bool) -> _Manifest | None:
     return _Manifest(_load_manifest_file(path), base)
 
 
-def _resolve(urls: str | Path | Sequence[str | Path], manifest: Any, kind: str) -> tuple[list[str], _Manifest | None]:
+def resolve_set(urls: str | Path | Sequence[str | Path], manifest: Any, kind: str) -> tuple[list[str], _Manifest | None]:
     """Shard URLs and the manifest describing them. `urls` may be a shard-set directory or its
     manifest.json (every shard it names), or a spec / list of shards. `manifest`: "auto" (the
     manifest.json beside the first shard, if there is one), None (none), a path/URL, or a dict."""
@@ -862,7 +863,7 @@ class _PoolRead:
     def make(cls, urls: str | Path | Sequence[str | Path], shuffle_buffer: int, seed: int, resample: bool,
              epoch: int, shuffle_shards: bool | None, image_size: int | None, manifest: Any,
              verify: bool) -> "_PoolRead":
-        url_list, found = _resolve(urls, manifest, POOL_KIND)
+        url_list, found = resolve_set(urls, manifest, POOL_KIND)
         _check_read_args(shuffle_buffer, seed, epoch, verify, found)
         if image_size is None and found is not None:
             image_size = found.data.get("image_size")
@@ -1051,7 +1052,7 @@ class _PoolDecoder:
         except UnicodeDecodeError:
             return "bad_text"
         try:
-            image = _decode_image(group[ext], ext)
+            image = decode_image(group[ext], ext)
         except Exception:  # noqa: BLE001 - PIL raises many kinds on damaged data
             return "bad_image"
         if self.shape is None:
@@ -1067,7 +1068,7 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and -2**62 < x < 2**62
 
 
-def _decode_image(data: bytes, ext: str) -> torch.Tensor:
+def decode_image(data: bytes, ext: str) -> torch.Tensor:
     """uint8 [3, H, W] of an image member: a uint8 [3, H, W] .npy array, or an image file PIL reads (a
     channels-first view of the decoded array: one copy out of PIL, none after it; for a small image,
     per-image conversions cost as much as the decoding itself)."""
@@ -1128,7 +1129,7 @@ def _stream(url_list: list[str], found: _Manifest | None, decode: Decode, stats:
     sample_rng = rng(1, own=True)
 
     def shard(url: str) -> Iterator[Any]:
-        return _shard_samples(url, entries.get(_norm(url)), found is not None, decode, stats, verify)
+        return _shard_samples(url, entries.get(normalized_url(url)), found is not None, decode, stats, verify)
 
     def ordered() -> Iterator[Any]:
         order = shard_rng.permutation(len(url_list)).tolist() if shuffle_shards else range(len(url_list))
@@ -1219,12 +1220,12 @@ def read_pool(urls: str | Path | Sequence[str | Path], manifest: Any = "auto", *
     num_indices = largest index + 1, config None. `manifest` and `verify` are as for iterate_samples
     (a directory or manifest.json given as `urls` is its own manifest).
     """
-    url_list, found = _resolve(urls, manifest, POOL_KIND)
+    url_list, found = resolve_set(urls, manifest, POOL_KIND)
     stats = stats if stats is not None else ReadStats()
     meta = found.data if found else {}
     image_size = meta.get("image_size")
     if found is not None:
-        wanted = {_norm(u) for u in url_list}
+        wanted = {normalized_url(u) for u in url_list}
         capacity = sum(e["count"] for n, e in found.entries().items() if n in wanted) or 1
     else:
         capacity = 1024
@@ -1306,7 +1307,7 @@ def read_feature_shards(urls: str | Path | Sequence[str | Path], manifest: Any =
     num_indices: the argument, else the manifest's, else largest index + 1. Damaged samples
     (bad_key, missing_image, missing_text, bad_array, bad_shape, bad_index, duplicate_index) are
     skipped and counted in `stats`; their rows stay zero and not present."""
-    url_list, found = _resolve(urls, manifest, FEATURES_KIND)
+    url_list, found = resolve_set(urls, manifest, FEATURES_KIND)
     stats = stats if stats is not None else ReadStats()
     meta = found.data if found else {}
     bound = num_indices if num_indices is not None else meta.get("num_indices")
