@@ -31,6 +31,8 @@ LOCK = ".lease.lock"
 TTL_S = 120.0  # a lease not renewed for this long is dead, whoever holds it
 BEAT_S = TTL_S / 4
 SQUEUE_TIMEOUT_S = 30
+SQUEUE_CACHE_S = 10.0
+_squeue_answers: dict[str, tuple[float, bool | None]] = {}  # job id -> (when asked, squeue's answer)
 SLURM_QUEUED = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
                 "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT"}
 
@@ -77,27 +79,35 @@ def _owner_alive(owner: dict[str, Any]) -> bool:
 
 
 def _slurm_job_queued(job_id: str) -> bool | None:
-    """Whether Slurm still has the job pending or running (squeue); None where squeue cannot say."""
+    """Whether Slurm still has the job pending or running (squeue); None where squeue cannot say. An answer
+    is kept SQUEUE_CACHE_S seconds, so a launcher polling the runs it waits for does not flood squeue."""
+    now = time.monotonic()
+    asked = _squeue_answers.get(job_id)
+    if asked is not None and now - asked[0] < SQUEUE_CACHE_S:
+        return asked[1]
     try:
         out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
                              timeout=SQUEUE_TIMEOUT_S)
+        if out.returncode != 0:
+            answer = False if "invalid job id" in out.stderr.lower() else None
+        else:
+            answer = any(state.strip() in SLURM_QUEUED for state in out.stdout.splitlines())
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return False if "invalid job id" in out.stderr.lower() else None
-    return any(state.strip() in SLURM_QUEUED for state in out.stdout.splitlines())
+        answer = None
+    _squeue_answers[job_id] = (now, answer)
+    return answer
 
 
 def is_live(record: dict[str, Any] | None) -> bool:
-    """Whether a lease record still holds its run: a Slurm job owning it is still queued or running (as
-    squeue says; without an answer, expiry decides), or it has not expired and an owning process lives."""
+    """Whether a lease record still holds its run: a Slurm job owning it is queued or running (as squeue
+    says), or the lease has not expired and it has a Slurm owner or an owning process that lives."""
     if not record:
         return False
-    if any(_slurm_job_queued(o["slurm_job"]) for o in record["owners"] if "slurm_job" in o):
+    jobs = [o["slurm_job"] for o in record["owners"] if "slurm_job" in o]
+    if any(_slurm_job_queued(job) for job in jobs):
         return True
-    processes = [o for o in record["owners"] if "slurm_job" not in o]
-    return time.time() < record["expires"] and (len(processes) < len(record["owners"])
-                                                 or any(_owner_alive(o) for o in processes))
+    return time.time() < record["expires"] and (bool(jobs) or any(_owner_alive(o) for o in record["owners"]
+                                                                   if "slurm_job" not in o))
 
 
 def read(rdir: Path) -> dict[str, Any] | None:

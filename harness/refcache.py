@@ -5,8 +5,8 @@ reference and pool.
 A cache is a unit of the sweep like a run: results/<grid>/runs/refcache-<model>-<hash>/ holds
 its spec, status, its features as companion shards (features/: feature shards keyed by sample
 index, with a manifest of their SHA-256s) and result.json (written last: it records which
-reference and which pool made the cache, and its compute). A run can also name a cache directory explicitly;
-a cache made by another reference or for another pool is refused.
+reference and which pool made the cache, and its compute). A run can also name a cache directory
+explicitly; a cache made by another reference or for another pool is refused.
 """
 from __future__ import annotations
 

@@ -41,8 +41,9 @@ class SpecConflict(RuntimeError):
 def identity(spec: dict[str, Any]) -> dict[str, Any]:
     """The part of a spec that determines the result: all of it but logging, checkpoint cadence, speed
     options that keep the math (compile, channels-last, gradient checkpointing, a lazily read shard
-    set, whose rows are those of the same set read into memory), where a reference checkpoint or feature cache lies (the checkpoint's sha256 is kept; a cache is
-    checked to match the reference and pool) and the id itself."""
+    set, whose rows are those of the same set read into memory), where a reference checkpoint or
+    feature cache lies (the checkpoint's sha256 is kept; a cache is checked to match the reference and
+    pool), fields at their OMITTED_AT values, and the id itself."""
     ident = {k: v for k, v in spec.items() if k != "run_id"}
     for key, dropped in NOT_IN_ID.items():
         if isinstance(ident.get(key), dict):

@@ -2,11 +2,9 @@
 bit-identical to one on the in-memory pool, damaged samples replaced and counted, the index cached."""
 from __future__ import annotations
 
-import io as _io
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

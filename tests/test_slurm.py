@@ -545,6 +545,7 @@ def test_a_stage_waits_for_its_reference_in_the_slurm_queue_not_in_the_client(tm
     from harness.grid import expand
 
     state = queueing_slurm(tmp_path, monkeypatch)
+    monkeypatch.setattr(lease, "SQUEUE_CACHE_S", 0.0)  # this test changes the queue and looks again at once
     (tmp_path / "deps.yaml").write_text(DEPENDENT_GRID)
     grid = load_grid(tmp_path / "deps.yaml")
     specs, results = expand(grid), tmp_path / "results"

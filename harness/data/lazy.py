@@ -36,7 +36,6 @@ INDEX_VERSION = 1
 OPEN_FILES = 64  # shard files each thread keeps open between batches
 DECODE_THREADS = min(8, len(os.sched_getaffinity(0)))
 INDEX_BYTES_PER_SAMPLE = 80  # what a lazy pool holds per row (int64 index, offsets, sizes, shard and row numbers)
-MEMBERS = ("image", "txt")
 
 
 def cache_root() -> Path:
