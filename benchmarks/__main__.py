@@ -28,9 +28,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     """Run the chosen groups in order (one thread for torch), print the ratios, write JSON and Markdown."""
     args = parse(argv)
+    import torch
+
     from benchmarks import output
     from benchmarks.timing import Settings, machine
-    import torch
     settings = Settings.make(args.quick)
     info = machine(settings.threads)
     torch.set_num_threads(settings.threads)

@@ -8,14 +8,14 @@ from typing import Any
 
 from benchmarks.fixtures import demo_grid, demo_pool, demo_train, fresh_model, scratch
 from benchmarks.timing import GroupResult, Result, Settings, interleave, ratio, seconds
-from harness.evaluate import TASKS, evaluate
+from harness.eval.evaluate import TASKS, evaluate
 from harness.models import BuiltModel
-from harness.train import steps_per_epoch, train
+from harness.run.train import steps_per_epoch, train
 from methods import get_method
 
 
 def epoch_seconds() -> float:
-    """Wall seconds of harness.train() for one epoch of clip on tiny-s over the demo pool (demo settings)."""
+    """Wall seconds of harness.run.train() for one epoch of clip on tiny-s over the demo pool (demo settings)."""
     pool, cfg = demo_pool(), demo_train()
     built, method = fresh_model("tiny-s"), get_method("clip")({}, num_indices=pool.num_indices)
     with scratch() as run_dir:
@@ -56,7 +56,7 @@ def run(settings: Settings, out: Path) -> GroupResult:
     suite = ", ".join(tasks)
     result = GroupResult(measurements=[
         Result(f"evaluate() on the demo suite ({suite}), tiny-s", "s", t["evaluate"]),
-        Result("one training epoch, clip tiny-s over the demo pool (harness.train, demo settings)", "s", t["epoch"]),
+        Result("one training epoch, clip tiny-s over the demo pool (harness.run.train, demo settings)", "s", t["epoch"]),
         Result("first evaluate() call in a process (includes loading the task data)", "s", [first]),
         *[Result(f"evaluate() on {task} alone, tiny-s", "s", [u["seconds"]]) for task, u in use.items()],
     ])

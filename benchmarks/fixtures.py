@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import harness  # noqa: F401  (torchvision guard before open_clip)
 import open_clip
 import torch
 
-from harness.config import GridConfig, load_grid, pool_config
+import harness  # noqa: F401  (torchvision guard before open_clip)
 from harness.data.pool import ImageTextPool, build_pool
+from harness.grid.config import GridConfig, load_grid, pool_config
 from harness.models import BuiltModel, build_model
-from harness.reference import CachedReference, OnlineReference, load_reference, pool_features
-from harness.train import METRICS, TrainConfig, param_groups, train
+from harness.run.reference import CachedReference, OnlineReference, load_reference, pool_features
+from harness.run.train import METRICS, TrainConfig, param_groups, train
 from methods import get_method
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ class TrainTiming:
 
 def harness_train(method: str, pool: ImageTextPool, steps: int, skip: int, cfg: TrainConfig,
                   reference: Any = None) -> TrainTiming:
-    """Time harness.train() for `steps` steps of a fresh tiny-s; per-step times are the differences of
+    """Time harness.run.train() for `steps` steps of a fresh tiny-s; per-step times are the differences of
     metrics.jsonl's cumulative `time_s` (log_every=1, so each step includes its own logging)."""
     built = fresh_model("tiny-s")
     learner = get_method(method)({}, num_indices=pool.num_indices)

@@ -13,7 +13,7 @@ from benchmarks.fixtures import BareClip, demo_pool, demo_train, fresh_model, sc
 from benchmarks.timing import Goal, GroupResult, Result, Settings, interleave, ratio, seconds
 from harness.data import shards
 from harness.data.pool import ImageTextPool
-from harness.train import batch_positions, random_shift
+from harness.run.train import batch_positions, random_shift
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 Loader = Callable[[int], Batches]

@@ -17,12 +17,13 @@ import yaml
 from benchmarks.fixtures import DEMO_GRID, REPO
 from benchmarks.jobs import trivial_job
 from benchmarks.timing import Goal, GroupResult, Result, Settings, interleave, seconds
-from harness import launch, store
-from harness.compute import run_compute
-from harness.config import ExecutorConfig, parse_grid
-from harness.grid import expand
+from harness.grid.config import ExecutorConfig, parse_grid
+from harness.grid.spec import expand
+from harness.launch import launcher
+from harness.report.leaderboard import write_report
+from harness.run.compute import run_compute
+from harness.store import records
 from harness.sweep import SPECS, results_of
-from harness.report import write_report
 from methods import get_method
 
 LAUNCH_UNITS = 8
@@ -46,22 +47,22 @@ def big_grid() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def trivial_runs() -> Iterator[None]:
-    """harness.launch submits `trivial_job` instead of run_job, as tests/test_launch.py does."""
-    real = launch.run_job
-    launch.run_job = trivial_job
+    """harness.launch.launcher submits `trivial_job` instead of run_job, as tests/test_launch.py does."""
+    real = launcher.run_job
+    launcher.run_job = trivial_job
     try:
         yield
     finally:
-        launch.run_job = real
+        launcher.run_job = real
 
 
 def launch_seconds(kind: str) -> float:
-    """Wall seconds of harness.launch.launch() for LAUNCH_UNITS trivial units (2 at a time, 1 thread each)."""
+    """Wall seconds of harness.launch.launcher.launch() for LAUNCH_UNITS trivial units (2 at a time, 1 thread each)."""
     specs = [{"run_id": f"unit-{i}", "stage": "bench", "model": "tiny-s", "samples_seen": 128, "reference": None}
              for i in range(LAUNCH_UNITS)]
     with tempfile.TemporaryDirectory(prefix="clipsteer-bench-") as results, trivial_runs():
         start = time.perf_counter()
-        report = launch.launch(specs, Path(results), ExecutorConfig(kind=kind, max_parallel=2, timeout_min=5),
+        report = launcher.launch(specs, Path(results), ExecutorConfig(kind=kind, max_parallel=2, timeout_min=5),
                                log=lambda *_: None)
         elapsed = time.perf_counter() - start
     if len(report.done) != LAUNCH_UNITS:
@@ -99,8 +100,8 @@ def write_synthetic_results(where: Path, seed: int = 0) -> int:
                   "reference": None if spec["reference"] is None else {
                       "eval": {"average": 0.425, "tasks": {t: 0.425 for t in tasks}},
                       "reducible_loss": {"batch": 256, "mean": 0.5, "n": 1024, "var": float(rng.uniform(2, 16))}},
-                  "eval_time_s": 2.5, "wall_time_s": 0.07 * steps + 4.0, "threads": 1, "format": store.RESULT_FORMAT}
-        rdir = store.run_dir(where, spec["run_id"])
+                  "eval_time_s": 2.5, "wall_time_s": 0.07 * steps + 4.0, "threads": 1, "format": records.RESULT_FORMAT}
+        rdir = records.run_dir(where, spec["run_id"])
         rdir.mkdir(parents=True)
         (rdir / "result.json").write_text(json.dumps(result))
         (rdir / "status.json").write_text(json.dumps({"state": "done", "finished": 0.0}))
@@ -130,7 +131,7 @@ def run(settings: Settings, out: Path) -> GroupResult:
     runs = len(expand(parse_grid(raw, "bench-10k.yaml")))
     light = 1 if settings.quick else 2
     launches = interleave({"local": lambda: launch_seconds("local"), "debug": lambda: launch_seconds("debug"),
-                           "import": lambda: import_seconds("harness.job")}, light, warmup_rounds=0)
+                           "import": lambda: import_seconds("harness.run.job")}, light, warmup_rounds=0)
     with tempfile.TemporaryDirectory(prefix="clipsteer-bench-results-") as where:
         synthetic = write_synthetic_results(Path(where))
         reports = interleave({"report": lambda: report_seconds(Path(where))}, light,
@@ -142,7 +143,7 @@ def run(settings: Settings, out: Path) -> GroupResult:
                "s/run", [t / LAUNCH_UNITS for t in launches["local"]]),
         Result(f"launch() with the debug executor (in-process), per run ({LAUNCH_UNITS} trivial units)", "s/run",
                [t / LAUNCH_UNITS for t in launches["debug"]]),
-        Result("a fresh interpreter importing harness.job (paid by every local job)", "s", launches["import"]),
+        Result("a fresh interpreter importing harness.run.job (paid by every local job)", "s", launches["import"]),
         Result(f"report of {synthetic:,} synthetic runs: results table (read {synthetic:,} result.json)", "s",
                [r for r, _ in reports]),
         Result(f"report of {synthetic:,} synthetic runs: write_report (fits, bootstrap, plots, CSV/MD/HTML)", "s",
@@ -155,9 +156,9 @@ def run(settings: Settings, out: Path) -> GroupResult:
     result.notes.append(
         f"Sweep machinery: the {runs:,}-run grid is the demo grid's data, eval, train and executor with a reference "
         "stage and 3 methods x 3 models x 11 budgets x 101 seeds; parse_grid alone and parse_grid + expand are "
-        f"timed in interleaved rounds. Launching: harness.launch.launch() with run_job swapped for a trivial job "
-        f"(benchmarks.jobs.trivial_job: importable by submitit's subprocesses, it imports only harness.store), {LAUNCH_UNITS} units, "
+        f"timed in interleaved rounds. Launching: harness.launch.launcher.launch() with run_job swapped for a trivial job "
+        f"(benchmarks.jobs.trivial_job: importable by submitit's subprocesses, it imports only harness.store.records), {LAUNCH_UNITS} units, "
         "max_parallel 2. Report: a results directory of synthetic runs in the store's format (real grid expansion, "
         "real compute records, metrics.jsonl for the training curves), read with harness.sweep.results_of and "
-        "written with harness.report.write_report (1,000 bootstrap replicates).")
+        "written with harness.report.leaderboard.write_report (1,000 bootstrap replicates).")
     return result

@@ -1,4 +1,4 @@
-"""Harness overhead: harness.train() for clip on tiny-s against a bare loop with the same model, optimizer,
+"""Harness overhead: harness.run.train() for clip on tiny-s against a bare loop with the same model, optimizer,
 loss, batch size and data, per step (augmentation off and on)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""cProfile of harness.train() steps: `python -m benchmarks.profile_step [METHOD] [--reference cached|online]
+"""cProfile of harness.run.train() steps: `python -m benchmarks.profile_step [METHOD] [--reference cached|online]
 [--steps N] [--top N]` prints the top entries by cumulative time (tiny-s, demo settings, one thread)."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from methods import get_method
 
 
 def main(argv: list[str]) -> int:
-    """Profile one harness.train() call of `steps` steps and print the top cumulative entries."""
+    """Profile one harness.run.train() call of `steps` steps and print the top cumulative entries."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__)
     parser.add_argument("method", nargs="?", default="clip")
     parser.add_argument("--reference", choices=("cached", "online"), default=None,

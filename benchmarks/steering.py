@@ -1,5 +1,5 @@
 """Steering overhead per step: methods that read a reference (drrho cached and on the fly; jest and rho_topk,
-which score a super-batch) and fastclip, each against clip, all through harness.train() on tiny-s."""
+which score a super-batch) and fastclip, each against clip, all through harness.run.train() on tiny-s."""
 from __future__ import annotations
 
 import statistics
@@ -11,7 +11,7 @@ import torch
 
 from benchmarks.fixtures import demo_pool, demo_train, harness_train, references
 from benchmarks.timing import Goal, GroupResult, Result, Settings, interleave, ratio, seconds
-from harness.train import batch_positions, random_shift
+from harness.run.train import batch_positions, random_shift
 from methods import Features, get_method
 
 LABELS = {"clip": "clip", "drrho_cached": "drrho, cached reference", "drrho_online": "drrho, on-the-fly reference",
@@ -95,11 +95,11 @@ def run(settings: Settings, out: Path) -> GroupResult:
           for m, d in drawn.items()],
     ]
     result.notes.append(
-        f"Steering: every method trains through harness.train() (demo settings: b{cfg.batch_size}, augment on), "
+        f"Steering: every method trains through harness.run.train() (demo settings: b{cfg.batch_size}, augment on), "
         f"{settings.steps} steps per call, the first {settings.skip} left out; rounds interleave clip, drrho (cached), "
         "drrho (on the fly), fastclip, jest, rho_topk and the reference's forward pass alone. Inside the loop the "
         "on-the-fly reference is wrapped (benchmarks.steering.TimedReference) so each of its forward passes is "
         "timed where it runs. The reference is a freshly initialised tiny-s saved as a checkpoint and loaded by "
-        "harness.reference.load_reference; its cached table is built with harness.reference.pool_features, as "
-        "harness.refcache does.")
+        "harness.run.reference.load_reference; its cached table is built with harness.run.reference.pool_features, as "
+        "harness.run.refcache does.")
     return result

@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _grid_and_executor(args: argparse.Namespace):
     """The grid file's config and its executor with the command line's overrides applied."""
-    from harness.config import load_grid
+    from harness.grid.config import load_grid
 
     grid = load_grid(args.grid)
     executor = grid.executor
@@ -160,7 +160,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     grid, executor = _grid_and_executor(args)
     results = args.results or Path("results") / grid.name
     if args.dry_run:
-        from harness.estimate import throughput
+        from harness.launch.estimate import throughput
 
         for line in sweep.plan(grid, results, executor, throughput(args.gpu_tflops, args.mfu)):
             print(line)
@@ -200,8 +200,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     import json
 
-    from harness import scaling, sweep
-    from harness.fit import points_from_results
+    from harness import sweep
+    from harness.report import scaling
+    from harness.report.fit import points_from_results
 
     for flag, value, low in (("--bootstrap", args.bootstrap, 0), ("--holdout", args.holdout, 0)):
         if value < low:
@@ -247,7 +248,7 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
                                    image_size=args.image_size, stats=stats, image_format=args.image_format)
         print(stats)
     else:
-        from harness.config import load_grid, pool_config
+        from harness.grid.config import load_grid, pool_config
 
         grid = load_grid(args.grid)
         stages = {s.name: s for s in grid.stages}
@@ -262,8 +263,8 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from harness import sweep
-    from harness.config import load_grid
-    from harness.status import summary
+    from harness.grid.config import load_grid
+    from harness.launch.status import summary
 
     grid = load_grid(args.grid)
     results = args.results or Path("results") / grid.name

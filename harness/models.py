@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import harness  # noqa: F401  (torchvision guard before open_clip)
 import open_clip
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+import harness  # noqa: F401  (torchvision guard before open_clip)
 from methods.base import Features
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"

@@ -6,15 +6,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import estimate, io, refcache, store
-from harness.config import ExecutorConfig, GridConfig
+from harness import io
 from harness.errors import ConfigError
-from harness.grid import expand
-from harness.launch import LaunchReport, launch, pending
+from harness.grid.config import ExecutorConfig, GridConfig
+from harness.grid.spec import expand
+from harness.launch import estimate
+from harness.launch.launcher import LaunchReport, launch, pending
+from harness.launch.slurm import sbatch_script
+from harness.launch.status import orphans, run_states
 from harness.models import model_profile
-from harness.report import write_report
-from harness.slurm import sbatch_script
-from harness.status import orphans, run_states
+from harness.report.leaderboard import write_report
+from harness.run import refcache
+from harness.store import records
 
 SPECS = "specs.json"
 
@@ -86,7 +89,7 @@ def results_of(results: Path, include_earlier: bool = False) -> tuple[str, pd.Da
     specs = saved["specs"]
     if include_earlier:
         specs = specs + [{**s, "stage": s["stage"] + EARLIER} for s in orphans(saved["specs"], Path(results))]
-    return saved["grid"], store.results_table(Path(results), specs, refcache.cache_shares(specs, Path(results)))
+    return saved["grid"], records.results_table(Path(results), specs, refcache.cache_shares(specs, Path(results)))
 
 
 def report(results: Path, include_earlier: bool = False) -> dict[str, Path]:

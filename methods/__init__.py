@@ -4,7 +4,6 @@ Adding a method: one file in this package and one line in REGISTRY.
 """
 from __future__ import annotations
 
-import harness  # noqa: F401  (torchvision guard before open_clip)
 from methods.base import Features, LossOutput, Method, Progress, needs_reference
 from methods.clip import Clip
 from methods.drrho import DRRho

@@ -1,19 +1,27 @@
-"""clip: plain CLIP, open_clip's symmetric InfoNCE with the model's learnable logit scale."""
+"""clip: plain CLIP, the symmetric InfoNCE of open_clip's ClipLoss with the model's learnable logit scale.
+
+Written out here (the same operations in the same order, so the same bits as open_clip.ClipLoss on one
+process; tests/test_methods.py checks it) so that methods/ depends on torch alone.
+"""
 from __future__ import annotations
 
-import open_clip
 import torch
+import torch.nn.functional as F
 
 from methods.base import Features, LossOutput, Method, Progress
+
+
+def info_nce(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Mean of the image->text and text->image cross-entropies, positives on the diagonal."""
+    labels = torch.arange(image.shape[0], device=image.device, dtype=torch.long)
+    logits_per_image = logit_scale * image @ text.T
+    logits_per_text = logit_scale * text @ image.T
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
 class Clip(Method):
     name = "clip"
 
-    def __init__(self, params: dict, num_indices: int) -> None:
-        super().__init__(params, num_indices)
-        self._loss = open_clip.ClipLoss()
-
     def loss(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress) -> LossOutput:
-        value = self._loss(feats.image, feats.text, feats.logit_scale)
+        value = info_nce(feats.image, feats.text, feats.logit_scale)
         return LossOutput(value, {"contrastive_loss": float(value.detach())})

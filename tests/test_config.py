@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.config import load_grid
 from harness.errors import ConfigError
-from harness.grid import expand
+from harness.grid.config import load_grid
+from harness.grid.spec import expand
 
 GOOD = """
 name: t

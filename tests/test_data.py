@@ -10,7 +10,7 @@ import torch
 
 from harness.data import captions, sources
 from harness.data.pool import PoolConfig, build_pool
-from harness.evaluate import TASKS
+from harness.eval.evaluate import TASKS
 
 CLASSNAMES = {"fashion_mnist": sources.FASHION_MNIST_CLASSES, "digits": sources.DIGIT_CLASSES,
               "shapes": sources.SHAPE_CLASSES}

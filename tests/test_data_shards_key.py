@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import io, refcache, store
+from harness import io
 from harness.cli import main
-from harness.config import load_grid, pool_config
 from harness.data import shards
 from harness.data.pool import PoolConfig, ShardSet, absolute_shards, build_pool, shard_set
 from harness.errors import ConfigError
-from harness.grid import expand
+from harness.grid.config import load_grid, pool_config
+from harness.grid.spec import expand
+from harness.run import refcache
+from harness.store import records
 
 SPP = 64  # samples per shard: the 256-sample pool below gives 4 shards
 POOL_GRID = """
@@ -163,7 +165,7 @@ def test_pools_without_shards_keep_their_run_and_cache_ids():
     for spec in specs:
         assert spec["data"]["shards"] is None and spec["data"]["manifest_sha256"] is None
         older = {**spec, "data": {k: v for k, v in spec["data"].items() if k not in ("shards", "manifest_sha256")}}
-        assert io.digest(store.identity(older)) == io.digest(store.identity(spec))
+        assert io.digest(records.identity(older)) == io.digest(records.identity(spec))
         assert refcache.data_identity(older["data"]) == refcache.data_identity(spec["data"])
 
 
@@ -177,11 +179,11 @@ def test_a_sweep_trains_on_a_shard_set_end_to_end(shard_dir, tmp_path, monkeypat
     assert not outcome.launch.failed, outcome.launch.failed
     specs = expand(grid)
     steered = next(s for s in specs if s["method"]["name"] == "drrho")
-    result = io.read_json(store.run_dir(results, steered["run_id"]) / "result.json")
+    result = io.read_json(records.run_dir(results, steered["run_id"]) / "result.json")
     assert result["train"]["pool_size"] == 256 and result["samples_seen"] == 64
     assert "no held-out test images" in result["reference"]["reducible_loss"]["skipped"]
     unit = refcache.cache_units(specs)[0]
-    record = io.read_json(store.run_dir(results, unit["run_id"]) / "result.json")
+    record = io.read_json(records.run_dir(results, unit["run_id"]) / "result.json")
     assert record["pairs"] == 256 and record["data"] == steered["data"]
     capsys.readouterr()
     assert main(["run", str(grid.source), "--results", str(results), "--dry-run"]) == 0

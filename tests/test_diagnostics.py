@@ -1,17 +1,17 @@
-"""Tests for harness.diagnostics: the held-out pool, per-sample losses against open_clip's ClipLoss,
+"""Tests for harness.run.diagnostics: the held-out pool, per-sample losses against open_clip's ClipLoss,
 the reducible loss, and where the reference's scores come from."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from open_clip.loss import ClipLoss  # after harness: its compat guard must load before torchvision
 
 from harness.data.pool import PoolConfig, build_pool
 from harness.data.sources import digits
-from harness.diagnostics import heldout_pool, per_sample_loss, reducible_loss, reference_scores
-from harness.evaluate import evaluate
+from harness.eval.evaluate import evaluate
 from harness.models import build_model, encode
-from open_clip.loss import ClipLoss  # after harness: its compat guard must load before torchvision
+from harness.run.diagnostics import heldout_pool, per_sample_loss, reducible_loss, reference_scores
 
 DATA = PoolConfig(sources=("digits", "shapes"), shapes_count=200, noise=0.3)
 

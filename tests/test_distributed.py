@@ -10,11 +10,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from harness import distributed
 from harness.data.pool import PoolConfig, build_pool
 from harness.models import build_model
-from harness.reference import OnlineReference
-from harness.train import FINAL_MODEL, METRICS, TrainConfig, train
+from harness.run import distributed
+from harness.run.reference import OnlineReference
+from harness.run.train import FINAL_MODEL, METRICS, TrainConfig, train
 from methods import Features, get_method
 
 POOL = PoolConfig(sources=("shapes",), shapes_count=256, noise=0.2)
@@ -125,16 +125,17 @@ stages:
 def test_a_sweep_with_two_processes_per_run_matches_one_process_per_run(tmp_path):
     """Through the real launcher: submitit's local executor starts each run as two tasks that train as one
     gloo process group (the feature cache is built by one task); every result matches the in-process run."""
-    from harness import io, launch
-    from harness.config import load_grid
-    from harness.grid import expand
+    from harness import io
+    from harness.grid.config import load_grid
+    from harness.grid.spec import expand
+    from harness.launch import launcher
 
     results = {}
     for name, executor in (("one", "{kind: debug}"), ("two", "{kind: local, tasks_per_job: 2, max_parallel: 1}")):
         path = tmp_path / f"{name}.yaml"
         path.write_text(GRID.replace("{kind: EXECUTOR}", executor))
         grid = load_grid(path)
-        report = launch.launch(expand(grid), tmp_path / name, grid.executor, log=lambda *_: None)
+        report = launcher.launch(expand(grid), tmp_path / name, grid.executor, log=lambda *_: None)
         assert not report.failed, report.failed
         results[name] = {d.name: io.read_json(d / "result.json") for d in (tmp_path / name / "runs").iterdir()}
     one, two = results["one"], results["two"]

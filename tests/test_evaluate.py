@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import evaluate as ev
+from harness.eval import evaluate as ev
 from harness.models import BuiltModel, build_model
 
 

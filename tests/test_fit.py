@@ -1,4 +1,4 @@
-"""Tests for harness.fit: power-law recovery, refusals, per-method grouping, and a golden case on published data."""
+"""Tests for harness.report.fit: power-law recovery, refusals, per-method grouping, and a golden case on published data."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +7,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.fit import (FitError, PowerLaw, data_efficiency, default_targets, fit_curve, fit_methods, fit_points,
-                         fit_power_law, fit_saturating, frontier_mask, saving_ratio)
+from harness.report.fit import (
+    FitError,
+    PowerLaw,
+    data_efficiency,
+    default_targets,
+    fit_curve,
+    fit_methods,
+    fit_points,
+    fit_power_law,
+    fit_saturating,
+    frontier_mask,
+    saving_ratio,
+)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-OPENCLIP_DIR = SHARED_DATA / "scaling-laws-openclip"
+OPENCLIP_DIR = Path(__file__).resolve().parent / "data" / "scaling-laws-openclip"
 
 
 def test_recovers_exact_power_law():
@@ -143,7 +153,7 @@ def _openclip_imagenet_frontier() -> tuple[np.ndarray, np.ndarray]:
     listed in trained_models_info.csv.
     """
     if not OPENCLIP_DIR.is_dir():
-        pytest.fail(f"published data for the golden fit test is missing: expected {OPENCLIP_DIR} (see ../shared/data/README.md)")
+        pytest.fail(f"published data for the golden fit test is missing: expected {OPENCLIP_DIR} (see tests/data/README.md)")
     results = pd.read_csv(OPENCLIP_DIR / "zeroshot_results.csv")
     trained = pd.read_csv(OPENCLIP_DIR / "trained_models_info.csv")
     arch = pd.read_csv(OPENCLIP_DIR / "arch_info.csv")
@@ -163,7 +173,7 @@ def _openclip_imagenet_frontier() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_golden_openclip_imagenet_scaling_law():
-    """Published (../shared/data/README.md, Cherti et al. 2023 data): E = 5.86 * C^-0.111, C in GMACs."""
+    """Published (tests/data/README.md, Cherti et al. 2023 data): E = 5.86 * C^-0.111, C in GMACs."""
     compute, error = _openclip_imagenet_frontier()
     assert len(compute) == 5
     a, b, r2 = fit_power_law(compute, error)

@@ -1,4 +1,4 @@
-"""Tests for harness.html.render_html: well-formed, self-contained, escaped, sortable and deterministic pages."""
+"""Tests for harness.report.html.render_html: well-formed, self-contained, escaped, sortable and deterministic pages."""
 from __future__ import annotations
 
 import base64
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.html import Image, Table, render_html
+from harness.report.html import Image, Table, render_html
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 HOSTILE = ["<script>alert(1)</script>", 'a"b&c', "<img src=x onerror=alert(1)>", "</td></tr></table><b>x"]

@@ -1,8 +1,10 @@
 """The launcher's bookkeeping, with submitit's DebugExecutor and stand-in jobs."""
 import pytest
 
-from harness import io, launch, store
-from harness.config import ExecutorConfig
+from harness import io
+from harness.grid.config import ExecutorConfig
+from harness.launch import launcher
+from harness.store import records
 
 
 def spec(run_id, reference=None):
@@ -17,39 +19,39 @@ def test_a_job_that_dies_without_a_word_is_recorded_failed_and_its_dependents_to
         started.append(s["run_id"])
         if s["run_id"] == "ref":
             raise MemoryError("killed by the OOM killer")  # dies before run_job could record anything
-        store.finish(store.run_dir(results, s["run_id"]), {"ok": True})
+        records.finish(records.run_dir(results, s["run_id"]), {"ok": True})
 
-    monkeypatch.setattr(launch, "run_job", job)
+    monkeypatch.setattr(launcher, "run_job", job)
     specs = [spec("ref"), spec("child", reference="ref"), spec("free")]
-    report = launch.launch(specs, tmp_path, ExecutorConfig(kind="debug"), log=lambda *_: None)
+    report = launcher.launch(specs, tmp_path, ExecutorConfig(kind="debug"), log=lambda *_: None)
     assert started == ["ref", "free"]  # the reference goes first; its dependent never starts
-    assert store.read_status(store.run_dir(tmp_path, "ref"))["error"] == "MemoryError: killed by the OOM killer"
+    assert records.read_status(records.run_dir(tmp_path, "ref"))["error"] == "MemoryError: killed by the OOM killer"
     assert report.failed["child"].startswith("reference run ref is failed: MemoryError")
-    assert store.state(tmp_path, "child") == "failed" and report.done == ["free"]
+    assert records.state(tmp_path, "child") == "failed" and report.done == ["free"]
 
 
 def test_done_runs_are_skipped_and_larger_compute_starts_first(tmp_path, monkeypatch):
     started = []
-    monkeypatch.setattr(launch, "run_job", lambda s, r, *_: (started.append(s["run_id"]),
-                                                                  store.finish(store.run_dir(r, s["run_id"]), {})))
+    monkeypatch.setattr(launcher, "run_job", lambda s, r, *_: (started.append(s["run_id"]),
+                                                                  records.finish(records.run_dir(r, s["run_id"]), {})))
     small, big, old = spec("small"), {**spec("big"), "model": "tiny-l"}, spec("old")
-    store.finish(store.run_dir(tmp_path, "old"), {})
-    report = launch.launch([small, big, old], tmp_path, ExecutorConfig(kind="debug"), log=lambda *_: None)
+    records.finish(records.run_dir(tmp_path, "old"), {})
+    report = launcher.launch([small, big, old], tmp_path, ExecutorConfig(kind="debug"), log=lambda *_: None)
     assert started == ["big", "small"] and report.skipped == ["old"]
 
 
 @pytest.mark.parametrize("state", ["missing", "running"])
 def test_reference_state_decides_readiness(tmp_path, state):
     if state == "running":
-        store.begin(store.run_dir(tmp_path, "ref"), spec("ref"))
-    assert store.state(tmp_path, "ref") == state
+        records.begin(records.run_dir(tmp_path, "ref"), spec("ref"))
+    assert records.state(tmp_path, "ref") == state
 
 
 def test_a_result_of_an_older_format_is_stale_and_runs_again(tmp_path, monkeypatch):
     started = []
-    monkeypatch.setattr(launch, "run_job", lambda s, r, *_: (started.append(s["run_id"]),
-                                                                  store.finish(store.run_dir(r, s["run_id"]), {})))
-    io.write_json(store.run_dir(tmp_path, "old") / "result.json", {"c_paper": 1.0})  # no compute, no format
-    assert store.state(tmp_path, "old") == "stale"
-    launch.launch([spec("old")], tmp_path, ExecutorConfig(kind="debug"), log=lambda *_: None)
-    assert started == ["old"] and store.state(tmp_path, "old") == "done"
+    monkeypatch.setattr(launcher, "run_job", lambda s, r, *_: (started.append(s["run_id"]),
+                                                                  records.finish(records.run_dir(r, s["run_id"]), {})))
+    io.write_json(records.run_dir(tmp_path, "old") / "result.json", {"c_paper": 1.0})  # no compute, no format
+    assert records.state(tmp_path, "old") == "stale"
+    launcher.launch([spec("old")], tmp_path, ExecutorConfig(kind="debug"), log=lambda *_: None)
+    assert started == ["old"] and records.state(tmp_path, "old") == "done"

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import store
 from harness.data import lazy, shards
 from harness.data.pool import PoolConfig, build_pool
 from harness.models import build_model
-from harness.train import TrainConfig, train
+from harness.run.train import TrainConfig, train
+from harness.store import records
 from methods import get_method
 
 POOL = PoolConfig(sources=("shapes",), shapes_count=256, noise=0.2)
@@ -61,7 +61,7 @@ def test_training_on_the_lazy_pool_is_bit_identical_to_the_in_memory_pool(shard_
     where, _ = shard_set
     reference = build_model("tiny-s")
     reference.model.eval().requires_grad_(False)
-    from harness.reference import OnlineReference
+    from harness.run.reference import OnlineReference
     finals = []
     for name, cfg in (("memory", PoolConfig(shards=str(where))), ("lazy", PoolConfig(shards=str(where), lazy=True))):
         pool = build_pool(cfg)
@@ -77,7 +77,7 @@ def test_training_on_the_lazy_pool_is_bit_identical_to_the_in_memory_pool(shard_
 
 def test_lazy_is_outside_the_run_identity():
     spec = {"data": {"shards": "/x", "manifest_sha256": "0" * 64, "lazy": False}}
-    assert store.identity(spec) == store.identity({"data": {**spec["data"], "lazy": True}})
+    assert records.identity(spec) == records.identity({"data": {**spec["data"], "lazy": True}})
 
 
 def test_an_undecodable_image_is_replaced_by_the_next_row_and_counted(shard_set, tmp_path, monkeypatch):

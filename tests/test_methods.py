@@ -4,12 +4,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-import methods
 from brute_force import brute_fastclip
+
+import harness  # noqa: F401  (torchvision guard before open_clip)
+import methods
 from methods import Features, Progress, get_method
 from methods.drrho import DRRho, drrho_objective
 from methods.gcl import MovingLogMean, gamma_at, off_diagonal
+
 
 def unit(b: int, d: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -149,3 +151,14 @@ def test_unknown_method_lists_registry():
     with pytest.raises(ValueError, match="registered: clip, drrho"):
         get_method("drho")
     assert set(methods.REGISTRY) >= {"clip", "drrho"}
+
+
+def test_clip_loss_is_open_clips_clip_loss_bit_for_bit():
+    import open_clip
+
+    g = torch.Generator().manual_seed(3)
+    image = F.normalize(torch.randn(12, 8, generator=g), dim=-1)
+    text = F.normalize(torch.randn(12, 8, generator=g), dim=-1)
+    scale = torch.tensor(14.3)
+    ours = get_method("clip")({}, 12).loss(Features(image, text, scale), None, torch.arange(12), Progress(0, 0.0))
+    assert torch.equal(ours.loss, open_clip.ClipLoss()(image, text, scale))

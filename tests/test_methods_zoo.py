@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from brute_force import brute_fastclip
 
 import methods
 from methods import Features, Progress, get_method, needs_reference
@@ -12,7 +13,6 @@ from methods.drrho_kd import DRRhoKD
 from methods.fastclip import FastCLIP, fastclip_objective
 from methods.fastclip_kd import FastCLIPKD
 from methods.kd import KD, distillation_loss
-from brute_force import brute_fastclip
 
 
 def unit(b: int, d: int, seed: int) -> torch.Tensor:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.config import load_grid
-from harness.grid import expand
+from harness.eval.tasksets import REAL_TASKS, ROOT_ENV
+from harness.grid.config import load_grid
+from harness.grid.spec import expand
 from harness.models import model_profile
-from harness.tasksets import REAL_TASKS, ROOT_ENV
 
 DFN_PAIRS = 192_160_462
 SHARD_SIZE = 10_000

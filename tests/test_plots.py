@@ -1,4 +1,4 @@
-"""Tests for harness.plots on small hand-built results tables and training logs."""
+"""Tests for harness.report.plots on small hand-built results tables and training logs."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.plots import (data_efficiency_figure, method_colours, read_metrics, save_figure, task_delta_heatmap,
-                           training_curves_figure)
+from harness.report.plots import (
+    data_efficiency_figure,
+    method_colours,
+    read_metrics,
+    save_figure,
+    task_delta_heatmap,
+    training_curves_figure,
+)
 
 TASKS = ["task:digits", "task:shapes"]
 
@@ -151,8 +157,8 @@ def _imagenet_table(gain: bool = False) -> pd.DataFrame:
 
 
 def test_scaling_figure_draws_the_papers_laws_dashed_for_imagenet_error():
-    from harness.fit import fit_methods
-    from harness.plots import PAPER_FITS, scaling_figure
+    from harness.report.fit import fit_methods
+    from harness.report.plots import PAPER_FITS, scaling_figure
 
     table = _imagenet_table()
     fits, _ = fit_methods(table, points="all", n_boot=100)
@@ -168,7 +174,7 @@ def test_scaling_figure_draws_the_papers_laws_dashed_for_imagenet_error():
 
 
 def test_gain_figure_places_each_run_at_its_variance_and_gain():
-    from harness.plots import gain_figure
+    from harness.report.plots import gain_figure
 
     ax = gain_figure(_imagenet_table(gain=True), "w2s").axes[0]
     offsets = np.concatenate([c.get_offsets() for c in ax.collections])

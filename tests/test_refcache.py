@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import io, refcache
-from harness.compute import run_compute
-from harness.config import pool_config
+from harness import io
 from harness.data import shards
 from harness.data.pool import PoolConfig, build_pool
+from harness.grid.config import pool_config
 from harness.models import build_model, encode, model_profile
-from harness.reference import OnlineReference, load_reference
-from harness.train import KEPT_INDICES, METRICS, TrainConfig, train
+from harness.run import refcache
+from harness.run.compute import run_compute
+from harness.run.reference import OnlineReference, load_reference
+from harness.run.train import KEPT_INDICES, METRICS, TrainConfig, train
 from methods import get_method
 
 # the clean subset of a noisy pool: sample indices differ from pool positions, so a lookup by

@@ -10,12 +10,14 @@ import time
 import pytest
 import torch
 
-from harness import io, launch, lease, store
+from harness import io
 from harness.codeversion import CodeChanged, code_version
-from harness.config import ExecutorConfig, load_grid
-from harness.grid import expand
-from harness.job import run_job
-from harness.train import FINAL_MODEL, METRICS, checkpoint_files
+from harness.grid.config import ExecutorConfig, load_grid
+from harness.grid.spec import expand
+from harness.launch import launcher
+from harness.run.job import run_job
+from harness.run.train import FINAL_MODEL, METRICS, checkpoint_files
+from harness.store import lease, records
 
 GRID = """
 name: reliable
@@ -47,8 +49,8 @@ def spec(tmp_path_factory):
 def straight(spec, tmp_path_factory):
     """The uninterrupted run every interrupted one must equal."""
     results = tmp_path_factory.mktemp("straight")
-    assert launch.launch([spec], results, DEBUG, log=quiet).done == [spec["run_id"]]
-    return store.run_dir(results, spec["run_id"])
+    assert launcher.launch([spec], results, DEBUG, log=quiet).done == [spec["run_id"]]
+    return records.run_dir(results, spec["run_id"])
 
 
 def final_state(rdir):
@@ -59,7 +61,7 @@ def final_state(rdir):
 
 def killed_job(spec, results, fault):
     """Run the job in a fresh process that SIGKILLs itself at `fault` (harness.faults)."""
-    code = ("import json, sys; from harness.job import run_job; "
+    code = ("import json, sys; from harness.run.job import run_job; "
             "run_job(json.loads(sys.argv[1]), sys.argv[2], 1, False)")
     env = {**os.environ, "CLIPSTEER_FAULT": fault}
     return subprocess.run([sys.executable, "-c", code, json.dumps(spec), str(results)], env=env,
@@ -79,13 +81,13 @@ KILL_POINTS = [
 def test_a_run_killed_anywhere_completes_on_the_next_launch_bit_identical(spec, straight, tmp_path, fault, where):
     proc = killed_job(spec, tmp_path, fault)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    rdir = store.run_dir(tmp_path, spec["run_id"])
-    assert store.state(tmp_path, spec["run_id"]) == "running"  # as the kill left it: no result, a dead lease
+    rdir = records.run_dir(tmp_path, spec["run_id"])
+    assert records.state(tmp_path, spec["run_id"]) == "running"  # as the kill left it: no result, a dead lease
     assert lease.read(rdir) is not None and lease.holder(rdir) is None
 
-    report = launch.launch([spec], tmp_path, DEBUG, log=quiet)
+    report = launcher.launch([spec], tmp_path, DEBUG, log=quiet)
     assert report.done == [spec["run_id"]], report.failed
-    assert store.attempts(rdir) == 2
+    assert records.attempts(rdir) == 2
     assert not list(rdir.rglob(f"*{io.TMP_SUFFIX}")) and not (rdir / lease.LEASE).exists()
     weights, scores, metrics = final_state(rdir)
     want_weights, want_scores, want_metrics = final_state(straight)
@@ -101,22 +103,22 @@ def test_a_run_killed_anywhere_completes_on_the_next_launch_bit_identical(spec, 
 
 def test_a_full_disk_fails_the_run_with_that_reason_and_keeps_earlier_checkpoints(spec, tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPSTEER_FAULT", "write:step-000000006-*=enospc")
-    report = launch.launch([spec], tmp_path, DEBUG, log=quiet)
-    rdir = store.run_dir(tmp_path, spec["run_id"])
+    report = launcher.launch([spec], tmp_path, DEBUG, log=quiet)
+    rdir = records.run_dir(tmp_path, spec["run_id"])
     assert report.failed[spec["run_id"]].startswith("OSError: [Errno 28] No space left on device")
-    assert store.read_status(rdir)["error"] == report.failed[spec["run_id"]]
+    assert records.read_status(rdir)["error"] == report.failed[spec["run_id"]]
     [kept] = checkpoint_files(rdir)
     assert io.verify_checksummed(kept) and torch.load(kept, weights_only=True)["step"] == 3
     assert not list(rdir.rglob(f"*{io.TMP_SUFFIX}"))
 
     monkeypatch.delenv("CLIPSTEER_FAULT")  # space freed: the run goes on from its last checkpoint
-    assert launch.launch([spec], tmp_path, DEBUG, log=quiet).done == [spec["run_id"]]
+    assert launcher.launch([spec], tmp_path, DEBUG, log=quiet).done == [spec["run_id"]]
     assert io.read_json(rdir / "result.json")["train"]["resumed_from_step"] == 3
 
 
 def test_a_disk_too_full_to_record_the_failure_still_reports_it(spec, tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPSTEER_FAULT", "write:step-000000006-*=enospc,write:error.txt@1+=enospc")
-    report = launch.launch([spec], tmp_path, DEBUG, log=quiet)
+    report = launcher.launch([spec], tmp_path, DEBUG, log=quiet)
     reason = report.failed[spec["run_id"]]
     assert reason.startswith("OSError: [Errno 28] No space left on device") and "not recorded on disk" in reason
 
@@ -125,43 +127,43 @@ def test_a_nan_loss_fails_that_run_with_step_and_parts_and_the_sweep_goes_on(spe
     nan = {**spec, "train": {**spec["train"], "lr": 1e30}, "method": {"name": "clip", "params": {}}}
     nan["run_id"] = "nan-run"
     fine = {**spec, "method": {"name": "clip", "params": {}}, "run_id": "fine-run"}
-    report = launch.launch([nan, fine], tmp_path, DEBUG, log=quiet)
+    report = launcher.launch([nan, fine], tmp_path, DEBUG, log=quiet)
     assert report.done == ["fine-run"]
     assert report.failed["nan-run"].startswith("NonFiniteLoss: non-finite loss nan at step ")
     assert "loss parts: {'contrastive_loss'" in report.failed["nan-run"]
-    table = store.results_table(tmp_path, [nan, fine])
+    table = records.results_table(tmp_path, [nan, fine])
     failed = table.set_index("run_id").loc["nan-run"]
     assert failed.status == "failed" and failed.error == report.failed["nan-run"]
 
 
 def test_a_directory_holding_another_spec_is_never_reused(spec, tmp_path):
-    rdir = store.run_dir(tmp_path, spec["run_id"])
+    rdir = records.run_dir(tmp_path, spec["run_id"])
     other = {**spec, "seed": 99}
     io.write_json(rdir / "spec.json", other)
-    io.write_json(rdir / "result.json", {"format": store.RESULT_FORMAT, "eval": {"average": 0.99}})
-    assert store.state(tmp_path, spec["run_id"], spec) == "conflict"
-    report = launch.launch([spec], tmp_path, DEBUG, log=quiet)
+    io.write_json(rdir / "result.json", {"format": records.RESULT_FORMAT, "eval": {"average": 0.99}})
+    assert records.state(tmp_path, spec["run_id"], spec) == "conflict"
+    report = launcher.launch([spec], tmp_path, DEBUG, log=quiet)
     assert "holds a different spec" in report.failed[spec["run_id"]]
     assert io.read_json(rdir / "spec.json") == other and io.read_json(rdir / "result.json")["eval"]["average"] == 0.99
-    with pytest.raises(store.SpecConflict):
-        store.begin(rdir, spec)
+    with pytest.raises(records.SpecConflict):
+        records.begin(rdir, spec)
 
 
 def test_fields_outside_the_identity_do_not_make_a_conflict(spec, tmp_path):
-    rdir = store.run_dir(tmp_path, spec["run_id"])
+    rdir = records.run_dir(tmp_path, spec["run_id"])
     io.write_json(rdir / "spec.json", {**spec, "train": {**spec["train"], "log_every": 7}})
-    assert store.state(tmp_path, spec["run_id"], spec) == "missing"
+    assert records.state(tmp_path, spec["run_id"], spec) == "missing"
 
 
 def test_a_job_refuses_to_run_on_code_other_than_the_sweeps(spec, tmp_path):
     with pytest.raises(CodeChanged, match="the harness code changed since the sweep started"):
         run_job(spec, tmp_path, 1, False, code="000000000000")
-    assert store.read_status(store.run_dir(tmp_path, spec["run_id"]))["error"].startswith("CodeChanged")
+    assert records.read_status(records.run_dir(tmp_path, spec["run_id"]))["error"].startswith("CodeChanged")
     assert len(code_version()) == 12
 
 
 def test_a_run_held_by_a_live_process_is_not_started_again(spec, tmp_path):
-    rdir = store.run_dir(tmp_path, spec["run_id"])
+    rdir = records.run_dir(tmp_path, spec["run_id"])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         held = lease.acquire(rdir)
@@ -171,7 +173,7 @@ def test_a_run_held_by_a_live_process_is_not_started_again(spec, tmp_path):
         assert held is not None and lease.acquire(rdir) is None
         with pytest.raises(lease.LeaseLost, match="is being worked on by"):
             run_job(spec, tmp_path, 1, False)
-        assert store.attempts(rdir) == 0
+        assert records.attempts(rdir) == 0
     finally:
         other.kill()
         other.wait()
@@ -226,9 +228,9 @@ def test_killed_sweep_then_two_concurrent_reruns_finish_every_run_exactly_once(t
                            timeout=600)
     assert first.returncode == 1  # every job was killed at its third step; dependents failed unstarted
     specs = expand(load_grid(grid))
-    ref_dir = store.run_dir(results, specs[0]["run_id"])
+    ref_dir = records.run_dir(results, specs[0]["run_id"])
     assert checkpoint_files(ref_dir)
-    before = {s["run_id"]: store.attempts(store.run_dir(results, s["run_id"])) for s in specs}
+    before = {s["run_id"]: records.attempts(records.run_dir(results, s["run_id"])) for s in specs}
     assert before[specs[0]["run_id"]] == 1
 
     both = [subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -236,7 +238,7 @@ def test_killed_sweep_then_two_concurrent_reruns_finish_every_run_exactly_once(t
     assert [p.returncode for p in both] == [0, 0], outputs
     assert any("(by another process)" in out for out, _ in outputs)  # the two launches did meet
     for s in specs:
-        rdir = store.run_dir(results, s["run_id"])
-        assert store.state(results, s["run_id"], s) == "done"
-        assert store.attempts(rdir) - before[s["run_id"]] == 1, s["run_id"]  # once, by one of the two launches
+        rdir = records.run_dir(results, s["run_id"])
+        assert records.state(results, s["run_id"], s) == "done"
+        assert records.attempts(rdir) - before[s["run_id"]] == 1, s["run_id"]  # once, by one of the two launches
     assert io.read_json(ref_dir / "result.json")["train"]["resumed_from_step"] == 2

@@ -1,4 +1,4 @@
-"""Tests for harness.report.write_report on a small hand-built results table."""
+"""Tests for harness.report.leaderboard.write_report on a small hand-built results table."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.fit import fit_methods
 from harness.io import read_json
-from harness.report import seed_means, write_report
+from harness.report.fit import fit_methods
+from harness.report.leaderboard import seed_means, write_report
 from tests.test_html import Page
 
 TASKS = ["task:fashion_mnist", "task:digits", "task:shapes_retrieval"]

@@ -1,4 +1,4 @@
-"""Tests for harness.scaling and `clipsteer fit`: CSV input, the JSON document, refusals and bad input."""
+"""Tests for harness.report.scaling and `clipsteer fit`: CSV input, the JSON document, refusals and bad input."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.scaling import FitOptions, analyse, data_savings, read_points_csv
+from harness.report.scaling import FitOptions, analyse, data_savings, read_points_csv
 from tests.test_fit import _openclip_imagenet_frontier
 
 

@@ -736,7 +736,7 @@ def test_webdataset_library_reads_the_shards(pool, shard_dir, tmp_path):
 @pytest.mark.parametrize("image_format", ["png", "npy"])
 def test_make_shards_writes_a_grids_pool_that_reads_back_identical(tmp_path, capsys, image_format):
     from harness.cli import main
-    from harness.config import pool_config
+    from harness.grid.config import pool_config
 
     grid = tmp_path / "g.yaml"
     grid.write_text("name: g\ndata: {sources: [shapes], shapes_count: 96, noise: 0.5}\neval: {tasks: [shapes_retrieval]}\n"

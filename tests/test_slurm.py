@@ -1,4 +1,4 @@
-"""Slurm launching (harness.slurm): config validation, the sbatch script submitit would submit (no
+"""Slurm launching (harness.launch.slurm): config validation, the sbatch script submitit would submit (no
 cluster needed), and requeue-on-preemption of training jobs, simulated with submitit's own signal
 handler in-process and with a real LocalExecutor job that receives the preemption signal."""
 import json
@@ -16,10 +16,19 @@ from submitit.core.job_environment import SignalHandler
 from submitit.core.utils import DelayedSubmission, JobPaths
 from submitit.local.local import LocalJobEnvironment
 
-from harness import io, lease, store
+from harness import io
 from harness.errors import ConfigError
-from harness.slurm import (FIELDS, RequeueLimitError, SlurmConfig, SlurmUnavailableError, TrainingJob,
-                           make_slurm_executor, parse_slurm, requeue_count, requeue_records, sbatch_script)
+from harness.grid.slurm_config import FIELDS, SlurmConfig, parse_slurm
+from harness.launch.slurm import (
+    RequeueLimitError,
+    SlurmUnavailableError,
+    TrainingJob,
+    make_slurm_executor,
+    requeue_count,
+    requeue_records,
+    sbatch_script,
+)
+from harness.store import lease, records
 
 SRC, KEY = "grids/big.yaml", "executor.slurm"
 FULL = {"partition": "gpu,gpu-long", "account": "clip_lab", "qos": "high", "job_name": "clip-sweep",
@@ -269,7 +278,7 @@ def test_the_executor_submits_the_rendered_script_and_a_checkpointable_job(tmp_p
 
 
 def test_checkpoint_resubmits_the_same_call_and_records_each_requeue_up_to_the_bound(tmp_path):
-    spec, rdir = {"run_id": "r1"}, store.run_dir(tmp_path, "r1")
+    spec, rdir = {"run_id": "r1"}, records.run_dir(tmp_path, "r1")
     job = TrainingJob(max_requeues=2, timeout_min=60)
     for n in (1, 2):
         delayed = job.checkpoint(spec, str(tmp_path), 4, False)
@@ -277,25 +286,25 @@ def test_checkpoint_resubmits_the_same_call_and_records_each_requeue_up_to_the_b
         assert delayed.function is job and delayed.args == (spec, str(tmp_path), 4, False) and delayed.kwargs == {}
         assert requeue_count(rdir) == n
     assert job.checkpoint(spec, str(tmp_path), 4, False) is None  # the third signal is refused
-    records = requeue_records(rdir)
-    assert [(r["requeued"], r["count"]) for r in records] == [(True, 1), (True, 2), (False, 2)]
-    assert "max_requeues=2 reached" in records[-1]["why"]
-    assert all(r["signal"] == "SIGUSR2" and r["attempt"] == job.attempt and r["time"] > 0 for r in records)
+    entries = requeue_records(rdir)
+    assert [(r["requeued"], r["count"]) for r in entries] == [(True, 1), (True, 2), (False, 2)]
+    assert "max_requeues=2 reached" in entries[-1]["why"]
+    assert all(r["signal"] == "SIGUSR2" and r["attempt"] == job.attempt and r["time"] > 0 for r in entries)
     assert requeue_count(rdir) == 2 and (rdir / "requeues.jsonl").read_text().count("\n") == 3
 
 
 def test_the_bound_is_per_submission(tmp_path):
-    spec, rdir = {"run_id": "r1"}, store.run_dir(tmp_path, "r1")
+    spec, rdir = {"run_id": "r1"}, records.run_dir(tmp_path, "r1")
     first = TrainingJob(max_requeues=1)
     assert first.checkpoint(spec, tmp_path) is not None and first.checkpoint(spec, tmp_path) is None
     second = TrainingJob(max_requeues=1)  # a later launch of the same run starts a new count
     assert second.checkpoint(spec, tmp_path) is not None
     assert requeue_count(rdir) == 2 and requeue_count(rdir, first.attempt) == requeue_count(rdir, second.attempt) == 1
-    assert requeue_count(store.run_dir(tmp_path, "never")) == 0
+    assert requeue_count(records.run_dir(tmp_path, "never")) == 0
 
 
 def test_a_line_cut_by_a_kill_is_skipped(tmp_path):
-    rdir = store.run_dir(tmp_path, "r1")
+    rdir = records.run_dir(tmp_path, "r1")
     io.append_jsonl(rdir / "requeues.jsonl", {"requeued": True, "attempt": "a"})
     with open(rdir / "requeues.jsonl", "a") as f:
         f.write('{"requeued": tr')
@@ -310,9 +319,9 @@ def test_timeouts_and_preemptions_are_told_apart_by_submitits_rule():
 
 
 def test_the_job_runs_harness_run_job_with_its_arguments(tmp_path, monkeypatch):
-    import harness.job
+    import harness.run.job
     calls = []
-    monkeypatch.setattr(harness.job, "run_job", lambda *args, **kw: calls.append((args, kw)) or {"ok": True})
+    monkeypatch.setattr(harness.run.job, "run_job", lambda *args, **kw: calls.append((args, kw)) or {"ok": True})
     assert TrainingJob()({"run_id": "r1"}, str(tmp_path), 3, False) == {"ok": True}
     assert TrainingJob()({"run_id": "r1"}, str(tmp_path), 3, False, "token", code="v1") == {"ok": True}
     assert calls == [(({"run_id": "r1"}, str(tmp_path), 3, False), {}),
@@ -338,8 +347,8 @@ class SignalledJob(TrainingJob):
     """Its work is a recorded run (as run_job's) during which submitit's own signal handler fires."""
 
     def work(self, spec, results, threads, show):
-        rdir = store.run_dir(Path(results), spec["run_id"])
-        return store.recorded(rdir, spec, lambda: self.handler.checkpoint_and_try_requeue(signal.SIGUSR2))
+        rdir = records.run_dir(Path(results), spec["run_id"])
+        return records.recorded(rdir, spec, lambda: self.handler.checkpoint_and_try_requeue(signal.SIGUSR2))
 
 
 def signalled(tmp_path, monkeypatch, max_requeues):
@@ -360,8 +369,8 @@ def test_a_requeue_leaves_the_run_waiting_not_failed(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as info:
         job(spec, str(tmp_path), 1, False)
     assert info.value.code == 144  # submitit's local "requeue me"
-    rdir = store.run_dir(tmp_path, "r1")
-    status = store.read_status(rdir)
+    rdir = records.run_dir(tmp_path, "r1")
+    status = records.read_status(rdir)
     assert status["state"] == "running" and not (rdir / "error.txt").exists()
     assert lease.read(rdir) is not None  # kept for the requeued job, which joins it with the same token
     assert requeue_count(rdir) == 1
@@ -373,9 +382,9 @@ def test_past_the_bound_the_run_fails_saying_why(tmp_path, monkeypatch):
     job, spec, paths = signalled(tmp_path, monkeypatch, max_requeues=0)
     with pytest.raises(RequeueLimitError, match="max_requeues=0 reached"):
         job(spec, str(tmp_path), 1, False)
-    rdir = store.run_dir(tmp_path, "r1")
-    assert store.state(tmp_path, "r1") == "failed"
-    error = store.read_status(rdir)["error"]
+    rdir = records.run_dir(tmp_path, "r1")
+    assert records.state(tmp_path, "r1") == "failed"
+    error = records.read_status(rdir)["error"]
     assert error.startswith("RequeueLimitError: ") and "max_requeues=0 reached" in error
     assert [r["requeued"] for r in requeue_records(rdir)] == [False] and requeue_count(rdir) == 0
     assert not paths.submitted_pickle.exists()  # nothing resubmitted
@@ -387,7 +396,7 @@ STEPS = 40  # of 50 ms: 2 s of "training"
 class CountingJob(TrainingJob):
     """Counts to STEPS, keeping its progress in the run directory (as training keeps checkpoints), and
     resumes from it. Pickled by value into the LocalExecutor's process; imports nothing heavy (no
-    harness.store), so that each start takes about a second."""
+    harness.store.records), so that each start takes about a second."""
 
     def work(self, spec, results, threads, show):
         rdir = Path(results) / "runs" / spec["run_id"]
@@ -416,7 +425,7 @@ def test_a_preempted_local_job_is_requeued_and_resumes(tmp_path):
     try:
         executor = submitit.LocalExecutor(folder=tmp_path / "submitit", max_num_timeout=3)
         executor.update_parameters(timeout_min=60)
-        rdir = store.run_dir(tmp_path, "r1")
+        rdir = records.run_dir(tmp_path, "r1")
         rdir.mkdir(parents=True)
         job = executor.submit(CountingJob(max_requeues=3, timeout_min=60), {"run_id": "r1"}, str(tmp_path), 1, False)
     finally:
@@ -492,7 +501,7 @@ def test_a_hostile_slurm_value_in_a_grid_is_refused_before_anything_runs(tmp_pat
 
 def test_a_slurm_section_needs_kind_slurm_and_a_local_override_drops_it(tmp_path):
     from harness.cli import _grid_and_executor
-    from harness.config import load_grid
+    from harness.grid.config import load_grid
 
     path = tmp_path / "g.yaml"
     path.write_text(SLURM_GRID.replace("kind: slurm", "kind: local").replace("PARTITION", "gpu"))
@@ -540,16 +549,16 @@ stages:
 
 
 def test_a_stage_waits_for_its_reference_in_the_slurm_queue_not_in_the_client(tmp_path, monkeypatch):
-    from harness import launch
-    from harness.config import load_grid
-    from harness.grid import expand
+    from harness.grid.config import load_grid
+    from harness.grid.spec import expand
+    from harness.launch import launcher
 
     state = queueing_slurm(tmp_path, monkeypatch)
     monkeypatch.setattr(lease, "SQUEUE_CACHE_S", 0.0)  # this test changes the queue and looks again at once
     (tmp_path / "deps.yaml").write_text(DEPENDENT_GRID)
     grid = load_grid(tmp_path / "deps.yaml")
     specs, results = expand(grid), tmp_path / "results"
-    report = launch.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
+    report = launcher.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
 
     reference, plain, steered = (s["run_id"] for s in specs)  # the sweep's clip run reads no reference
     assert sorted(report.queued) == sorted([reference, plain, steered])
@@ -562,23 +571,23 @@ def test_a_stage_waits_for_its_reference_in_the_slurm_queue_not_in_the_client(tm
 
     # The launcher is gone; its heartbeat stopped. Leases hold while squeue lists the jobs, past their expiry.
     for spec in specs:
-        rdir = store.run_dir(results, spec["run_id"])
+        rdir = records.run_dir(results, spec["run_id"])
         record = lease.read(rdir)
         io.write_json(rdir / lease.LEASE, {**record, "expires": time.time() - 1})
         assert lease.holder(rdir) is not None and "slurm job" in lease.describe(record)
-    again = launch.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
+    again = launcher.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
     assert not again.queued and len(list(state.glob("job-*.sh"))) == 3  # nothing submitted twice
 
     (state / "queue").write_text("")  # the jobs left the queue without a result (cancelled)
-    assert all(lease.holder(store.run_dir(results, s["run_id"])) is None for s in specs)
+    assert all(lease.holder(records.run_dir(results, s["run_id"])) is None for s in specs)
 
 
 def test_only_a_slurm_launch_can_leave_its_runs_queued(tmp_path):
-    from harness import launch
-    from harness.config import ExecutorConfig
+    from harness.grid.config import ExecutorConfig
+    from harness.launch import launcher
 
     with pytest.raises(ValueError, match="only a Slurm launch"):
-        launch.launch([], tmp_path, ExecutorConfig(kind="local"), wait=False)
+        launcher.launch([], tmp_path, ExecutorConfig(kind="local"), wait=False)
 
 
 def test_run_no_wait_leaves_the_sweep_queued_and_refuses_a_local_executor(tmp_path, monkeypatch, capsys):

@@ -3,10 +3,12 @@ import subprocess
 import sys
 import textwrap
 
-from harness import io, launch, lease, store, sweep
+from harness import io, sweep
 from harness.cli import main
-from harness.config import ExecutorConfig, load_grid
-from harness.grid import expand
+from harness.grid.config import ExecutorConfig, load_grid
+from harness.grid.spec import expand
+from harness.launch import launcher
+from harness.store import lease, records
 
 GRID = """
 name: st
@@ -31,12 +33,12 @@ def grid_file(tmp_path, samples):
 def test_status_names_each_state_with_its_detail(tmp_path, capsys):
     path, results = grid_file(tmp_path, "32, 64, 96, 128, 160"), tmp_path / "out"
     done, failed, interrupted, running, missing = expand(load_grid(path))
-    store.finish(store.run_dir(results, done["run_id"]), {"eval": {"average": 0.25}})
-    store.fail(store.run_dir(results, failed["run_id"]), RuntimeError("boom\nlast line"))
+    records.finish(records.run_dir(results, done["run_id"]), {"eval": {"average": 0.25}})
+    records.fail(records.run_dir(results, failed["run_id"]), RuntimeError("boom\nlast line"))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     for spec, pid in ((interrupted, int(dead.stdout)), (running, None)):
-        rdir = store.run_dir(results, spec["run_id"])
-        store.begin(rdir, spec)
+        rdir = records.run_dir(results, spec["run_id"])
+        records.begin(rdir, spec)
         held = lease.acquire(rdir)
         if pid is not None:  # the process that held it is gone
             record = io.read_json(rdir / lease.LEASE)
@@ -52,7 +54,7 @@ def test_status_names_each_state_with_its_detail(tmp_path, capsys):
     assert "done" in lines[done["run_id"]] and "average 0.2500" in lines[done["run_id"]]
     assert "failed" in lines[failed["run_id"]] and "RuntimeError: last line" in lines[failed["run_id"]]
     assert "interrupted" in lines[interrupted["run_id"]] and "resumes from step 6" in lines[interrupted["run_id"]]
-    assert "running" in lines[running["run_id"]] and f"on {lease.describe(lease.read(store.run_dir(results, running['run_id'])))}" in lines[running["run_id"]]
+    assert "running" in lines[running["run_id"]] and f"on {lease.describe(lease.read(records.run_dir(results, running['run_id'])))}" in lines[running["run_id"]]
     assert "missing" in lines[missing["run_id"]]
 
 
@@ -61,7 +63,7 @@ def test_runs_of_an_edited_grid_are_kept_apart_and_shown_only_when_asked(tmp_pat
     for samples in ("32", "64"):  # the grid file is edited between two sweeps
         specs = expand(load_grid(grid_file(tmp_path, samples)))
         io.write_json(results / sweep.SPECS, {"grid": "st", "source": "st.yaml", "specs": specs})
-        assert launch.launch(specs, results, ExecutorConfig(kind="debug"), log=lambda *_: None).done
+        assert launcher.launch(specs, results, ExecutorConfig(kind="debug"), log=lambda *_: None).done
     _, table = sweep.results_of(results)
     assert table.samples_seen.tolist() == [64] and table.stage.tolist() == ["s"]
     _, everything = sweep.results_of(results, include_earlier=True)

@@ -5,10 +5,10 @@ import sys
 import textwrap
 
 import pandas as pd
-import torch
 import pytest
+import torch
 
-from harness import store
+from harness.store import records
 
 GRID = """
 name: e2e
@@ -96,7 +96,7 @@ def test_runs_with_a_reference_record_the_weak_to_strong_gain_and_reducible_loss
     assert (drrho.reducible_var > 0).all() and drrho.reducible_mean.notna().all()
     assert done.loc[done.method == "clip", "gain"].isna().all()  # no reference, no gain
     result = json.loads((results / "runs" / drrho.run_id.iloc[0] / "result.json").read_text())
-    assert result["reference"]["reducible_loss"]["n"] == 1024 and result["format"] == store.RESULT_FORMAT
+    assert result["reference"]["reducible_loss"]["n"] == 1024 and result["format"] == records.RESULT_FORMAT
     metrics = [json.loads(line) for line in (results / "runs" / drrho.run_id.iloc[0] / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= m["noisy_fraction"] <= 1 for m in metrics)
 
@@ -106,7 +106,7 @@ def test_a_failed_run_is_recorded_with_its_reason_and_does_not_stop_the_others(s
     table = pd.read_csv(results / "leaderboard.csv")
     failed = table[table.status == "failed"]
     assert failed.stage.tolist() == ["broken"]
-    status = store.read_status(results / "runs" / failed.run_id.item())
+    status = records.read_status(results / "runs" / failed.run_id.item())
     assert status["state"] == "failed" and status["error"]
     assert "FAILED" in first.stderr + first.stdout
 
@@ -147,7 +147,7 @@ def test_report_command_rebuilds_the_report(sweep):
 
 def test_every_registered_method_runs_a_tiny_sweep_end_to_end(tmp_path):
     from harness import sweep
-    from harness.config import load_grid
+    from harness.grid.config import load_grid
     from harness.models import model_profile
     from methods import REGISTRY
 

@@ -20,12 +20,12 @@ import yaml
 from PIL import Image
 from sklearn.metrics import f1_score
 
-from harness import evaluate as ev
-from harness import tasksets as ts
 from harness.cli import main
-from harness.config import parse_grid
 from harness.data.sources import fashion_mnist
 from harness.errors import ConfigError
+from harness.eval import evaluate as ev
+from harness.eval import tasksets as ts
+from harness.grid.config import parse_grid
 from harness.models import BuiltModel, build_model
 
 GRID = {"name": "t", "data": {"sources": ["shapes"], "shapes_count": 512}, "train": {"batch_size": 32},

@@ -8,9 +8,19 @@ import torch
 
 from harness.data.pool import PoolConfig, build_pool
 from harness.models import build_model
-from harness.reference import OnlineReference
-from harness.train import (CHECKPOINTS, FINAL_MODEL, KEPT_INDICES, METRICS, NonFiniteLoss, TrainConfig, batch_positions,
-                           checkpoint_files, lr_at, train)
+from harness.run.reference import OnlineReference
+from harness.run.train import (
+    CHECKPOINTS,
+    FINAL_MODEL,
+    KEPT_INDICES,
+    METRICS,
+    NonFiniteLoss,
+    TrainConfig,
+    batch_positions,
+    checkpoint_files,
+    lr_at,
+    train,
+)
 from methods import get_method
 from methods.base import LossOutput
 
@@ -205,7 +215,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_training_falls_back(pool, tmp_pat
 
 def test_checkpoints_follow_the_clock_as_well_as_the_step_count(pool, tmp_path, monkeypatch):
     clock = iter(range(0, 10_000, 100))  # every perf_counter call moves time on by 100 s
-    monkeypatch.setattr("harness.train.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("harness.run.train.time.perf_counter", lambda: next(clock))
     cfg = TrainConfig(**{**CFG.__dict__, "checkpoint_minutes": 3.0})
     train(fresh(), get_method("clip")({}, pool.num_indices), pool, 6 * 32, cfg, 0, tmp_path, show_progress=False)
     steps = sorted(torch.load(f, weights_only=True)["step"] for f in (tmp_path / CHECKPOINTS).glob("*.pt*"))
@@ -233,7 +243,7 @@ def test_speed_options_keep_the_math_and_bf16_stays_close(pool, tmp_path):
 
 def test_compiling_keeps_open_clips_weight_names():
     """The model is compiled in place (nn.Module.compile), so checkpoints and model.pt load into open_clip."""
-    from harness.train import _prepare
+    from harness.run.train import _prepare
 
     built = fresh()
     names = list(built.model.state_dict())

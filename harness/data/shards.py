@@ -30,7 +30,7 @@ For training, iterate_batches gives batches (stable indices, images, caption tok
 where they are read, optionally read by worker processes (a torch DataLoader) that split the shards
 between them as webdataset does, each counting what it skips.
 
-Feature shards (the reference-feature cache, harness.refcache) use the same container:
+Feature shards (the reference-feature cache, harness.run.refcache) use the same container:
 `<key>.image.npy` and `<key>.text.npy` (one row each, float) per sample index; reading them back
 gives tables [num_indices, D] indexed by sample index, the layout of refcache's features.pt.
 """
@@ -1284,7 +1284,7 @@ def read_pool(urls: str | Path | Sequence[str | Path], manifest: Any = "auto", *
 
 @dataclass
 class FeatureTable:
-    """Feature rows by sample index, the layout of a reference-feature cache (harness.refcache):
+    """Feature rows by sample index, the layout of a reference-feature cache (harness.run.refcache):
     image [num_indices, D_image] and text [num_indices, D_text], zero where `present` is false."""
 
     image: torch.Tensor

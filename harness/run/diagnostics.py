@@ -21,10 +21,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness import io, store
+from harness import io
 from harness.data.pool import ImageTextPool, PoolConfig, build_pool
-from harness.evaluate import evaluate
+from harness.eval.evaluate import evaluate
 from harness.models import BuiltModel, encode
+from harness.store import records
 
 HELDOUT_SIZE = 1024
 HELDOUT_BATCH = 256
@@ -73,7 +74,7 @@ def reference_scores(ref: dict[str, Any], reference: BuiltModel, tasks: list[str
     """The reference's zero-shot scores on `tasks`: read from its own run when that run evaluated every one
     of them (same suite), else computed here."""
     if ref["kind"] == "run":
-        path = store.run_dir(results, ref["run_id"]) / "eval.json"
+        path = records.run_dir(results, ref["run_id"]) / "eval.json"
         scores = io.read_json(path)
         if set(tasks) <= set(scores["tasks"]):
             return scores

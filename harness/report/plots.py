@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
-from matplotlib.collections import LineCollection
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from harness.fit import PowerLaw
 from harness.io import read_jsonl, save_with
+from harness.report.fit import PowerLaw
 
 COMPUTE_AXES = {"c_paper": "C_paper", "c_total": "C_total"}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]

@@ -12,20 +12,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from harness import io, store
-from harness.config import GridConfig, ReferenceConfig, StageConfig, pool_config
+from harness import io
 from harness.data.pool import absolute_shards, shard_set
 from harness.errors import ConfigError
-from harness.evaluate import SUITE_VERSION
-from harness.refcache import check_cache
-from harness.train import TrainConfig
+from harness.eval.evaluate import SUITE_VERSION
+from harness.grid.config import GridConfig, ReferenceConfig, StageConfig, pool_config
+from harness.run.refcache import check_cache
+from harness.run.train import TrainConfig
+from harness.store import records
 from methods import get_method, needs_reference
 
 
 def run_id(spec: dict[str, Any]) -> str:
     """A readable, stable id: stage-method-model-samples-seed plus 10 hex digits of the hash of identity(spec)."""
     return (f"{spec['stage']}-{spec['method']['name']}-{spec['model']}-n{spec['samples_seen']}-s{spec['seed']}-"
-            f"{io.digest(store.identity(spec))}")
+            f"{io.digest(records.identity(spec))}")
 
 
 def expand(grid: GridConfig) -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-import harness  # noqa: F401  (torchvision guard before clip_benchmark and open_clip)
 import numpy as np
 import open_clip
 import torch
@@ -30,6 +29,7 @@ from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch.utils.data import DataLoader
 
+import harness  # noqa: F401  (torchvision guard before clip_benchmark and open_clip)
 from harness.models import BuiltModel
 
 ROOT_ENV = "CLIPSTEER_EVAL_ROOT"

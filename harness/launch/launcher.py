@@ -1,10 +1,10 @@
 """Launch a grid's runs through submitit, skipping what is already done, references first.
 
-The units launched are the runs plus the reference-feature caches they read (harness.refcache);
+The units launched are the runs plus the reference-feature caches they read (harness.run.refcache);
 a unit starts once the units it requires (its reference run, its cache) are done. Local sweeps are
 throttled here (submitit's LocalExecutor starts every job at once): at most `max_parallel` jobs run,
 each with `cpus_per_job` threads. A failed run is recorded and does not stop the others; runs whose
-reference failed are recorded as failed unstarted. Runs are taken under leases (harness.lease), so
+reference failed are recorded as failed unstarted. Runs are taken under leases (harness.store.lease), so
 concurrent launches of one grid run each run once.
 """
 from __future__ import annotations
@@ -18,11 +18,13 @@ import submitit
 from submitit.local.debug import DebugJob
 from tqdm import tqdm
 
-from harness import codeversion, lease, refcache, store
-from harness.config import ExecutorConfig
-from harness.job import run_job
+from harness import codeversion
+from harness.grid.config import ExecutorConfig
+from harness.launch.slurm import TrainingJob, dependency_parameters, job_environment, make_slurm_executor
 from harness.models import model_profile
-from harness.slurm import TrainingJob, dependency_parameters, job_environment, make_slurm_executor
+from harness.run import refcache
+from harness.run.job import run_job
+from harness.store import lease, records
 
 
 @dataclass
@@ -39,7 +41,7 @@ class LaunchReport:
 
 def pending(specs: list[dict[str, Any]], results: Path) -> list[dict[str, Any]]:
     """Specs that have no finished result under `results` (missing, failed, stale or interrupted)."""
-    return [s for s in specs if not store.is_done(results, s)]
+    return [s for s in specs if not records.is_done(results, s)]
 
 
 def requirements(unit: dict[str, Any]) -> set[str]:
@@ -92,13 +94,13 @@ class _Launch:
         """Take the run's lease and submit it (on Slurm, to start after jobs `after`, and owned by its Slurm
         job as well); a run another process holds is watched instead, and one finished since this launch
         looked is counted as done by others."""
-        run_id, rdir = spec["run_id"], store.run_dir(self.results, spec["run_id"])
+        run_id, rdir = spec["run_id"], records.run_dir(self.results, spec["run_id"])
         held = lease.acquire(rdir)
         if held is None:
             self.elsewhere[run_id] = spec
             self.log(f"  running elsewhere {run_id} ({lease.describe(lease.read(rdir))}): waiting for it")
             return
-        now = store.state(self.results, run_id, spec)
+        now = records.state(self.results, run_id, spec)
         if now in ("done", "conflict"):
             lease.release(held)
             bar.update(1)
@@ -135,8 +137,8 @@ class _Launch:
             self.heartbeat.discard(held)
             lease.release(held)
         for run_id, spec in list(self.elsewhere.items()):
-            rdir = store.run_dir(self.results, run_id)
-            now = store.state(self.results, run_id)
+            rdir = records.run_dir(self.results, run_id)
+            now = records.state(self.results, run_id)
             if now != "done" and lease.holder(rdir) is not None:
                 continue
             del self.elsewhere[run_id]
@@ -145,7 +147,7 @@ class _Launch:
                 bar.update(1)
                 self.log(f"  done    {run_id} (by another process)")
             elif now == "failed":
-                self.report.failed[run_id] = store.read_status(rdir)["error"]
+                self.report.failed[run_id] = records.read_status(rdir)["error"]
                 bar.update(1)
                 self.log(f"  FAILED  {run_id} (in another process): {self.report.failed[run_id]}")
             else:
@@ -153,14 +155,14 @@ class _Launch:
                 self.log(f"  {run_id}: its process died; taking it over")
 
     def _failed(self, run_id: str, error: BaseException) -> None:
-        rdir = store.run_dir(self.results, run_id)
-        reason = store.reason(error)
+        rdir = records.run_dir(self.results, run_id)
+        reason = records.reason(error)
         try:
-            if store.state(self.results, run_id) != "failed":  # killed (OOM, SIGKILL) before it could say so
-                store.fail(rdir, error)
-            reason = store.read_status(rdir)["error"]
+            if records.state(self.results, run_id) != "failed":  # killed (OOM, SIGKILL) before it could say so
+                records.fail(rdir, error)
+            reason = records.read_status(rdir)["error"]
         except OSError as unrecorded:  # e.g. a full disk: the failure is reported here, not on disk
-            reason += f" (not recorded on disk: {store.reason(unrecorded)})"
+            reason += f" (not recorded on disk: {records.reason(unrecorded)})"
         self.report.failed[run_id] = reason
         self.log(f"  FAILED  {run_id}: {reason}")
 
@@ -181,7 +183,7 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
     Units without a pending requirement start at once (up to max_parallel), whatever their stage,
     so a reference stage does not leave cores idle. Among ready units, those that others require
     go first, then the largest compute first (so the sweep does not end on one long run). Each run is
-    started under its lease (harness.lease): a run another `clipsteer run` works on is waited for, not
+    started under its lease (harness.store.lease): a run another `clipsteer run` works on is waited for, not
     started twice, and taken over if that process dies.
     """
     if not wait and cfg.slurm is None:
@@ -236,15 +238,15 @@ def _ready(run: _Launch, bar: tqdm, scheduler: bool = False) -> list[tuple[dict[
         if (unmet - submitted) & waiting:
             continue
         unmet -= submitted
-        missing = sorted(r for r in unmet if r in report.failed or store.state(results, r) != "done")
+        missing = sorted(r for r in unmet if r in report.failed or records.state(results, r) != "done")
         if not missing:
             ready.append((spec, tuple(sorted(run.running[r][0].job_id for r in submitted))))
         else:
-            status = store.read_status(store.run_dir(results, missing[0])) or {}
+            status = records.read_status(records.run_dir(results, missing[0])) or {}
             what = "feature cache" if missing[0].startswith(f"{refcache.KIND}-") else "reference run"
-            reason = f"{what} {missing[0]} is {store.state(results, missing[0])}" + (
+            reason = f"{what} {missing[0]} is {records.state(results, missing[0])}" + (
                 f": {status['error']}" if status.get("error") else "")
-            store.fail_unstarted(store.run_dir(results, spec["run_id"]), spec, reason)
+            records.fail_unstarted(records.run_dir(results, spec["run_id"]), spec, reason)
             report.failed[spec["run_id"]] = reason
             run.queue.remove(spec)
             bar.update(1)

@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
-from harness import codeversion, io, store
-from harness.config import pool_config
+from harness import codeversion, io
 from harness.data import shards
 from harness.data.pool import build_pool
+from harness.grid.config import pool_config
 from harness.models import model_profile
-from harness.reference import CachedReference, load_reference, pool_features
+from harness.run.reference import CachedReference, load_reference, pool_features
+from harness.store import records
 
 FEATURES = "features.pt"  # the earlier format: one table, still read
 FEATURE_SHARDS = "features"  # feature shards beside the pool's (harness.data.shards), with their manifest
@@ -41,9 +42,9 @@ def reference_identity(ref: dict[str, Any]) -> dict[str, Any]:
 
 
 def data_identity(data: dict[str, Any]) -> dict[str, Any]:
-    """What makes a pool what it is: a spec's data as the run identity counts it (store.identity), so a field
+    """What makes a pool what it is: a spec's data as the run identity counts it (records.identity), so a field
     added later at its old-behaviour default leaves existing caches' ids and records matching."""
-    return store.identity({"data": data})["data"]
+    return records.identity({"data": data})["data"]
 
 
 def cache_unit(spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -72,7 +73,7 @@ def cache_dir(spec: dict[str, Any], results: Path) -> Path | None:
     ref = spec.get("reference")
     if not ref or ref.get("features") != "cached":
         return None
-    where = Path(ref["cache"]) if ref.get("cache") else store.run_dir(results, cache_unit(spec)["run_id"])
+    where = Path(ref["cache"]) if ref.get("cache") else records.run_dir(results, cache_unit(spec)["run_id"])
     return where.resolve()
 
 
@@ -131,14 +132,14 @@ def load_cache(path: Path, ref: dict[str, Any], data: dict[str, Any], device: st
 def build_cache_job(unit: dict[str, Any], results: str | Path, threads: int = 1, show_progress: bool = True,
                     lease_token: str | None = None, code: str | None = None) -> dict[str, Any]:
     """Compute and store the features of cache `unit` under `results` (the function submitit runs; the
-    lease and code version as in harness.job.run_job)."""
-    rdir = store.run_dir(Path(results), unit["run_id"])
+    lease and code version as in harness.run.job.run_job)."""
+    rdir = records.run_dir(Path(results), unit["run_id"])
 
     def work() -> dict[str, Any]:
         codeversion.check(code)
         return write_cache(rdir, unit["reference"], unit["data"], Path(results), threads, show_progress, unit["device"])
 
-    return store.recorded(rdir, unit, work, lease_token)
+    return records.recorded(rdir, unit, work, lease_token)
 
 
 def write_cache(rdir: Path, ref: dict[str, Any], data: dict[str, Any], results: Path, threads: int = 1,

@@ -7,9 +7,11 @@ from typing import Any
 
 import pandas as pd
 
-from harness import io, lease, refcache, store
-from harness.slurm import requeue_count
-from harness.train import checkpoint_files, checkpoint_step
+from harness import io
+from harness.launch.slurm import requeue_count
+from harness.run import refcache
+from harness.run.train import checkpoint_files, checkpoint_step
+from harness.store import lease, records
 
 
 def run_states(specs: list[dict[str, Any]], results: Path) -> pd.DataFrame:
@@ -17,9 +19,9 @@ def run_states(specs: list[dict[str, Any]], results: Path) -> pd.DataFrame:
     units = refcache.cache_units(specs) + list(specs)
     rows = []
     for unit in units:
-        rdir = store.run_dir(results, unit["run_id"])
-        state = store.state(results, unit["run_id"], unit)
-        status = store.read_status(rdir) or {}
+        rdir = records.run_dir(results, unit["run_id"])
+        state = records.state(results, unit["run_id"], unit)
+        status = records.read_status(rdir) or {}
         detail = ""
         if state == "failed":
             detail = status.get("error") or ""
@@ -39,7 +41,7 @@ def run_states(specs: list[dict[str, Any]], results: Path) -> pd.DataFrame:
             detail = "the directory holds a different spec under this id"
         requeued = requeue_count(rdir)
         rows.append({"run_id": unit["run_id"], "stage": unit.get("stage", "cache"), "state": state,
-                     "attempts": store.attempts(rdir), "requeued": requeued, "detail": detail})
+                     "attempts": records.attempts(rdir), "requeued": requeued, "detail": detail})
     return pd.DataFrame(rows, columns=["run_id", "stage", "state", "attempts", "requeued", "detail"])
 
 
@@ -47,7 +49,7 @@ def orphans(specs: list[dict[str, Any]], results: Path) -> list[dict[str, Any]]:
     """Specs of the run directories under `results` that the grid no longer names (an edited grid file):
     kept on disk, left out of the leaderboard unless asked for."""
     known = {u["run_id"] for u in refcache.cache_units(specs) + list(specs)}
-    runs = Path(results) / store.RUNS
+    runs = Path(results) / records.RUNS
     found = []
     for spec_file in sorted(runs.glob("*/spec.json")) if runs.is_dir() else []:
         if spec_file.parent.name not in known:

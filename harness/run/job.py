@@ -14,15 +14,17 @@ from typing import Any
 
 import torch
 
-from harness import codeversion, distributed, faults, io, refcache, store
-from harness.compute import run_compute
-from harness.config import pool_config
+from harness import codeversion, faults, io
 from harness.data.pool import build_pool
-from harness.diagnostics import reference_diagnostics
-from harness.evaluate import evaluate
+from harness.eval.evaluate import evaluate
+from harness.grid.config import pool_config
 from harness.models import build_model
-from harness.reference import OnlineReference, load_reference
-from harness.train import TrainConfig, train
+from harness.run import distributed, refcache
+from harness.run.compute import run_compute
+from harness.run.diagnostics import reference_diagnostics
+from harness.run.reference import OnlineReference, load_reference
+from harness.run.train import TrainConfig, train
+from harness.store import records
 from methods import get_method
 
 
@@ -30,12 +32,12 @@ def run_job(spec: dict[str, Any], results: str | Path, threads: int = 1, show_pr
             lease_token: str | None = None, code: str | None = None) -> dict[str, Any]:
     """Execute the run `spec` under `results` (under the launcher's lease `lease_token`, and refusing to run
     if the harness code is not the version `code` the sweep started with); returns and stores its result."""
-    rdir = store.run_dir(Path(results), spec["run_id"])
+    rdir = records.run_dir(Path(results), spec["run_id"])
     with distributed.joined(spec["train"]["device"]) as world:
         work = functools.partial(_execute, spec, Path(results), rdir, threads, show_progress, code, world)
         if not world.main:  # another rank of a data-parallel job: it trains its share; rank 0 records the run
             return work()
-        return store.recorded(rdir, spec, work, lease_token)
+        return records.recorded(rdir, spec, work, lease_token)
 
 
 def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show_progress: bool,

@@ -3,18 +3,17 @@
 (PNG and SVG)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-import dataclasses
-
 import pandas as pd
 
-from harness import html, plots
 from harness.io import write_json, write_text
-from harness.plots import COMPUTE_AXES, task_columns
-from harness.fit import points_from_results
-from harness.scaling import FitOptions, analyse, data_savings, interval_text
+from harness.report import html, plots
+from harness.report.fit import points_from_results
+from harness.report.plots import COMPUTE_AXES, task_columns
+from harness.report.scaling import FitOptions, analyse, data_savings, interval_text
 
 COMPUTE_NOTE = (
     "Compute: C_paper = forward GFLOPs per image-text pair of the trained model x samples seen "

@@ -20,11 +20,11 @@ from safetensors import safe_open
 
 from harness.data.pool import EMBEDDED_FIELDS, PoolConfig
 from harness.errors import ConfigError, check_int, did_you_mean
-from harness.evaluate import TASKS
+from harness.eval.evaluate import TASKS
+from harness.eval.tasksets import REAL_TASKS, SETS, MissingData, check_data, expand
+from harness.grid.slurm_config import SlurmConfig, parse_slurm
 from harness.models import check_model_name, preset_names
-from harness.slurm import SlurmConfig, parse_slurm
-from harness.tasksets import REAL_TASKS, SETS, MissingData, check_data, expand
-from harness.train import TrainConfig
+from harness.run.train import TrainConfig
 from methods import REGISTRY, get_method, needs_reference
 
 EXECUTORS = ("local", "debug", "slurm")

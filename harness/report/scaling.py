@@ -11,7 +11,15 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import ConfigError
-from harness.fit import CI_LEVEL, DEFAULT_BOOT, PowerLaw, data_efficiency, default_targets, fit_table, saving_ratio
+from harness.report.fit import (
+    CI_LEVEL,
+    DEFAULT_BOOT,
+    PowerLaw,
+    data_efficiency,
+    default_targets,
+    fit_table,
+    saving_ratio,
+)
 
 CSV_COLUMNS = ("method", "compute", "error")
 

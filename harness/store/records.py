@@ -3,7 +3,7 @@
 results/<grid>/runs/<run_id>/
     spec.json      the run's spec (what the id hashes)
     status.json    state: running | done | failed, with times, host, pid, error
-    lease.json     which live process works on the run now (harness.lease)
+    lease.json     which live process works on the run now (harness.store.lease)
     attempts.jsonl one line per start of the run (host, pid, time)
     metrics.jsonl  training log;  checkpoints/step-*-<sha256>.pt;  model.pt (final weights)
     eval.json      per-task metrics and the average
@@ -21,8 +21,9 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from harness import io, lease
-from harness.compute import PARTS, c_total
+from harness import io
+from harness.run.compute import PARTS, c_total
+from harness.store import lease
 
 RUNS = "runs"
 RESULT_FORMAT = 3  # version of result.json's fields; 2 added the compute breakdown (C_total), 3 the reference diagnostics
@@ -181,7 +182,7 @@ def reference_run_ids(specs: list[dict[str, Any]]) -> set[str]:
 def results_table(results: Path, specs: list[dict[str, Any]], cache_shares: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per spec (done or failed; never-started runs are left out), in the report schema.
 
-    Compute columns: C_paper, its companions (harness.compute.PARTS) and C_total, which adds each
+    Compute columns: C_paper, its companions (harness.run.compute.PARTS) and C_total, which adds each
     run's share of a reference-feature cache from `cache_shares` (run id -> GFLOPs)."""
     cache_shares = cache_shares or {}
     reference_ids = reference_run_ids(specs)

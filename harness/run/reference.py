@@ -7,7 +7,7 @@ reference is frozen: eval mode, no gradients.
 Training asks a feature source for the reference's features of a batch or of the whole pool:
 `OnlineReference` runs the reference model on the batch being trained (augmented as the learner
 sees it); `CachedReference` looks them up by sample index in features computed once per pool
-sample (harness.refcache), so a run using it does no reference forward pass at all. Without
+sample (harness.run.refcache), so a run using it does no reference forward pass at all. Without
 augmentation both give the same features up to float rounding, hence the same trajectory.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from harness import store
 from harness.models import BuiltModel, build_model, encode
-from harness.train import FINAL_MODEL
+from harness.run.train import FINAL_MODEL
+from harness.store import records
 from methods import Features
 
 POOL_CHUNK = 256
@@ -33,10 +33,10 @@ class ReferenceNotReady(RuntimeError):
 def load_reference(ref: dict[str, Any], results: Path, device: str = "cpu") -> BuiltModel:
     """Build and freeze the reference model that `ref` (a spec's 'reference' entry) names."""
     if ref["kind"] == "run":
-        state = store.state(results, ref["run_id"])
+        state = records.state(results, ref["run_id"])
         if state != "done":
             raise ReferenceNotReady(f"reference run {ref['run_id']} is {state}")
-        source = str(store.run_dir(results, ref["run_id"]) / FINAL_MODEL)
+        source = str(records.run_dir(results, ref["run_id"]) / FINAL_MODEL)
     elif ref["kind"] == "checkpoint":
         source = ref["path"]
     else:

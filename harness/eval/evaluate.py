@@ -4,7 +4,7 @@ A task is a test set plus its zero-shot prompts; `register` adds an in-memory on
 the model through its own preprocessing (`BuiltModel.preprocess`), from the same uint8 storage
 resolution the training pool uses. Each task reports one main metric (DataComp convention:
 top-1 accuracy, or the mean of image and text recall@1) and `average` is their unweighted mean.
-Beside them, the real-data tasks of `harness.tasksets` (DataComp's 38, read from disk) are
+Beside them, the real-data tasks of `harness.eval.tasksets` (DataComp's 38, read from disk) are
 evaluated by name too, each with DataComp's main metric.
 """
 from __future__ import annotations
@@ -14,16 +14,16 @@ import functools
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import harness  # noqa: F401  (torchvision guard before clip_benchmark and open_clip)
 import torch
 import tqdm
 from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
+import harness  # noqa: F401  (torchvision guard before clip_benchmark and open_clip)
 from harness.data.pool import PoolConfig, as_image_tensor
 from harness.data.sources import SHAPE_CLASSES, SHAPE_COLOURS, SHAPE_SIZES, digits, fashion_mnist, shapes_grid
+from harness.eval.tasksets import REAL_TASKS, check_data, score_task
 from harness.models import BuiltModel
-from harness.tasksets import REAL_TASKS, check_data, score_task
 
 SUITE_VERSION = "clipsteer-eval-1"  # bump when a task's data or prompts change
 IMAGE_SIZE = PoolConfig.image_size  # uint8 storage resolution, as in the training pool

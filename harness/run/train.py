@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from harness import distributed, faults, io
+from harness import faults, io
 from harness.models import BuiltModel, encode
+from harness.run import distributed
 from methods import Features, Method, Progress
 
 CHECKPOINTS = "checkpoints"
@@ -160,14 +161,14 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
           run_dir: Path, reference: Any = None, show_progress: bool = True) -> TrainSummary:
     """Train `built.model` on `pool` with `method` for exactly `samples_seen` samples.
 
-    `reference` is a feature source (harness.reference: OnlineReference or CachedReference) when
+    `reference` is a feature source (harness.run.reference: OnlineReference or CachedReference) when
     the method needs one. A method with a static selection trains on the subset it picks once;
     the kept sample indices are saved in the run directory (and reused on resume). Resumes from
     the newest intact checkpoint in run_dir/checkpoints (a damaged one is set aside, saying so); writes
     metrics.jsonl, checkpoints every `checkpoint_every` steps and `checkpoint_minutes` minutes and at the
     end, and model.pt (open_clip-loadable weights).
 
-    Inside a process group (harness.distributed) every rank calls this with the same arguments: each
+    Inside a process group (harness.run.distributed) every rank calls this with the same arguments: each
     encodes its share of the global batch of cfg.batch_size, the loss is the global batch's, and only
     rank 0 writes files.
     """

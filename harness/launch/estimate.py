@@ -1,6 +1,6 @@
 """Dry-run estimates: the GPU-hours a grid's runs would take, from their compute and a stated throughput.
 
-FLOPs of a run, from harness.compute's forward GFLOPs: trained samples count 3x their forward FLOPs
+FLOPs of a run, from harness.run.compute's forward GFLOPs: trained samples count 3x their forward FLOPs
 (forward and backward, the backward pass costing about twice the forward), every other pass 1x (the
 learner's no-gradient scoring of super-batches, the reference on the fly, the filter's pool scoring);
 a reference-feature cache counts its one forward pass over the pool, once. Evaluation, data loading
@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from harness import io
-from harness.compute import run_compute
-from harness.config import ExecutorConfig, pool_config
 from harness.data.lazy import INDEX_BYTES_PER_SAMPLE
 from harness.data.pool import ShardSet, build_pool, shard_set
 from harness.errors import ConfigError
+from harness.grid.config import ExecutorConfig, pool_config
 from harness.models import model_profile
+from harness.run.compute import run_compute
 from methods import get_method
 
 TRAIN_FACTOR = 3.0  # forward + backward of a trained sample, in forwards

@@ -1,0 +1,1 @@
+"""Grid files: validation into typed configs, expansion into run specs with stable ids."""

@@ -1,0 +1,1 @@
+"""Launching: executors (local, debug, Slurm), leases taken, stage dependencies, estimates, status."""

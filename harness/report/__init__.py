@@ -1,0 +1,1 @@
+"""Reports: fits and scaling analysis, the leaderboard, plots and the HTML page."""

@@ -1,0 +1,1 @@
+"""The result store: run directories and their records, leases."""
