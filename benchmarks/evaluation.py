@@ -8,7 +8,8 @@ from typing import Any
 
 from benchmarks.fixtures import demo_grid, demo_pool, demo_train, fresh_model, scratch
 from benchmarks.timing import GroupResult, Result, Settings, interleave, ratio, seconds
-from harness.eval.evaluate import TASKS, evaluate
+from harness.eval.evaluate import evaluate
+from harness.eval.tasks import TASKS
 from harness.models import BuiltModel
 from harness.run.train import steps_per_epoch, train
 from methods import get_method

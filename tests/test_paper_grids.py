@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.eval.tasksets import REAL_TASKS, ROOT_ENV
+from harness.eval.tasksets import DATACOMP, ROOT_ENV
 from harness.grid.config import load_grid
 from harness.grid.spec import expand
 from harness.models import model_profile
@@ -38,7 +38,7 @@ def dfn(tmp_path, monkeypatch) -> Path:
         "shards": [{"name": f"shard-{i:06d}.tar", "count": n, "sha256": f"{i:064x}"} for i, n in enumerate(counts)]}))
     monkeypatch.setenv("DFN192M", str(root))
     evals = tmp_path / "eval"
-    for task in REAL_TASKS.values():
+    for task in DATACOMP:
         for required in task.required():
             path = evals / task.folder / required
             path.parent.mkdir(parents=True, exist_ok=True)

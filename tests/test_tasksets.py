@@ -24,7 +24,9 @@ from harness.cli import main
 from harness.data.sources import fashion_mnist
 from harness.errors import ConfigError
 from harness.eval import evaluate as ev
+from harness.eval import tasks
 from harness.eval import tasksets as ts
+from harness.eval.embedded import EmbeddedTask
 from harness.grid.config import parse_grid
 from harness.models import BuiltModel, build_model
 
@@ -104,22 +106,23 @@ def built() -> BuiltModel:
 
 def test_datacomp_has_its_38_tasks_with_their_main_metrics():
     names = [t.name for t in ts.DATACOMP]
-    assert len(names) == len(set(names)) == 38 == len(ts.SETS["datacomp"])
+    assert len(names) == len(set(names)) == 38 == len(tasks.SETS["datacomp"])
     assert len({t.key for t in ts.DATACOMP}) == len({t.folder for t in ts.DATACOMP}) == 38
     assert {"FairFace", "UTKFace"}.isdisjoint(names)  # no main metric in DataComp: not in its average
     assert {t.name: t.metric for t in ts.DATACOMP if t.metric != "acc1"} == SPECIAL
-    assert ts.REAL_TASKS["ImageNet 1k"].folder == "wds_imagenet1k_test"
-    assert ts.REAL_TASKS["Caltech-101"].dataset == "wds/vtab/caltech101"
-    assert ts.REAL_TASKS["Dollar Street"].folder == "wds_dollar_street_test"  # 'fairness/' dropped, as DataComp
-    assert set(ts.SETS["imagenet"]) <= set(names) and len(ts.SETS["imagenet"]) == 7
-    assert set(ts.REAL_TASKS).isdisjoint(ev.TASKS)
+    assert tasks.TASKS["ImageNet 1k"].folder == "wds_imagenet1k_test"
+    assert tasks.TASKS["Caltech-101"].dataset == "wds/vtab/caltech101"
+    assert tasks.TASKS["Dollar Street"].folder == "wds_dollar_street_test"  # 'fairness/' dropped, as DataComp
+    assert set(tasks.SETS["imagenet"]) <= set(names) and len(tasks.SETS["imagenet"]) == 7
+    assert all(isinstance(tasks.TASKS[n], ts.RealTask) for n in names)
+    assert {t.name for t in tasks.TASKS.values() if isinstance(t, EmbeddedTask)}.isdisjoint(names)
 
 
 def test_grid_expands_task_sets(tmp_path, monkeypatch):
     monkeypatch.setenv(ts.ROOT_ENV, str(_stub_root(tmp_path)))
     grid = parse_grid(_grid(["fashion_mnist", "imagenet", "datacomp", "ImageNet 1k"]), "g.yaml")
-    assert grid.eval_tasks[:8] == ("fashion_mnist", *ts.SETS["imagenet"])
-    assert len(grid.eval_tasks) == 39 and set(grid.eval_tasks) == {"fashion_mnist", *ts.SETS["datacomp"]}
+    assert grid.eval_tasks[:8] == ("fashion_mnist", *tasks.SETS["imagenet"])
+    assert len(grid.eval_tasks) == 39 and set(grid.eval_tasks) == {"fashion_mnist", *tasks.SETS["datacomp"]}
     assert parse_grid(_grid(["digits", "fashion_mnist"]), "g.yaml").eval_tasks == ("digits", "fashion_mnist")
     with pytest.raises(ConfigError, match=r"eval.tasks\[0\]: unknown task 'imagenet1k' \(did you mean 'imagenet'\?\)"):
         parse_grid(_grid(["imagenet1k"]), "g.yaml")
@@ -153,8 +156,8 @@ def test_missing_data_exits_2_and_fails_evaluation_before_it_starts(tmp_path, mo
     path.write_text(yaml.safe_dump(_grid(["ImageNet v2"])))
     assert main(["run", str(path), "--dry-run"]) == 2
     assert f"task 'ImageNet v2' has no data at {tmp_path / 'nowhere' / 'wds_imagenetv2_test'}" in capsys.readouterr().err
-    monkeypatch.setattr(ev, "TASKS", {**ev.TASKS, "digits": dataclasses.replace(ev.TASKS["digits"], load=None)})
-    with pytest.raises(ts.MissingData, match="ImageNet v2"):  # raised before 'digits' would be loaded
+    monkeypatch.setitem(tasks.TASKS, "digits", dataclasses.replace(tasks.TASKS["digits"], load=None))
+    with pytest.raises(tasks.MissingData, match="ImageNet v2"):  # raised before 'digits' would be loaded
         ev.evaluate(built, ["digits", "ImageNet v2"])
 
 
@@ -163,15 +166,15 @@ def test_missing_data_exits_2_and_fails_evaluation_before_it_starts(tmp_path, mo
 def test_datacomp_average_takes_each_tasks_main_metric():
     metrics = {"acc1": 0.5, "mean_per_class_recall": 0.3, "mean_recall@1": 0.2, "jaccard_score_10-12": 0.1,
                "F1-macro_all": 0.4, "acc_worst_region": 0.6, "acc_top5_wg": 0.7, "acc_wg": 0.8}
-    tasks = {name: {**metrics, "main_metric": 0.0} for name in ts.SETS["datacomp"]}
+    scores = {name: {**metrics, "main_metric": 0.0} for name in tasks.SETS["datacomp"]}
     # 27 tasks on acc1, 4 on mean per-class recall, 2 on retrieval recall, one each on the other five metrics
     expected = (27 * 0.5 + 4 * 0.3 + 2 * 0.2 + 0.1 + 0.4 + 0.6 + 0.7 + 0.8) / 38
-    assert ts.datacomp_average(tasks) == pytest.approx(expected) == pytest.approx(17.7 / 38)
-    assert ts.datacomp_average({**tasks, "digits": {"acc1": 1.0}}) == pytest.approx(expected)
+    assert ts.datacomp_average(scores) == pytest.approx(expected) == pytest.approx(17.7 / 38)
+    assert ts.datacomp_average({**scores, "digits": {"acc1": 1.0}}) == pytest.approx(expected)
     with pytest.raises(ValueError, match="missing: GeoDE"):
-        ts.datacomp_average({n: m for n, m in tasks.items() if n != "GeoDE"})
+        ts.datacomp_average({n: m for n, m in scores.items() if n != "GeoDE"})
     with pytest.raises(ValueError, match="missing: FMoW"):
-        ts.datacomp_average({**tasks, "FMoW": {"acc1": 0.5}})
+        ts.datacomp_average({**scores, "FMoW": {"acc1": 0.5}})
 
 
 def test_group_and_winogavil_metrics_by_hand():
@@ -252,7 +255,7 @@ def test_oracle_scores_are_datacomps_metrics_exactly(tmp_path, monkeypatch, buil
     samples = [{"png": _png(_colour(i)), "cls": label[i], "npy": np.array([i % 4, 0, 0])} for i in ids]
     folder = _write_wds(tmp_path / "wds_mnist_test", samples, shards=3, classnames=classes)
     for task in ("GeoDE", "Dollar Street", "FMoW", "iWildCam"):
-        shutil.copytree(folder, tmp_path / ts.REAL_TASKS[task].folder)
+        shutil.copytree(folder, tmp_path / tasks.TASKS[task].folder)
     texts = {t.format(c=c): F.one_hot(torch.tensor(k), 6).float() for k, c in enumerate(classes) for t in TEMPLATES}
     # the class at rank r (0 = first) scores 6 - r
     images = {i: torch.tensor([6.0 - (k - label[i] + shift[i]) % 6 for k in range(6)]) for i in ids}

@@ -5,7 +5,8 @@ tasks are the webdataset copies DataComp's `download_evalsets.py` writes (`wds_<
 clip_benchmark's `wds/` builder with the classnames and templates that ship with them). Flickr and MSCOCO are
 clip_benchmark's webdataset copies of the same Karpathy test splits (`wds_flickr30k/`, `wds_mscoco_captions/`),
 and WinoGAViL, which clip_benchmark has no builder for, is its CSV with one image per candidate. Task names,
-main metrics and the average follow DataComp's tasklist.yml and evaluate.py.
+main metrics and the average follow DataComp's tasklist.yml and evaluate.py. Each task registers in
+`harness.eval.tasks`, with the sets "datacomp" (DataComp's 38, a fixed list) and "imagenet".
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import open_clip
@@ -24,12 +25,13 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 from clip_benchmark.datasets.builder import build_dataset, image_captions_collate_fn
-from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
+from clip_benchmark.metrics import zeroshot_classification
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch.utils.data import DataLoader
 
 import harness  # noqa: F401  (torchvision guard before clip_benchmark and open_clip)
+from harness.eval.tasks import MissingData, Task, register, register_set, retrieval_scores
 from harness.models import BuiltModel
 
 ROOT_ENV = "CLIPSTEER_EVAL_ROOT"
@@ -38,7 +40,7 @@ WINOGAVIL_CSV = "winogavil_dataset.csv"
 
 
 @dataclass(frozen=True)
-class RealTask:
+class RealTask(Task):
     """A task on data from disk: DataComp's name and tasklist key, its main metric, and where its data lives."""
 
     name: str
@@ -55,6 +57,20 @@ class RealTask:
         if self.kind == "retrieval":
             return "test/nshards.txt", "dataset_type.txt"
         return WINOGAVIL_CSV, "images"
+
+    def check_data(self) -> None:
+        """MissingData if the evaluation root is unset or a required path of the task's folder is absent."""
+        data_folder(self)
+
+    def score(self, built: BuiltModel, device: str, amp: bool, batch_size: int) -> tuple[dict, list[str]]:
+        """Zero-shot metrics of `built` on this task (DataComp's, its main metric among them) and the templates used."""
+        folder = data_folder(self)
+        transform = eval_transform(built)
+        if self.kind == "classification":
+            return _classification(self, folder, built, transform, device, amp, batch_size)
+        if self.kind == "retrieval":
+            return _retrieval_metrics(self, folder, built, transform, device, amp, batch_size), []
+        return _winogavil(folder, built, transform, device, amp, batch_size), ["A {c}", "An {c}"]
 
 
 def _wds(name: str, key: str, metric: str = "acc1") -> RealTask:
@@ -107,26 +123,12 @@ DATACOMP = (
     _wds("Dollar Street", "fairness/dollar_street", "acc_top5_wg"),
     _wds("GeoDE", "fairness/geode", "acc_wg"),
 )
-REAL_TASKS: dict[str, RealTask] = {t.name: t for t in DATACOMP}
+for _task in DATACOMP:
+    register(_task)
+register_set("datacomp", tuple(t.name for t in DATACOMP))
 # ImageNet-1k and the six distribution shifts DataComp reports beside it.
-SETS: dict[str, tuple[str, ...]] = {
-    "datacomp": tuple(REAL_TASKS),
-    "imagenet": ("ImageNet 1k", "ImageNet Sketch", "ImageNet v2", "ImageNet-A", "ImageNet-O", "ImageNet-R",
-                 "ObjectNet"),
-}
-
-
-class MissingData(ValueError):
-    """A real-data task whose data is not on disk (or no evaluation root is set); names the task and the path."""
-
-    def __init__(self, task: str, message: str) -> None:
-        self.task = task
-        super().__init__(message)
-
-
-def expand(names: Iterable[str]) -> list[str]:
-    """Task names with each set name replaced by its tasks; the first occurrence of a task is kept."""
-    return list(dict.fromkeys(t for name in names for t in SETS.get(name, (name,))))
+register_set("imagenet", ("ImageNet 1k", "ImageNet Sketch", "ImageNet v2", "ImageNet-A", "ImageNet-O", "ImageNet-R",
+                          "ObjectNet"))
 
 
 def data_folder(task: RealTask) -> Path:
@@ -143,20 +145,6 @@ def data_folder(task: RealTask) -> Path:
     return folder
 
 
-def check_data(names: Iterable[str]) -> None:
-    """Raise MissingData for the first of the named real-data tasks whose data is missing, counting the others."""
-    problems = []
-    for name in names:
-        try:
-            data_folder(REAL_TASKS[name])
-        except MissingData as e:
-            problems.append(e)
-    if problems:
-        first, rest = problems[0], [p.task for p in problems[1:]]
-        more = f"; {len(rest)} more task(s) miss theirs too: {', '.join(rest)}" if rest else ""
-        raise MissingData(first.task, f"{first}{more}")
-
-
 def datacomp_average(tasks: Mapping[str, Mapping[str, float]]) -> float:
     """DataComp's "Average": the unweighted mean of its 38 tasks' main metrics (each task's own, per tasklist.yml).
 
@@ -171,21 +159,6 @@ def datacomp_average(tasks: Mapping[str, Mapping[str, float]]) -> float:
 def eval_transform(built: BuiltModel) -> Callable[[Image.Image], torch.Tensor]:
     """open_clip's inference preprocessing for `built` (resize, centre crop, normalise), applied to PIL images."""
     return open_clip.image_transform(built.image_size, is_train=False, mean=built.mean, std=built.std)
-
-
-def score_task(task: RealTask, built: BuiltModel, device: str, amp: bool,
-               batch_size: int) -> tuple[dict, list[str]]:
-    """Zero-shot scores of `built` on `task` ({"main_metric", "metric", metrics...}) and the templates it used."""
-    folder = data_folder(task)
-    transform = eval_transform(built)
-    if task.kind == "classification":
-        metrics, templates = _classification(task, folder, built, transform, device, amp, batch_size)
-    elif task.kind == "retrieval":
-        metrics, templates = _retrieval_metrics(task, folder, built, transform, device, amp, batch_size), []
-    else:
-        metrics, templates = _winogavil(folder, built, transform, device, amp, batch_size), ["A {c}", "An {c}"]
-    metrics = {k: float(v) for k, v in metrics.items()}
-    return {"main_metric": metrics[task.metric], "metric": task.metric, **metrics}, templates
 
 
 def _build(task: RealTask, folder: Path, transform: Callable, kind: str):
@@ -246,10 +219,7 @@ def _retrieval_metrics(task: RealTask, folder: Path, built: BuiltModel, transfor
                        batch_size: int) -> dict[str, float]:
     dataset = _build(task, folder, transform, "zeroshot_retrieval")
     loader = DataLoader(dataset.batched(batch_size, collation_fn=image_captions_collate_fn), batch_size=None)
-    metrics = zeroshot_retrieval.evaluate(built.model, loader, built.tokenizer, device, amp=amp,
-                                          recall_k_list=[1, 5, 10])
-    metrics["mean_recall@1"] = (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]) / 2
-    return metrics
+    return retrieval_scores(built, loader, device, amp, [1, 5, 10])
 
 
 def _winogavil(folder: Path, built: BuiltModel, transform: Callable, device: str, amp: bool,

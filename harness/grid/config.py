@@ -20,8 +20,7 @@ from safetensors import safe_open
 
 from harness.data.pool import EMBEDDED_FIELDS, PoolConfig
 from harness.errors import ConfigError, check_int, did_you_mean
-from harness.eval.evaluate import TASKS
-from harness.eval.tasksets import REAL_TASKS, SETS, MissingData, check_data, expand
+from harness.eval.tasks import MissingData, UnknownTask, check_data, resolve
 from harness.grid.slurm_config import SlurmConfig, parse_slurm
 from harness.models import check_model_name, preset_names
 from harness.run.train import TrainConfig
@@ -315,21 +314,15 @@ def _check_train(train: dict, src: str, key: str) -> None:
 
 
 def _check_tasks(tasks: tuple[str, ...], src: str) -> tuple[str, ...]:
-    """The grid's tasks with task set names expanded (a task listed twice is kept once). Every name must be known,
-    and every real-data task's data must be under $CLIPSTEER_EVAL_ROOT now, not after hours of training."""
-    known = [*TASKS, *SETS, *REAL_TASKS]
-    available = (f"{', '.join(sorted(TASKS))}; task sets: {', '.join(f'{s} ({len(SETS[s])} tasks)' for s in SETS)}"
-                 " or one of their tasks by its DataComp name")
-    if not tasks:
-        raise ConfigError(src, "eval.tasks", f"at least one task is required; available: {available}")
-    for i, t in enumerate(tasks):
-        if t not in known:
-            raise ConfigError(src, f"eval.tasks[{i}]", f"unknown task {t!r}{did_you_mean(t, known)}; available: {available}")
-    expanded = expand(tasks)
+    """The grid's tasks with task set names expanded (a task listed twice is kept once), through the evaluation
+    registry. Every name must be known, and every on-disk task's data must be there now, not after hours of training."""
     try:
-        check_data([t for t in expanded if t in REAL_TASKS])
+        expanded = resolve(tasks)
+        check_data(expanded)
+    except UnknownTask as e:
+        raise ConfigError(src, "eval.tasks" if e.index is None else f"eval.tasks[{e.index}]", str(e)) from None
     except MissingData as e:
-        first = next(i for i, t in enumerate(tasks) if e.task in expand([t]))
+        first = next(i for i, t in enumerate(tasks) if e.task in resolve([t]))
         raise ConfigError(src, f"eval.tasks[{first}]", str(e)) from None
     return tuple(expanded)
 
