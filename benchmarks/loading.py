@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from benchmarks.batch_stream import WORKER_PREFETCH, BatchStream, iterate_batches
 from benchmarks.fixtures import BareClip, demo_pool, demo_train, fresh_model, scratch
 from benchmarks.timing import Goal, GroupResult, Result, Settings, interleave, ratio, seconds
 from harness.data import shards
@@ -41,12 +42,12 @@ def write_demo_shards(pool: ImageTextPool, where: Path, image_format: str) -> fl
 
 
 def shard_loader(where: Path, tokenizer: Callable[[list[str]], torch.Tensor], batch_size: int,
-                 num_workers: int) -> tuple[Loader, shards.BatchStream]:
-    """A webdataset loader over the shards in `where` (harness.data.shards.iterate_batches): a resampled stream,
+                 num_workers: int) -> tuple[Loader, BatchStream]:
+    """A webdataset loader over the shards in `where` (benchmarks.batch_stream.iterate_batches): a resampled stream,
     shuffle buffer SHUFFLE_BUFFER, batched and tokenized where it is read (in this process, or in `num_workers`
     worker processes), augmented here as the training loop does; and its stream, for the read statistics."""
-    stream = shards.iterate_batches(where, batch_size, tokenizer, shuffle_buffer=SHUFFLE_BUFFER, seed=0,
-                                    resample=True, num_workers=num_workers)
+    stream = iterate_batches(where, batch_size, tokenizer, shuffle_buffer=SHUFFLE_BUFFER, seed=0,
+                             resample=True, num_workers=num_workers)
     steps = itertools.count()
 
     def batches(size: int) -> Batches:
@@ -74,7 +75,7 @@ def run(settings: Settings, out: Path) -> GroupResult:
     producers = loaders(pool, consumer.tokens)
     ready: dict[str, int] = {}    # batches a loader's workers may have made in advance of a timed call
     goals: dict[str, Goal | None] = {name: GOAL for name in producers}
-    streams: dict[str, shards.BatchStream] = {}
+    streams: dict[str, BatchStream] = {}
     written: dict[str, float] = {}
     with scratch() as where:
         for image_format in shards.IMAGE_FORMATS:
@@ -84,7 +85,7 @@ def run(settings: Settings, out: Path) -> GroupResult:
                 name = (f"webdataset shards (harness.data.shards), {image_format.upper()} images, "
                         + (f"{workers} worker processes" if workers else "read in this process") + ", augment on")
                 producers[name], streams[name] = shard_loader(folder, consumer.built.tokenizer, cfg.batch_size, workers)
-                ready[name] = workers * shards.WORKER_PREFETCH
+                ready[name] = workers * WORKER_PREFETCH
                 goals[name] = GOAL if workers else None
         cases: dict[str, Callable[[], float]] = {
             name: (lambda make=make, skip=ready.get(name, 0): rate(make(cfg.batch_size), cfg.batch_size, skip))
@@ -104,18 +105,18 @@ def run(settings: Settings, out: Path) -> GroupResult:
                            note="'must be >> 1', taken as at least 10x" if goals[name]
                            else "the same reader in the main process, for comparison") for name in producers]
     result.facts["loaders"] = list(producers)
-    result.facts["webdataset_loader"] = "harness.data.shards.iterate_batches"
+    result.facts["webdataset_loader"] = "benchmarks.batch_stream.iterate_batches"
     result.facts["webdataset_read"] = read
     result.notes.append(
         f"Loading: {BATCHES_PER_CALL} batches per timed call; consumption is the median of 5 bare clip steps (tiny-s, "
         "one torch thread). `benchmarks.loading.loaders` is the hook for more loaders. The webdataset loader "
-        f"(harness.data.shards.iterate_batches) streams {SHARD_SAMPLES:,} demo-pool samples written with "
+        f"(benchmarks.batch_stream.iterate_batches) streams {SHARD_SAMPLES:,} demo-pool samples written with "
         f"harness.data.shards.write_shards (tmpfs; PNG images, the default, or npy arrays), resampled, shuffle buffer "
         f"{SHUFFLE_BUFFER} per reader; the reader decodes, batches and tokenizes (each distinct caption once), the "
         f"main process augments. Each is timed read in the main process (report only) and read by {LOADER_WORKERS} "
         f"worker processes (torch DataLoader; this machine has {os.cpu_count()} cores), the goal's cases. Workers "
         "keep reading between timed calls, as they would during training: the up to "
-        f"{LOADER_WORKERS}x{shards.WORKER_PREFETCH} batches they have ready when a call starts are taken before its "
+        f"{LOADER_WORKERS}x{WORKER_PREFETCH} batches they have ready when a call starts are taken before its "
         "clock starts, so the rate is what they sustain.")
     return result
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from harness.data import captions, sources
-from harness.data.pool import PoolConfig, build_pool
-from harness.eval.evaluate import TASKS
+from harness.data.build import build_pool
+from harness.data.pool import PoolConfig
+from harness.eval.embedded import embedded_tasks
 
 CLASSNAMES = {"fashion_mnist": sources.FASHION_MNIST_CLASSES, "digits": sources.DIGIT_CLASSES,
               "shapes": sources.SHAPE_CLASSES}
@@ -101,7 +102,7 @@ def test_shape_pixels_match_their_attributes():
 # --- captions ----------------------------------------------------------------------------------
 
 def test_caption_sets_of_classes_are_disjoint_and_not_eval_prompts():
-    eval_prompts = {p for task in TASKS.values() for p in task.prompts()}
+    eval_prompts = {p for task in embedded_tasks() for p in task.prompts()}
     seen: set[str] = set()
     for source, names in CLASSNAMES.items():
         for label in range(len(names)):
@@ -190,7 +191,7 @@ def test_default_pool_has_every_source_and_no_eval_prompt():
     pool = build_pool(PoolConfig(noise=0.1))
     assert len(pool) == 60000 + 1437 + 5000 and len(pool.classnames) == 25
     assert torch.equal(torch.unique(pool.labels), torch.arange(25))
-    eval_prompts = {p for task in TASKS.values() for p in task.prompts()}
+    eval_prompts = {p for task in embedded_tasks() for p in task.prompts()}
     assert not set(pool.captions) & eval_prompts
 
 
@@ -210,7 +211,7 @@ def test_every_text_fits_the_tiny_context_untruncated(preset):
 
     texts = [c for source, names in CLASSNAMES.items() for label in range(len(names))
              for c in captions.all_captions(source, label)]
-    texts += [p for task in TASKS.values() for p in task.prompts()]
+    texts += [p for task in embedded_tasks() for p in task.prompts()]
     tokens = build_model(preset).tokenizer(texts)
     assert (tokens[:, -1] == 0).all()  # a truncated text would fill the last position
 

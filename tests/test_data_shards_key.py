@@ -11,7 +11,9 @@ import torch
 from harness import io
 from harness.cli import main
 from harness.data import shards
-from harness.data.pool import PoolConfig, ShardSet, absolute_shards, build_pool, shard_set
+from harness.data.build import build_pool
+from harness.data.pool import PoolConfig
+from harness.data.shardset import ShardSet, absolute_shards, shard_set
 from harness.errors import ConfigError
 from harness.grid.config import load_grid, pool_config
 from harness.grid.spec import expand

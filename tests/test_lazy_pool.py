@@ -2,14 +2,18 @@
 bit-identical to one on the in-memory pool, damaged samples replaced and counted, the index cached."""
 from __future__ import annotations
 
+import gzip
+import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from harness import io
 from harness.data import lazy, shards
-from harness.data.pool import PoolConfig, build_pool
+from harness.data.build import build_pool
+from harness.data.pool import PoolConfig
 from harness.models import build_model
 from harness.run.train import TrainConfig, train
 from harness.store import records
@@ -86,7 +90,7 @@ def test_an_undecodable_image_is_replaced_by_the_next_row_and_counted(shard_set,
     broken.mkdir()
     for f in where.iterdir():
         broken.joinpath(f.name).write_bytes(f.read_bytes())
-    manifest = shards.io.read_json(broken / shards.MANIFEST)
+    manifest = io.read_json(broken / shards.MANIFEST)
     first = manifest["shards"][0]
     path = broken / first["name"]
     with tarfile.open(path) as tar:
@@ -95,8 +99,8 @@ def test_an_undecodable_image_is_replaced_by_the_next_row_and_counted(shard_set,
     data = bytearray(path.read_bytes())
     data[member.offset_data:member.offset_data + member.size] = b"\0" * member.size  # same size, not a PNG
     path.write_bytes(bytes(data))
-    first["sha256"] = shards.io.file_sha256(path)
-    shards.io.write_json(broken / shards.MANIFEST, manifest)
+    first["sha256"] = io.file_sha256(path)
+    io.write_json(broken / shards.MANIFEST, manifest)
 
     pool = build_pool(PoolConfig(shards=str(broken), lazy=True))
     row = int((pool.indices == victim).nonzero())
@@ -113,9 +117,22 @@ def test_a_shard_that_does_not_match_its_manifest_is_refused(shard_set, tmp_path
     broken.mkdir()
     for f in where.iterdir():
         broken.joinpath(f.name).write_bytes(f.read_bytes())
-    name = shards.io.read_json(broken / shards.MANIFEST)["shards"][1]["name"]
+    name = io.read_json(broken / shards.MANIFEST)["shards"][1]["name"]
     (broken / name).write_bytes((broken / name).read_bytes()[:-1024])
     with pytest.raises(ValueError, match="does not match the SHA-256 in its manifest"):
+        build_pool(PoolConfig(shards=str(broken), lazy=True))
+
+
+def test_a_shard_that_is_not_a_tar_file_is_refused(shard_set, tmp_path):
+    where, _ = shard_set
+    broken = tmp_path / "broken"
+    shutil.copytree(where, broken)
+    manifest = io.read_json(broken / shards.MANIFEST)
+    path = broken / manifest["shards"][2]["name"]
+    path.write_bytes(gzip.compress(path.read_bytes(), mtime=0))  # a streaming reader reads it, a seeking one cannot
+    manifest["shards"][2]["sha256"] = io.file_sha256(path)
+    io.write_json(broken / shards.MANIFEST, manifest)
+    with pytest.raises(ValueError, match="is not a readable tar file"):
         build_pool(PoolConfig(shards=str(broken), lazy=True))
 
 

@@ -1,4 +1,5 @@
-"""Webdataset shards of a pool and of reference features: write, read back, skip damaged samples."""
+"""Webdataset shards of a pool and of reference features: write, read back, skip damaged samples; and the
+loading benchmark's batch stream over them (benchmarks.batch_stream)."""
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,12 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.batch_stream import _TokenCache, iterate_batches
 from harness.data import shards
-from harness.data.pool import PoolConfig, build_pool
+from harness.data.build import build_pool
+from harness.data.pool import PoolConfig
+from harness.data.shards import write as shards_write
+from harness.data.shards.decode import load_npy
 
 SPP = 64  # samples per shard: 256 samples -> 4 shards
 
@@ -169,14 +174,14 @@ def test_rewrite_removes_stale_shards_and_a_failed_write_leaves_no_manifest(pool
     assert json.loads((tmp_path / "manifest.json").read_text())["pattern"] == "shard-{000000..000001}.tar"
 
     calls = itertools.count()
-    real_png = shards._png
+    real_png = shards_write._png
 
     def failing_png(image):
         if next(calls) == 200:
             raise RuntimeError("disk full")
         return real_png(image)
 
-    monkeypatch.setattr(shards, "_png", failing_png)
+    monkeypatch.setattr(shards_write, "_png", failing_png)
     with pytest.raises(RuntimeError, match="disk full"):
         shards.write_shards(pool, tmp_path, 128)
     assert not (tmp_path / "manifest.json").exists()
@@ -463,19 +468,19 @@ def test_npy_images_round_trip_and_damaged_arrays_are_skipped(pool, tmp_path):
 def test_load_npy_is_np_load(array):
     for version in ((1, 0), (2, 0)):
         data = _npy_bytes(array, version)
-        got, want = shards._load_npy(data), np.load(_io.BytesIO(data))
+        got, want = load_npy(data), np.load(_io.BytesIO(data))
         assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
         assert got.flags.writeable
     for bad in (data[:len(data) - max(array.nbytes // 2, 1)], _npy_bytes(np.array([None]), allow_pickle=True)):
         with pytest.raises(ValueError):
-            shards._load_npy(bad)
+            load_npy(bad)
 
 
-# --- training batches ------------------------------------------------------------------------------
+# --- training batches (benchmarks.batch_stream) ----------------------------------------------------
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_batches_carry_each_sample_once_with_its_index_image_and_token_ids(pool, shard_dir, workers):
-    stream = shards.iterate_batches(shard_dir, 50, _tokenize, num_workers=workers)
+    stream = iterate_batches(shard_dir, 50, _tokenize, num_workers=workers)
     batches = list(stream)
     if workers:  # worker 0 reads shards 0 and 2, worker 1 shards 1 and 3; batches come in turn
         assert [len(b.index) for b in batches] == [50, 50, 50, 50, 28, 28]
@@ -496,7 +501,7 @@ def test_batches_in_this_process_are_the_sample_stream_in_order(shard_dir):
     kwargs = {"shuffle_buffer": 40, "seed": 1, "resample": True}
     stream = shards.iterate_samples(shard_dir, **kwargs)
     want = [s.index for s in itertools.islice(stream, 5 * 32)]
-    batches = shards.iterate_batches(shard_dir, 32, _tokenize, **kwargs)
+    batches = iterate_batches(shard_dir, 32, _tokenize, **kwargs)
     assert torch.cat([b.index for b in itertools.islice(batches, 5)]).tolist() == want
     stream.close()
     batches.close()
@@ -507,7 +512,7 @@ def test_batches_skip_and_count_damaged_samples_as_one_reader_does(shard_dir, tm
     d = _damaged_copy(shard_dir, tmp_path)
     one = shards.iterate_samples(d)
     want = [s.index for s in one]
-    stream = shards.iterate_batches(d, 16, _tokenize, num_workers=workers)
+    stream = iterate_batches(d, 16, _tokenize, num_workers=workers)
     got = torch.cat([b.index for b in stream]).tolist()
     assert sorted(got) == sorted(want)
     have, expected = stream.stats.as_dict(), one.stats.as_dict()
@@ -517,8 +522,8 @@ def test_batches_skip_and_count_damaged_samples_as_one_reader_does(shard_dir, tm
 
 def test_resampled_batches_from_workers_are_seeded(shard_dir):
     def take(seed):
-        stream = shards.iterate_batches(shard_dir, 32, _tokenize, shuffle_buffer=40, seed=seed, resample=True,
-                                        num_workers=2)
+        stream = iterate_batches(shard_dir, 32, _tokenize, shuffle_buffer=40, seed=seed, resample=True,
+                                 num_workers=2)
         got = [b.index.tolist() for b in itertools.islice(stream, 12)]
         stream.close()
         return got, stream.stats
@@ -537,7 +542,7 @@ def test_token_cache_tokenizes_each_distinct_caption_once():
         calls.append(list(captions))
         return _tokenize(captions)
 
-    cache = shards._TokenCache(tokenizer, capacity=4)
+    cache = _TokenCache(tokenizer, capacity=4)
     assert torch.equal(cache(["a", "b", "a"]), _tokenize(["a", "b", "a"]))
     assert torch.equal(cache(["b", "c"]), _tokenize(["b", "c"]))
     assert calls == [["a", "b"], ["c"]]
@@ -562,7 +567,7 @@ def test_batch_arguments_are_checked(shard_dir):
     for kwargs in ({"batch_size": 0}, {"batch_size": True}, {"batch_size": 8, "num_workers": -1},
                    {"batch_size": 8, "shuffle_buffer": -1}):
         with pytest.raises(ValueError):
-            shards.iterate_batches(shard_dir, tokenizer=_tokenize, **kwargs)
+            iterate_batches(shard_dir, tokenizer=_tokenize, **kwargs)
 
 
 # --- over HTTP -------------------------------------------------------------------------------------

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import hashlib
 import io as _io
 import json
 import os
-import tarfile
 import threading
 from pathlib import Path
 from typing import Callable
@@ -28,8 +26,12 @@ import numpy as np
 import torch
 
 from harness import io
-from harness.data import shards
 from harness.data.pool import PoolConfig
+from harness.data.shards.decode import IMAGE_EXTENSIONS, decode_image
+from harness.data.shards.manifest import POOL_KIND, resolve_set
+from harness.data.shards.stats import ReadStats
+from harness.data.shards.tar import TarError, tar_members
+from harness.data.shards.urls import has_scheme, normalized_url
 
 CACHE_ENV = "CLIPSTEER_CACHE"
 INDEX_VERSION = 1
@@ -43,7 +45,7 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "clipsteer")
 
 
-def index_shard(path: str, sha256: str, stats: shards.ReadStats) -> dict[str, np.ndarray]:
+def index_shard(path: str, sha256: str, stats: ReadStats) -> dict[str, np.ndarray]:
     """The index of one local shard: per sample its stable index, image extension id, and the offset and size
     of its image and txt members. Built by reading the shard once (its bytes must hash to `sha256`, the
     manifest's), then cached; samples without an image, txt or a json with an integer index are skipped."""
@@ -52,27 +54,28 @@ def index_shard(path: str, sha256: str, stats: shards.ReadStats) -> dict[str, np
         with np.load(cached) as saved:
             if int(saved["version"]) == INDEX_VERSION:
                 return {k: saved[k] for k in saved.files if k != "version"}
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    if digest.hexdigest() != sha256:
+    if io.file_sha256(Path(path)) != sha256:
         raise ValueError(f"shard {path} does not match the SHA-256 in its manifest")
-    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-    with tarfile.open(path, "r:") as tar:
-        for member in tar:
-            if member.isfile() and "." in member.name:
-                key, ext = member.name.split(".", 1)
-                groups.setdefault(key, {})[ext.lower()] = member
-        rows = []
-        for key, group in groups.items():
-            ext = next((e for e in shards.IMAGE_EXTENSIONS if e in group), None)
-            index = _json_index(tar, group.get("json"))
-            if ext is None or "txt" not in group or index is None:
-                stats.skip("unindexable", f"{path}#{key}")
-                continue
-            rows.append((index, shards.IMAGE_EXTENSIONS.index(ext), group[ext].offset_data, group[ext].size,
-                         group["txt"].offset_data, group["txt"].size))
+    groups: dict[str, dict[str, tuple[int, int]]] = {}  # key -> extension -> (offset, size) of the member
+    json_index: dict[str, int | None] = {}
+    with open(path, "rb") as f:
+        try:
+            for name, offset, data in tar_members(f):
+                if "." in name:
+                    key, ext = name.split(".", 1)
+                    groups.setdefault(key, {})[ext.lower()] = (offset, len(data))
+                    if ext.lower() == "json":
+                        json_index[key] = _json_index(data)
+        except TarError as e:
+            raise ValueError(f"shard {path} is not a readable tar file ({e.reason})") from None
+    rows = []
+    for key, group in groups.items():
+        ext = next((e for e in IMAGE_EXTENSIONS if e in group), None)
+        index = json_index.get(key)
+        if ext is None or "txt" not in group or index is None:
+            stats.skip("unindexable", f"{path}#{key}")
+            continue
+        rows.append((index, IMAGE_EXTENSIONS.index(ext), *group[ext], *group["txt"]))
     table = np.array(rows, dtype=np.int64).reshape(-1, 6)
     index = {"indices": table[:, 0], "ext": table[:, 1], "offsets": table[:, [2, 4]], "sizes": table[:, [3, 5]]}
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -80,12 +83,11 @@ def index_shard(path: str, sha256: str, stats: shards.ReadStats) -> dict[str, np
     return index
 
 
-def _json_index(tar: tarfile.TarFile, member: tarfile.TarInfo | None) -> int | None:
-    if member is None:
-        return None
+def _json_index(data: bytes) -> int | None:
+    """The sample index a json member holds, or None."""
     try:
-        meta = json.loads(tar.extractfile(member).read())
-    except (ValueError, AttributeError):
+        meta = json.loads(data)
+    except ValueError:
         return None
     index = meta.get("index") if isinstance(meta, dict) else None
     return index if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < 2**62 else None
@@ -106,16 +108,16 @@ class LazyShardPool:
 
     noisy = None  # a shard set does not say which captions are noise
 
-    def __init__(self, cfg: PoolConfig, stats: shards.ReadStats | None = None) -> None:
-        urls, found = shards.resolve_set(cfg.shards, "auto", shards.POOL_KIND)
+    def __init__(self, cfg: PoolConfig, stats: ReadStats | None = None) -> None:
+        urls, found = resolve_set(cfg.shards, "auto", POOL_KIND)
         if found is None:
             raise ValueError(f"the shard set {cfg.shards} has no manifest: a lazy pool needs the shards' SHA-256s")
-        if any("://" in u for u in urls):
+        if any(has_scheme(u) for u in urls):
             raise ValueError(f"a lazy pool reads shards by seeking, so they must be local (or mounted) files; "
                              f"{cfg.shards} names URLs: read it into memory (leave out 'lazy') or mount it")
-        self.stats = stats if stats is not None else shards.ReadStats()
+        self.stats = stats if stats is not None else ReadStats()
         entries = found.entries()
-        parts = [index_shard(u, entries[shards.normalized_url(u)]["sha256"], self.stats) for u in urls]
+        parts = [index_shard(u, entries[normalized_url(u)]["sha256"], self.stats) for u in urls]
         indices = np.concatenate([p["indices"] for p in parts])
         shard_of = np.repeat(np.arange(len(parts)), [len(p["indices"]) for p in parts])
         local = np.concatenate([np.arange(len(p["indices"])) for p in parts])
@@ -186,7 +188,7 @@ class LazyShardPool:
 
     def _image(self, row: int) -> torch.Tensor:
         part = self._parts[self._shard[row]]
-        image = shards.decode_image(self._read(row, 0), shards.IMAGE_EXTENSIONS[int(part["ext"][self._local[row]])])
+        image = decode_image(self._read(row, 0), IMAGE_EXTENSIONS[int(part["ext"][self._local[row]])])
         if self.image_shape is not None and tuple(image.shape) != self.image_shape:
             raise ValueError(f"image of shape {tuple(image.shape)}, the shard set's is {self.image_shape}")
         return image
