@@ -327,3 +327,25 @@ def test_data_efficiency_fits_samples_seen_per_model_size():
     drrho_s = fits[3]
     assert drrho_s.compute_col == "samples_seen"
     assert (drrho_s.a, drrho_s.b) == (pytest.approx(2.7), pytest.approx(-0.2))
+
+
+def test_fit_methods_fits_each_configuration_of_a_swept_parameter_and_of_reference_features():
+    # drrho at two taus, the tau 0.1 runs reading the reference's features online or from a cache: each on its own law
+    laws = {(0.03, "online"): (3.0, -0.3), (0.1, "online"): (2.5, -0.25), (0.1, "cached"): (2.4, -0.22)}
+    rows = [_row("clip", c, 1 - 2.0 * c**-0.2) for c in [1e3, 1e4, 1e5]]
+    for (tau, features), (a, b) in laws.items():
+        for c in [1e3, 1e4, 1e5]:
+            for seed, wobble in enumerate((-0.01, 0.01)):  # seeds of a configuration average onto its law
+                rows.append({**_row("drrho", c, 1 - a * c**b + wobble), "run_id": f"{tau}-{features}-{c}-{seed}",
+                             "method_params": f'{{"tau": {tau}}}', "reference_features": features})
+    table = pd.DataFrame(rows)
+    fits, skipped = fit_methods(table)
+    assert skipped == {}
+    assert [f.method for f in fits] == ["clip", "drrho (tau=0.03, features=online)",
+                                        "drrho (tau=0.1, features=cached)", "drrho (tau=0.1, features=online)"]
+    by_label = {f.method: f for f in fits}
+    for (tau, features), (a, b) in laws.items():
+        fit = by_label[f"drrho (tau={tau}, features={features})"]
+        assert (fit.a, fit.b, fit.n_points) == (pytest.approx(a, rel=1e-9), pytest.approx(b, rel=1e-9), 3)
+    (alone,), _ = fit_methods(table[table["method_params"].eq('{"tau": 0.03}')])
+    assert alone.method == "drrho" and (alone.a, alone.b) == (pytest.approx(3.0), pytest.approx(-0.3))

@@ -181,3 +181,38 @@ def test_gain_figure_places_each_run_at_its_variance_and_gain():
     assert sorted(map(tuple, np.round(offsets, 9))) == [(0.1, 1.0), (0.2, 2.0), (0.3, 3.0)]  # var, gain in points
     empty = gain_figure(_imagenet_table(), "w2s").axes[0]
     assert "no run with a reference" in empty.texts[0].get_text()
+
+
+def _swept_table() -> pd.DataFrame:
+    """clip and drrho at tau 0.03 and 0.1, two seeds each at three budgets on one model."""
+    rows = []
+    for method, params, a in (("clip", "{}", 0.9), ("drrho", '{"tau": 0.03}', 1.0), ("drrho", '{"tau": 0.1}', 1.1)):
+        for samples in (1000, 2000, 4000):
+            for seed in (0, 1):
+                score = 1 - a * (0.5 * samples) ** -0.1 + 0.01 * seed
+                rows.append({**_row(f"{method}-{params}-{samples}-{seed}", method, "tiny-s", samples, seed,
+                                    (score, score)), "method_params": params})
+    return pd.DataFrame(rows)
+
+
+def test_plot_legends_name_each_configuration_of_a_swept_parameter():
+    from harness.report.fit import fit_methods
+    from harness.report.plots import scaling_figure
+
+    table = _swept_table()
+    labels = ["clip", "drrho (tau=0.03)", "drrho (tau=0.1)"]
+    fits, skipped = fit_methods(table, n_boot=0)
+    assert skipped == {} and [f.method for f in fits] == labels
+    legend = scaling_figure(table, fits, "tau").axes[0].get_legend()
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert [t.split(":")[0] for t in texts[:3]] == labels and all("$E = " in t for t in texts[:3])
+    colours = [tuple(line.get_color()) for line in legend.get_lines()[:3]]
+    assert len(set(colours)) == 3 and colours == [tuple(c) for c in method_colours(labels).values()]
+
+    (ax,) = data_efficiency_figure(table, "tau").axes
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}
+    assert set(lines) == set(labels) == {t.get_text() for t in ax.get_legend().get_texts()}
+    np.testing.assert_allclose(lines["drrho (tau=0.1)"].get_ydata(),
+                               [1.1 * (0.5 * n) ** -0.1 - 0.005 for n in (1000, 2000, 4000)])  # its two seeds' mean
+    heat = task_delta_heatmap(table, "tau").axes[0]
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["drrho (tau=0.03) (n=6)", "drrho (tau=0.1) (n=6)"]

@@ -8,7 +8,7 @@ from PIL import Image
 
 from harness.io import read_json
 from harness.report.fit import fit_methods
-from harness.report.leaderboard import seed_means, write_report
+from harness.report.leaderboard import savings_frame, seed_means, write_report
 from tests.test_html import Page
 
 TASKS = ["task:fashion_mnist", "task:digits", "task:shapes_retrieval"]
@@ -73,7 +73,7 @@ def test_leaderboard_markdown(results, tmp_path):
     assert "1.80e+05" in reference_table  # C_total = 3 * C_paper in this table
     assert "clip-" not in reference_table and reference_table.count("\n| clip") == 1
     assert "failed: RuntimeError: CUDA out of memory \\| tried to allocate 2 GiB" in text
-    section = text[runs_at:text.index("## Scaling fits against C_paper")]
+    section = text[runs_at:text.index("## Comparisons with clip")]
     runs = [line for line in section.splitlines() if line.startswith("| ")][1:]
     assert len(runs) == 7
     assert "failed:" in runs[0] and "| small " in runs[0]  # by model name: small before tiny
@@ -165,3 +165,147 @@ def test_report_files_are_readable_by_others_like_plain_open(results, tmp_path):
         os.umask(mask)
     for path in paths.values():
         assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_report_compares_each_method_with_clip_seed_by_seed(results, tmp_path):
+    # drrho-0 and clip-0 get seeds 1 and 2: drrho gains 2 and 1 points over its seed-0 difference there, so the
+    # paired differences (points) are d, d + 2, d + 1: mean d + 1, standard deviation 1, t on 2 degrees of freedom
+    extra = []
+    for seed, shift in ((1, 0.02), (2, 0.01)):
+        for run_id, plus in (("clip-0", 0.0), ("drrho-0", shift)):
+            row = results.set_index("run_id").loc[run_id]
+            extra.append({**row.to_dict(), "run_id": f"{run_id}-s{seed}", "seed": seed,
+                          **{c: row[c] + plus for c in [*TASKS, "average"]}})
+    table = pd.concat([results, pd.DataFrame(extra)], ignore_index=True)
+    paths = write_report(table, tmp_path, "Seeds")
+    base = results.set_index("run_id")
+    d = 100 * (base.loc["drrho-0", "average"] - base.loc["clip-0", "average"])
+    t = abs(d + 1) / (1 / 3 ** 0.5)
+    p = 1 - t / (t**2 + 2) ** 0.5  # two-sided p of Student t with 2 degrees of freedom, in closed form
+    half = 0.95 / (2 * 0.975 * 0.025) ** 0.5 / 3 ** 0.5  # its 0.975 quantile over sqrt(3)
+
+    doc = read_json(paths["scaling_json"])["comparisons"]
+    assert doc["baseline"] == "clip" and doc["family_size"] == 4  # average and 3 tasks at 10,000 samples
+    rows = {(r["samples_seen"], r["metric"]): r for r in doc["rows"]}
+    first = rows[(10_000, "average")]
+    assert first["seeds"] == 3 and first["mean_difference"] == pytest.approx(d + 1, rel=1e-9)
+    assert first["p_value"] == pytest.approx(p, rel=1e-9)
+    assert first["ci"] == pytest.approx([d + 1 - half, d + 1 + half], rel=1e-9)
+    assert rows[(20_000, "average")]["verdict"] == "1 seed: no verdict possible"
+    assert rows[(20_000, "average")]["mean_difference"] is None
+
+    text = paths["leaderboard_md"].read_text()
+    section = text[text.index("## Comparisons with clip"):text.index("## Scaling fits")]
+    assert "Holm's step-down correction across the 4 comparisons" in section
+    assert f"{d + 1:+.2f}" in section and f"[{d + 1 - half:+.2f}, {d + 1 + half:+.2f}]" in section
+    assert section.count("1 seed: no verdict possible") == 8  # two budgets x (average + 3 tasks)
+
+    page = Page(paths["leaderboard_html"].read_text())
+    (compared,) = [t for t in page.tables if any(h["text"] == "Holm p" for h in t["headers"])]
+    headers = [h["text"] for h in compared["headers"]]
+    cells = [dict(zip(headers, (c["text"] for c in row))) for row in compared["rows"]]
+    assert len(cells) == 12 and {c["verdict"] for c in cells if c["seeds"] == "1"} == {"1 seed: no verdict possible"}
+    assert all(c["difference (pts)"] == "\u2013" for c in cells if c["seeds"] == "1")
+
+
+SWEPT = [("clip", "{}", 0.9, -0.1), ("drrho", '{"gamma": 1, "tau": 0.03}', 1.2, -0.13),
+         ("drrho", '{"gamma": 1, "tau": 0.1}', 1.0, -0.12)]  # method, params, error = a (0.5 samples)^b
+
+
+def _swept(features=("online",)) -> pd.DataFrame:
+    """A grid sweeping drrho's tau (and, when given several, how its reference features are read): three seeds
+    per configuration at three budgets on one model, seeds 1 point apart around the configuration's law."""
+    rows = [{**_row("ref-0", "reference", "clip", "small", 40_000, 0.62, is_reference=True, reference=None),
+             "method_params": "{}", "reference_features": None}]
+    configs = [(name, params, a, b, None if name == "clip" else mode)
+               for name, params, a, b in SWEPT for mode in (features if name == "drrho" else (None,))]
+    for name, params, a, b, mode in configs:
+        a = a * (1.1 if mode == "cached" else 1.0)
+        for samples in (10_000, 20_000, 40_000):
+            for seed in range(3):
+                average = 1 - a * (0.5 * samples) ** b + 0.01 * (seed - 1)
+                row = _row(f"{name}-{params}-{mode}-{samples}-{seed}", "sweep", name, "tiny", samples, average,
+                           reference=None if mode is None else "ref-0")
+                rows.append({**row, "seed": seed, "method_params": params, "reference_features": mode})
+    return pd.DataFrame(rows)
+
+
+def _law(a, b, samples):
+    return 1 - a * (0.5 * samples) ** b
+
+
+def _cells(section: str) -> list[dict[str, str]]:
+    """The rows of the pipe table in a markdown section, keyed by its header."""
+    header, _, *rows = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines()
+                        if line.startswith("|")]
+    return [dict(zip(header, row)) for row in rows]
+
+
+def test_a_swept_parameter_keeps_its_configurations_apart_in_means_fits_and_comparisons(tmp_path):
+    table = _swept()
+    labels = ["clip", "drrho (tau=0.03)", "drrho (tau=0.1)"]
+    means = seed_means(table)
+    assert len(means) == 9 and means["seeds"].eq(3).all() and sorted(means["method"].unique()) == labels
+    for label, (_, _, a, b) in zip(labels, SWEPT):
+        mine = means[means["method"].eq(label)]
+        np.testing.assert_allclose(mine["average"], [_law(a, b, s) for s in mine["samples_seen"]], rtol=1e-12)
+        np.testing.assert_allclose(mine["average_std"], 0.01, rtol=1e-9)
+    # best first within each budget: tau 0.1 leads everywhere, clip beats tau 0.03 only at the smallest budget
+    assert [list(means.loc[means["samples_seen"].eq(s), "method"]) for s in (10_000, 40_000)] == [
+        ["drrho (tau=0.1)", "clip", "drrho (tau=0.03)"], ["drrho (tau=0.1)", "drrho (tau=0.03)", "clip"]]
+
+    paths = write_report(table, tmp_path, "Swept tau")
+    text = paths["leaderboard_md"].read_text()
+    mean_rows = _cells(text[text.index("## Mean over seeds"):text.index("## Runs")])
+    assert [r["method"] for r in mean_rows[:3]] == ["drrho (tau=0.1)", "clip", "drrho (tau=0.03)"]
+    assert len(mean_rows) == 9 and {r["seeds"] for r in mean_rows} == {"3"}  # never 6 seeds of two taus
+    runs = [r["method"] for r in _cells(text[text.index("## Runs"):text.index("## Comparisons with clip")])]
+    assert sorted(set(runs)) == labels and runs.count("drrho (tau=0.1)") == runs.count("drrho (tau=0.03)") == 9
+
+    doc = read_json(paths["scaling_json"])
+    for column in ("c_paper", "c_total"):
+        fits = doc[column]["fits"]
+        assert [f["method"] for f in fits] == labels and all(f["n_points"] == 3 for f in fits)
+    for fit, (_, _, a, b) in zip(doc["c_paper"]["fits"], SWEPT):  # seed means lie on each configuration's law
+        assert fit["a"] == pytest.approx(a, rel=1e-9) and fit["b"] == pytest.approx(b, rel=1e-9)  # C_paper = 0.5 n
+    savings = doc["c_paper"]["savings"]
+    assert [s["method"] for s in savings] == ["drrho (tau=0.03)"] * 3 + ["drrho (tau=0.1)"] * 3
+    for row, (_, _, a, b) in zip(savings, [SWEPT[1]] * 3 + [SWEPT[2]] * 3):
+        t = row["target_error"]
+        assert row["ratio"] == pytest.approx((t / a) ** (1 / b) / (t / 0.9) ** (1 / -0.1), rel=1e-9)
+    assert [(f["method"], f["model"]) for f in doc["data_efficiency"]["fits"]] == [(m, "tiny") for m in labels]
+    assert {r["label"] for r in doc["comparisons"]["rows"]} == set(labels[1:])
+
+
+def test_online_and_cached_reference_features_stay_apart(tmp_path):
+    table = _swept(features=("online", "cached"))
+    means = seed_means(table)
+    assert len(means) == 15 and means["seeds"].eq(3).all()
+    names = {f"drrho (tau={tau}, features={mode})" for tau in (0.03, 0.1) for mode in ("online", "cached")}
+    assert set(means["method"]) == names | {"clip"}
+    cached = means[means["method"].eq("drrho (tau=0.1, features=cached)")]
+    np.testing.assert_allclose(cached["average"], [_law(1.1, -0.12, s) for s in cached["samples_seen"]], rtol=1e-12)
+    doc = read_json(write_report(table, tmp_path, "Features")["scaling_json"])
+    assert [f["method"] for f in doc["c_paper"]["fits"]] == ["clip", *sorted(names)]
+
+
+def test_leaderboard_rows_by_average_within_model_and_budget_and_csv_keeps_every_column(tmp_path):
+    table = _swept().assign(note="kept")
+    board = pd.read_csv(write_report(table, tmp_path, "Order")["leaderboard_csv"], keep_default_na=False)
+    assert board["run_id"].iloc[0] == "ref-0" and len(board) == len(table)
+    runs = board.iloc[1:]
+    assert list(runs["samples_seen"]) == sorted(runs["samples_seen"])
+    for _, group in runs.groupby("samples_seen"):
+        assert list(group["average"]) == sorted(group["average"], reverse=True)
+    assert set(table.columns) <= set(board.columns) and set(board["note"]) == {"kept"}
+    assert set(board["method"]) == {"clip", "drrho"}  # the name as the grid gave it; the parameters beside it
+    assert set(board["method_params"]) == {"{}", '{"gamma": 1, "tau": 0.03}', '{"gamma": 1, "tau": 0.1}'}
+
+
+def test_savings_frame_names_the_baseline_configuration_when_there_are_several():
+    row = {"method": "drrho", "target_error": 0.3, "ratio": 0.5, "ci": None, "extrapolated": False, "verdict": "-"}
+    one = savings_frame({"savings": [{**row, "baseline": "clip"}]})
+    assert list(one.columns[:3]) == ["method", "target error", "ratio to clip"]
+    two = savings_frame({"savings": [{**row, "baseline": "clip (lr=0.1)"}, {**row, "baseline": "clip (lr=0.01)"}]})
+    assert list(two.columns[:4]) == ["method", "baseline", "target error", "ratio"]
+    assert list(two["baseline"]) == ["clip (lr=0.1)", "clip (lr=0.01)"] and list(two["ratio"]) == [0.5, 0.5]

@@ -8,7 +8,15 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.report.scaling import FitOptions, analyse, data_savings, read_points_csv
+from harness.report.scaling import (
+    NO_VERDICT,
+    FitOptions,
+    analyse,
+    data_savings,
+    format_text,
+    read_points_csv,
+    saving_verdict,
+)
 from tests.test_fit import _openclip_imagenet_frontier
 
 
@@ -48,6 +56,27 @@ def test_fit_text_shows_intervals_holdout_and_savings(tmp_path, capsys):
     assert f"drrho at E=0.4000: {closed:.3g}x [" in out
     assert "held out the largest compute, fitted on 4 configurations" in out
     assert "clip: E = 2 [" in out  # seed means lie on the law; intervals from resampled seeds
+
+
+@pytest.mark.parametrize(("ci", "word"), [([0.4, 0.9], "better"), ([1.05, 3.0], "worse"),
+                                          ([0.8, 1.2], "no significant difference"),
+                                          ([1.0, 1.5], "no significant difference"), (None, NO_VERDICT)])
+def test_saving_verdict_reads_the_interval_against_1(ci, word):
+    assert saving_verdict(ci) == word  # the ratio is the method's compute over the baseline's: below 1 saves
+
+
+def test_savings_carry_the_verdict_of_their_interval(tmp_path, capsys):
+    rows = pd.DataFrame(_two_laws(seeds=3))
+    doc, _ = analyse(read_points_like(rows), FitOptions(n_boot=200, targets=(0.4,)))
+    (row,) = doc["savings"]
+    assert row["ratio"] == pytest.approx((0.4 / 2.5) ** (1 / -0.25) / (0.4 / 2.0) ** (1 / -0.2))  # 0.49: saves
+    assert row["ci"][1] < 1 and row["verdict"] == "better"
+    inverse, _ = analyse(read_points_like(rows), FitOptions(n_boot=200, targets=(0.4,), baseline="drrho"))
+    assert inverse["savings"][0]["ci"][0] > 1 and inverse["savings"][0]["verdict"] == "worse"
+    unbooted, _ = analyse(read_points_like(rows), FitOptions(n_boot=0, targets=(0.4,)))
+    assert unbooted["savings"][0]["verdict"] == NO_VERDICT
+    assert main(["fit", "--csv", str(_csv(tmp_path, _two_laws(seeds=3))), "--target", "0.4", "--bootstrap", "200"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("]: better")
 
 
 def test_fit_refusals_exit_1_and_name_the_reason(tmp_path, capsys):
@@ -122,3 +151,24 @@ def test_data_savings_compare_methods_on_the_same_model():
     assert {r["model"] for r in doc["savings"]} == {"s", "m"}
     for row in doc["savings"]:
         assert row["ratio"] == pytest.approx(0.8 ** (1 / 0.2))  # same exponent: a constant data saving
+
+
+def test_savings_against_each_configuration_of_a_swept_baseline():
+    rows = []
+    for n in (1e3, 1e4, 1e5):
+        for method, params, k in (("clip", '{"lr": 0.001}', 1.0), ("clip", '{"lr": 0.01}', 0.9),
+                                  ("drrho", "{}", 0.8)):
+            rows.append({"method": method, "method_params": params, "model": "s", "samples_seen": n,
+                         "status": "done", "is_reference": False, "average": 1 - k * 2.0 * n**-0.2})
+    doc = data_savings(pd.DataFrame(rows), FitOptions(n_boot=0, holdout=0))
+    assert [f["method"] for f in doc["fits"]] == ["clip (lr=0.001)", "clip (lr=0.01)", "drrho"]
+    ratios = {r["baseline"]: r["ratio"] for r in doc["savings"] if r["method"] == "drrho"}
+    assert {r["method"] for r in doc["savings"]} == {"drrho"} and len(doc["savings"]) == 6  # 3 targets x 2 baselines
+    assert ratios == {"clip (lr=0.001)": pytest.approx(0.8 ** 5), "clip (lr=0.01)": pytest.approx((0.8 / 0.9) ** 5)}
+    points = pd.DataFrame([{"method": label, "compute": c, "error": k * c**-0.2}
+                           for c in np.geomspace(1e3, 1e6, 4)
+                           for label, k in (("clip (lr=0.001)", 2.0), ("clip (lr=0.01)", 1.8), ("drrho", 1.6))])
+    analysis, _ = analyse(read_points_like(points), FitOptions(n_boot=0, targets=(0.2,)))
+    text = format_text(analysis)
+    assert "drrho (against clip (lr=0.001)) at E=0.2000: 0.328x" in text  # (1.6 / 2) ** 5
+    assert "drrho (against clip (lr=0.01)) at E=0.2000: 0.555x" in text  # (1.6 / 1.8) ** 5

@@ -1,4 +1,5 @@
-"""Scaling-law fits of zero-shot error E against compute C (or samples seen), per method.
+"""Scaling-law fits of zero-shot error E against compute C (or samples seen), one per method configuration
+(its name, parameters and reference features: harness.report.configs).
 
 Two forms: the pure power law E = a * C^b, fitted by least squares in log space (every point
 weighs the same in relative terms), and the saturating E = a * C^b + c, fitted by a robust
@@ -19,6 +20,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import optimize
+
+from harness.report.configs import with_configs
 
 FORMS = {"power": 2, "saturating": 3}  # form -> number of parameters
 POINT_SELECTIONS = ("frontier", "all")
@@ -315,19 +318,21 @@ def fit_points(compute: ArrayLike, error: ArrayLike, config: ArrayLike | None = 
 
 
 def points_from_results(df: pd.DataFrame, compute_col: str = "c_paper") -> pd.DataFrame:
-    """Done non-reference runs of a results table as fit points: method, model, config (model, samples seen and
-    reference: what a seed repeats), compute, error."""
+    """Done non-reference runs of a results table as fit points: method (the configuration's label, see
+    harness.report.configs: one fit per configuration), model, config (model, samples seen and reference: what a
+    seed repeats), compute, error."""
     missing = {"method", "status", "is_reference", "average", compute_col} - set(df.columns)
     if missing:
         raise KeyError(f"results table lacks column(s) {sorted(missing)}")
-    rows = df[(df["status"] == "done") & ~df["is_reference"].eq(True)]
+    rows = with_configs(df)
+    rows = rows[(rows["status"] == "done") & ~rows["is_reference"].eq(True)]
     def column(name: str, default: pd.Series) -> pd.Series:
         return (rows[name] if name in rows else default).fillna("-").astype(str)  # NaN stays NaN in a str column
 
     model = column("model", pd.Series("", index=rows.index))
     # runs that differ only in seed are one configuration; another reference makes another configuration
     config = model + "@" + column("samples_seen", rows[compute_col]) + "@" + column("reference", pd.Series("", index=rows.index))
-    return pd.DataFrame({"method": rows["method"].astype(str), "model": model, "config": config,
+    return pd.DataFrame({"method": rows["label"].astype(str), "model": model, "config": config,
                          "compute": rows[compute_col].astype(float), "error": 1.0 - rows["average"].astype(float)})
 
 
@@ -352,15 +357,16 @@ def fit_table(table: pd.DataFrame, by: tuple[str, ...] = ("method",), compute_co
 
 def fit_methods(df: pd.DataFrame, compute_col: str = "c_paper", points: str = "frontier",
                 **options: Any) -> tuple[list[PowerLaw], dict[str, str]]:
-    """Fit error = 1 - average against `compute_col` for each method of a results table (done, non-reference
-    runs; seeds of a configuration averaged). Options go to fit_points (form, n_boot, holdout, seed)."""
+    """Fit error = 1 - average against `compute_col` for each method configuration of a results table (done,
+    non-reference runs; seeds averaged per model, samples seen and reference). Options go to fit_points (form,
+    n_boot, holdout, seed)."""
     _check_selection(points)
     return fit_table(points_from_results(df, compute_col), compute_col=compute_col, points=points, **options)
 
 
 def data_efficiency(df: pd.DataFrame, **options: Any) -> tuple[list[PowerLaw], dict[str, str]]:
-    """Fit error against samples seen per (method, model) of a results table: how error falls with data at
-    a fixed model size. Options go to fit_points."""
+    """Fit error against samples seen per (method configuration, model) of a results table: how error falls
+    with data at a fixed model size. Options go to fit_points."""
     pts = points_from_results(df, "samples_seen")
     return fit_table(pts, by=("method", "model"), compute_col="samples_seen", **options)
 

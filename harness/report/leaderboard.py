@@ -1,6 +1,6 @@
-"""Write a sweep's report: leaderboard (CSV, Markdown, a self-contained HTML page), scaling-law analysis
-(JSON: fits with bootstrap intervals, held-out checks, compute-saving ratios, data efficiency) and plots
-(PNG and SVG)."""
+"""Write a sweep's report: leaderboard (CSV, Markdown, a self-contained HTML page), paired comparisons with
+the baseline, scaling-law analysis (JSON: fits with bootstrap intervals, held-out checks, compute-saving
+ratios, data efficiency) and plots (PNG and SVG)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 
 from harness.io import write_json, write_text
-from harness.report import html, plots
+from harness.report import compare, html, plots
+from harness.report.configs import NONE, with_configs
 from harness.report.fit import points_from_results
 from harness.report.plots import COMPUTE_AXES, task_columns
 from harness.report.scaling import FitOptions, analyse, data_savings, interval_text
@@ -28,6 +29,7 @@ GAIN_NOTE = (
     "bound shrinks with this variance."
 )
 TEXT_COLUMNS = ("stage", "method", "model", "reference")
+SAVING_NOTE = "verdict: better when the whole 95% interval lies below 1, worse when wholly above"
 PLOTS = {"c_paper": "scaling_law", "c_total": "scaling_law_c_total"}
 LEADING_COLUMNS = ["stage", "method", "model", "samples_seen", "seed", "gflops_per_pair", "c_paper", "c_total"]
 TRAILING_COLUMNS = ["average", "reference_average", "gain", "reducible_var", "wall_time_s", "status", "error",
@@ -35,13 +37,19 @@ TRAILING_COLUMNS = ["average", "reference_average", "gain", "reducible_var", "wa
 
 
 def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
-    """Every row, reference runs first, then by model, samples seen and average (best first); readable column order."""
+    """Every row and column, reference runs first, then by model, samples seen and average (best first);
+    readable column order."""
     ordered = [c for c in LEADING_COLUMNS + task_columns(df) + TRAILING_COLUMNS if c in df.columns]
     columns = ordered + [c for c in df.columns if c not in ordered]
     rows = df.assign(_ref=df["is_reference"].eq(True)).sort_values(
         ["_ref", "model", "samples_seen", "average"], ascending=[False, True, True, False], na_position="last", kind="stable"
     )
     return rows[columns].reset_index(drop=True)
+
+
+def _named(board: pd.DataFrame) -> pd.DataFrame:
+    """The board with each run's method shown as its configuration's label (harness.report.configs)."""
+    return with_configs(board).assign(method=lambda t: t["label"])
 
 
 def _cell(text: object) -> str:
@@ -94,11 +102,12 @@ def _markdown_table(rows: pd.DataFrame, tasks: list[str], first: str | None = No
 
 
 def seed_means(df: pd.DataFrame) -> pd.DataFrame:
-    """Done non-reference runs grouped over seeds (method, model, samples seen, reference): the number of seeds,
-    mean and sample standard deviation of the average, mean task scores, gain, compute and wall time;
-    best mean first within each (model, samples seen)."""
-    runs = df[df["status"].eq("done") & ~df["is_reference"].eq(True)]
-    runs = runs.assign(reference=runs["reference"].fillna("-") if "reference" in runs else "-")
+    """Done non-reference runs grouped over seeds (model, samples seen, method configuration, shown by its label
+    in column method, and reference): the number of seeds, mean and sample standard deviation of the average,
+    mean task scores, gain, compute and wall time; best mean first within each (model, samples seen)."""
+    runs = _named(df)
+    runs = runs[runs["status"].eq("done") & ~runs["is_reference"].eq(True)]
+    runs = runs.assign(reference=runs["reference"].fillna(NONE) if "reference" in runs else NONE)
     keys = ["model", "samples_seen", "method", "reference"]  # seeds repeat a configuration; a reference changes it
     grouped = runs.groupby(keys, sort=False)
     extra = [c for c in ("gain", "reducible_var") if c in runs]
@@ -140,10 +149,14 @@ def fits_frame(doc: dict[str, Any]) -> pd.DataFrame:
 
 
 def savings_frame(doc: dict[str, Any]) -> pd.DataFrame:
-    """One row per saving ratio of an analysis document: method, target error, ratio to the baseline, interval."""
+    """One row per saving ratio of an analysis document: method, target error, ratio to the baseline, interval;
+    a baseline column when the baseline method has several configurations."""
+    several = len({r["baseline"] for r in doc["savings"]}) > 1
     return pd.DataFrame([{"method": r["method"], **({"model": r["model"]} if "model" in r else {}),
-                          "target error": r["target_error"], "ratio to " + r["baseline"]: r["ratio"],
-                          "95% CI": interval_text(r.get("ci"), ".3g").strip(), "extrapolated": r["extrapolated"]}
+                          **({"baseline": r["baseline"]} if several else {}), "target error": r["target_error"],
+                          "ratio" if several else "ratio to " + r["baseline"]: r["ratio"],
+                          "95% CI": interval_text(r.get("ci"), ".3g").strip(), "extrapolated": r["extrapolated"],
+                          "verdict": r["verdict"]}
                          for r in doc["savings"]])
 
 
@@ -161,45 +174,51 @@ def _analysis_markdown(analysis: dict[str, Any]) -> list[str]:
             parts.append(fits.to_markdown(index=False, floatfmt=".4g"))
         parts += [f"- {method}: no fit: {_cell(reason)}" for method, reason in doc["skipped"].items()]
         if doc["savings"]:
-            parts += [f"Compute to reach a target error relative to {doc['baseline']} (< 1 saves compute):",
+            parts += [f"Compute to reach a target error relative to {doc['baseline']} "
+                      f"(< 1 saves compute; {SAVING_NOTE}):",
                       savings_frame(doc).to_markdown(index=False, floatfmt=".4g")]
     data = analysis["data_efficiency"]
     if data["savings"]:
         parts += ["## Data efficiency", "Samples seen to reach a target error relative to the baseline on the same "
-                  "model (error against samples seen fitted per method and model size):",
+                  f"model (error against samples seen fitted per method and model size; {SAVING_NOTE}):",
                   savings_frame(data).to_markdown(index=False, floatfmt=".4g")]
     return parts
 
 
 def leaderboard_markdown(df: pd.DataFrame, title: str, analysis: dict[str, Any] | None = None) -> str:
     """Markdown leaderboard: title, compute note, a reference-model table, means over seeds (when a
-    configuration has several), every sweep run, then the scaling analysis when given."""
+    configuration has several), every sweep run, then, when given, the paired comparisons with the baseline
+    and the scaling analysis."""
     board = leaderboard(df)
     tasks = task_columns(board)
     is_ref = board["is_reference"].eq(True)
+    named = _named(board)
     parts = [f"# {title}", COMPUTE_NOTE]
     if _has(board, "gain"):
         parts.append(GAIN_NOTE)
     if is_ref.any():
-        refs = board[is_ref]
+        refs = named[is_ref]
         parts += ["## Reference models", _markdown_table(refs, tasks, "stage" if len(refs) > 1 else None)]
     means = seed_means(board)
     if (means["seeds"] > 1).any():
         parts += ["## Mean over seeds", "average: mean ± sample standard deviation over seeds.",
                   _seed_means_markdown(means)]
-    parts += ["## Runs", _markdown_table(board[~is_ref], tasks) if (~is_ref).any() else "No runs."]
+    parts += ["## Runs", _markdown_table(named[~is_ref], tasks) if (~is_ref).any() else "No runs."]
     if analysis:
-        parts += _analysis_markdown(analysis)
+        parts += [f"## Comparisons with {analysis['comparisons']['baseline']}",
+                  *compare.comparisons_markdown(analysis["comparisons"]), *_analysis_markdown(analysis)]
     return "\n\n".join(parts) + "\n"
 
 
 def scaling_analysis(df: pd.DataFrame, opts: FitOptions = FitOptions()) -> tuple[dict[str, Any], dict[str, list]]:
-    """The scaling.json document (fits on C_paper and C_total, data efficiency) and the fits per compute axis."""
+    """The scaling.json document (paired comparisons with the baseline, fits on C_paper and C_total, data
+    efficiency) and the fits per compute axis."""
     doc: dict[str, Any] = {"unit": "GFLOPs"}
     fits = {}
     for column in COMPUTE_AXES:
         doc[column], fits[column] = analyse(points_from_results(df, column), dataclasses.replace(opts, compute_col=column))
     doc["data_efficiency"] = data_savings(df, opts)
+    doc["comparisons"] = compare.compare(df, opts.baseline)
     return doc, fits
 
 
@@ -209,11 +228,15 @@ def _html_page(df: pd.DataFrame, title: str, analysis: dict[str, Any], images: l
     is_ref = board["is_reference"].eq(True)
     shown = [c for c in LEADING_COLUMNS + task_columns(board) + TRAILING_COLUMNS if c in board]
     gains = [c for c in board.columns if str(c).startswith("gain:")]
-    tables = [html.Table("Reference models", board.loc[is_ref, shown]),
-              html.Table("Runs", board.loc[~is_ref, shown + gains], GAIN_NOTE if _has(board, "gain") else "")]
+    named = _named(board)
+    tables = [html.Table("Reference models", named.loc[is_ref, shown]),
+              html.Table("Runs", named.loc[~is_ref, shown + gains], GAIN_NOTE if _has(board, "gain") else "")]
     means = seed_means(board)
     if (means["seeds"] > 1).any():
         tables.append(html.Table("Mean over seeds", means, "average_std: sample standard deviation over seeds."))
+    comparisons = analysis["comparisons"]
+    tables.append(html.Table(f"Comparisons with {comparisons['baseline']}", compare.comparisons_frame(comparisons),
+                             "\n\n".join(compare.notes(comparisons))))
     for column, label in COMPUTE_AXES.items():
         tables.append(html.Table(f"Scaling fits against {label}", fits_frame(analysis[column])))
         if analysis[column]["savings"]:

@@ -1,5 +1,6 @@
 """Paper figures for a sweep: error vs compute with fitted laws, error vs samples seen per model size, per-task
-gains over a baseline, training curves, and the weak-to-strong gain against the reducible-loss variance."""
+gains over a baseline, training curves, and the weak-to-strong gain against the reducible-loss variance. Runs are
+coloured and named by method configuration (harness.report.configs), e.g. 'drrho (tau=0.1)'."""
 from __future__ import annotations
 
 import math
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from harness.io import read_jsonl, save_with
+from harness.report.configs import with_configs
 from harness.report.fit import PowerLaw
 
 COMPUTE_AXES = {"c_paper": "C_paper", "c_total": "C_total"}
@@ -35,18 +37,27 @@ def task_columns(df: pd.DataFrame) -> list[str]:
 
 
 def method_colours(methods: list[str]) -> dict[str, tuple]:
-    """One colour per method over the sorted names (tab10, husl past ten), so a method looks the same in every figure."""
+    """One colour per method (or configuration label) over the sorted names (tab10, husl past ten), so a method
+    looks the same in every figure."""
     names = sorted(set(methods))
     return dict(zip(names, sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))))
 
 
 def _sweep_colours(df: pd.DataFrame) -> dict[str, tuple]:
-    """Colours over every non-reference method of the table, plotted or not, so figures of one sweep agree."""
-    return method_colours(list(df.loc[~df["is_reference"].eq(True), "method"].dropna().astype(str)))
+    """Colours over every non-reference configuration of the table, plotted or not, so figures of one sweep agree."""
+    return method_colours(_labels(df))
+
+
+def _labels(df: pd.DataFrame) -> list[str]:
+    """The labels of the table's non-reference configurations, sorted."""
+    runs = with_configs(df)
+    return sorted(runs.loc[~runs["is_reference"].eq(True), "label"].dropna().astype(str).unique())
 
 
 def _done_runs(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"].eq("done") & ~df["is_reference"].eq(True)]
+    """Done non-reference runs, with their configuration's label (labels drawn over the whole table)."""
+    runs = with_configs(df)
+    return runs[runs["status"].eq("done") & ~runs["is_reference"].eq(True)]
 
 
 def _models_by_size(runs: pd.DataFrame) -> list[str]:
@@ -87,18 +98,19 @@ def _fit_label(method: str, fit: PowerLaw | None) -> str:
 
 
 def scaling_figure(df: pd.DataFrame, fits: list[PowerLaw], title: str, compute_col: str = "c_paper") -> Figure:
-    """Log-log error against compute: a point per run, per method its fitted law over the fitted range with a
-    95% bootstrap band; the DRRho paper's published laws dashed when the score is ImageNet-1k alone on C_paper."""
+    """Log-log error against compute: a point per run, per method configuration its fitted law (fits named by
+    label, as harness.report.fit gives them) over the fitted range with a 95% bootstrap band; the DRRho paper's
+    published laws dashed when the score is ImageNet-1k alone on C_paper."""
     points = _done_runs(df)
     points = points.assign(error=1.0 - points["average"]).dropna(subset=[compute_col, "error"])
-    methods = sorted(df.loc[~df["is_reference"].eq(True), "method"].unique())
+    methods = _labels(df)
     models = sorted(points["model"].unique())
     colours = _sweep_colours(df)
     markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)}
     by_method = {fit.method: fit for fit in fits}
     fig, (ax,) = _figure(1, f"{title}: error vs compute", (7.0, 5.0))
     if not points.empty:
-        sns.scatterplot(data=points, x=compute_col, y="error", hue="method", style="model", palette=colours,
+        sns.scatterplot(data=points, x=compute_col, y="error", hue="label", style="model", palette=colours,
                         markers=markers, s=50, ax=ax, legend=False)
     for fit in fits:
         c = np.geomspace(fit.compute_min, fit.compute_max, 50)
@@ -126,7 +138,7 @@ def scaling_figure(df: pd.DataFrame, fits: list[PowerLaw], title: str, compute_c
 
 def gain_figure(df: pd.DataFrame, title: str) -> Figure:
     """Weak-to-strong gain (run minus its reference, average score in points) against the variance of the
-    held-out reducible loss l(w) - l(w_ref), a point per run coloured by method and shaped by reference:
+    held-out reducible loss l(w) - l(w_ref), a point per run coloured by configuration and shaped by reference:
     DRRho's generalization bound shrinks with that variance, whatever the reference's own accuracy."""
     runs = _done_runs(df)
     if "reducible_var" not in runs:
@@ -139,12 +151,12 @@ def gain_figure(df: pd.DataFrame, title: str) -> Figure:
     markers = {r: MARKERS[i % len(MARKERS)] for i, r in enumerate(labels)}
     fig, (ax,) = _figure(1, f"{title}: weak-to-strong gain vs reducible-loss variance", (7.0, 5.0))
     for row in runs.itertuples():
-        ax.scatter(row.reducible_var, 100 * row.gain, color=colours[row.method], marker=markers[str(row.reference)],
+        ax.scatter(row.reducible_var, 100 * row.gain, color=colours[row.label], marker=markers[str(row.reference)],
                    s=45, edgecolor="0.2", linewidth=0.4)
     ax.axhline(0.0, color="0.5", linewidth=0.8)
     ax.set(xlabel="variance of l(w) - l(w_ref) on the held-out pairs", ylabel="gain over the reference (points)")
     handles = [Line2D([], [], color=colours[m], marker="o", linestyle="none", label=m)
-               for m in sorted(runs["method"].unique())]
+               for m in sorted(runs["label"].unique())]
     handles += [Line2D([], [], color="0.4", marker=markers[r], linestyle="none", label=f"ref {r}") for r in labels]
     ax.legend(handles=handles, fontsize="x-small", loc="best")
     return fig
@@ -159,17 +171,17 @@ def _message(title: str, text: str) -> Figure:
 
 
 def data_efficiency_figure(df: pd.DataFrame, title: str) -> Figure:
-    """Zero-shot error vs samples seen (log-log), a panel per model size and a line per method:
+    """Zero-shot error vs samples seen (log-log), a panel per model size and a line per method configuration:
     mean over seeds with a sample-standard-deviation bar, so data efficiency compares within a model size."""
     runs = _done_runs(df).assign(error=lambda r: 1.0 - r["average"]).dropna(subset=["error", "samples_seen"])
     if runs.empty:
         return _message(f"{title}: error vs samples seen", "no done runs")
     colours = _sweep_colours(df)
-    stats = runs.groupby(["model", "method", "samples_seen"])["error"].agg(["mean", "std"]).reset_index()
+    stats = runs.groupby(["model", "label", "samples_seen"])["error"].agg(["mean", "std"]).reset_index()
     models = _models_by_size(runs)
     fig, axes = _figure(len(models), f"{title}: error vs samples seen (mean ± sd over seeds)", sharey=True)
     for ax, model in zip(axes, models):
-        for method, points in stats[stats["model"].eq(model)].groupby("method"):
+        for method, points in stats[stats["model"].eq(model)].groupby("label"):
             x, y, sd = (points[c].to_numpy(float) for c in ("samples_seen", "mean", "std"))
             ax.errorbar(x, y, yerr=np.nan_to_num(sd), color=colours[method],
                         marker="o", markersize=4, capsize=3, linewidth=1.5, label=method)
@@ -179,14 +191,15 @@ def data_efficiency_figure(df: pd.DataFrame, title: str) -> Figure:
     for ax in axes:  # after every panel is drawn: the shared limits are final
         _log_formatters(ax)
     axes[0].set_ylabel("zero-shot error (1 - average)")
-    plotted = sorted(stats["method"].unique())
+    plotted = sorted(stats["label"].unique())
     axes[0].legend(handles=[Line2D([], [], color=colours[m], marker="o", label=m) for m in plotted], fontsize="small")
     return fig
 
 
 def _task_deltas(df: pd.DataFrame, baseline: str = "clip") -> tuple[pd.DataFrame, pd.Series]:
-    """Per method, mean over configurations matched with a baseline run (model, samples seen, seed) of the score
-    minus the baseline's, in percentage points, per task and average; also the number of matched configurations."""
+    """Per method configuration (by label), mean over its runs matched with a baseline run (model, samples seen,
+    seed; the baseline's configurations averaged) of the score minus the baseline's, in percentage points, per task
+    and average; also the number matched."""
     runs = _done_runs(df)
     columns = task_columns(df) + ["average"]
     base = runs[runs["method"].eq(baseline)]
@@ -198,7 +211,7 @@ def _task_deltas(df: pd.DataFrame, baseline: str = "clip") -> tuple[pd.DataFrame
     if matched.empty:
         raise ValueError(f"no done run of another method matches a {baseline!r} run on (model, samples_seen, seed)")
     deltas = pd.DataFrame({c.removeprefix("task:"): 100 * (matched[c] - matched[c + "@base"]) for c in columns})
-    grouped = deltas.groupby(matched["method"])
+    grouped = deltas.groupby(matched["label"])
     return grouped.mean(), grouped.size()
 
 
@@ -240,7 +253,7 @@ def _series(log: pd.DataFrame, key: str) -> np.ndarray:
 
 def training_curves_figure(df: pd.DataFrame, results_dir: Path, title: str,
                            keys: Sequence[str] = ("loss", "logit_scale", "noisy_fraction")) -> Figure:
-    """A panel per logged key against samples seen, a line per done run coloured by method and styled by model
+    """A panel per logged key against samples seen, a line per done run coloured by configuration and styled by model
     size, to see how the objective, the temperature (1 / logit_scale) and batch noise evolve."""
     runs = _done_runs(df)
     logs = {row.run_id: read_metrics(Path(results_dir) / "runs" / str(row.run_id) / "metrics.jsonl")
@@ -252,7 +265,7 @@ def training_curves_figure(df: pd.DataFrame, results_dir: Path, title: str,
     colours = _sweep_colours(df)
     models = _models_by_size(runs)
     styles = dict(zip(models, list(LINESTYLES) * len(models)))
-    method, model = runs.set_index("run_id")["method"], runs.set_index("run_id")["model"]
+    method, model = runs.set_index("run_id")["label"], runs.set_index("run_id")["model"]
     key_text = ", ".join(f"{m} {LINESTYLES[styles[m]]}" for m in models)
     fig, axes = _figure(len(present), f"{title}: training curves\nline style by model: {key_text}")
     for ax, key in zip(axes, present):

@@ -1,4 +1,4 @@
-"""Scaling analysis of a set of runs: per-method fits with bootstrap intervals and a held-out check,
+"""Scaling analysis of a set of runs: per-configuration fits with bootstrap intervals and a held-out check,
 compute-saving ratios against a baseline, and data efficiency per model size, as one JSON-ready
 document and as text. `clipsteer fit` and the report both go through `analyse`."""
 from __future__ import annotations
@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import ConfigError
+from harness.report.compare import BETTER, NO_DIFFERENCE, WORSE
+from harness.report.configs import is_configuration_of
 from harness.report.fit import (
     CI_LEVEL,
     DEFAULT_BOOT,
@@ -22,6 +24,7 @@ from harness.report.fit import (
 )
 
 CSV_COLUMNS = ("method", "compute", "error")
+NO_VERDICT = "no interval: no verdict possible"
 
 
 @dataclass(frozen=True)
@@ -72,17 +75,26 @@ def read_points_csv(path: Path) -> pd.DataFrame:
                          "compute": frame["compute"], "error": frame["error"]})
 
 
+def saving_verdict(ci: list[float] | None) -> str:
+    """Verdict on a saving ratio (method's compute over the baseline's, < 1 saves) from its interval: 'better'
+    when it lies wholly below 1, 'worse' when wholly above, else 'no significant difference'."""
+    if not ci:
+        return NO_VERDICT
+    return BETTER if ci[1] < 1 else WORSE if ci[0] > 1 else NO_DIFFERENCE
+
+
 def _savings(fits: list[PowerLaw], opts: FitOptions) -> list[dict[str, Any]]:
-    """Ratio of each method's compute to the baseline's at the target errors (given, or three inside both ranges)."""
-    base = next((f for f in fits if f.method == opts.baseline), None)
-    if base is None:
-        return []
+    """Ratio of each method configuration's compute to each baseline configuration's at the target errors
+    (given, or three inside both ranges), each with its verdict."""
+    bases = [f for f in fits if is_configuration_of(f.method, opts.baseline)]
     rows = []
     for fit in fits:
-        if fit is base:
+        if any(fit is base for base in bases):
             continue
-        for target in opts.targets or default_targets(fit, base):
-            rows.append(saving_ratio(fit, base, target))
+        for base in bases:
+            for target in opts.targets or default_targets(fit, base):
+                row = saving_ratio(fit, base, target)
+                rows.append({**row, "verdict": saving_verdict(row.get("ci"))})
     return rows
 
 
@@ -98,8 +110,9 @@ def plain(obj: Any) -> Any:
 
 
 def analyse(points: pd.DataFrame, opts: FitOptions) -> tuple[dict[str, Any], list[PowerLaw]]:
-    """Fit every method of `points` (columns method, compute, error, optional config) and derive the
-    compute-saving ratios; returns the JSON-ready document and the fits (with their bootstrap samples)."""
+    """Fit every method configuration of `points` (columns method: a configuration's label, compute, error,
+    optional config) and derive the compute-saving ratios; returns the JSON-ready document and the fits (with
+    their bootstrap samples)."""
     fits, skipped = fit_table(points, compute_col=opts.compute_col, **opts.fit_kwargs())
     doc = {"compute": opts.compute_col, "form": opts.form, "points": opts.points, "n_boot": opts.n_boot,
            "ci_level": CI_LEVEL, "holdout": opts.holdout, "seed": opts.seed, "baseline": opts.baseline,
@@ -108,8 +121,9 @@ def analyse(points: pd.DataFrame, opts: FitOptions) -> tuple[dict[str, Any], lis
 
 
 def data_savings(df: pd.DataFrame, opts: FitOptions) -> dict[str, Any]:
-    """Data efficiency per model size: error vs samples seen fitted per (method, model), and the samples each
-    method needs relative to the baseline on the same model at targets inside both fits' ranges."""
+    """Data efficiency per model size: error vs samples seen fitted per (method configuration, model), and the
+    samples each configuration needs relative to the baseline's on the same model at targets inside both fits'
+    ranges."""
     fits, skipped = data_efficiency(df, **opts.fit_kwargs())
     rows = []
     for model in sorted({f.model for f in fits}):
@@ -146,10 +160,12 @@ def format_text(doc: dict[str, Any]) -> str:
     for method, reason in doc["skipped"].items():
         lines.append(f"  {method}: refused: {reason}")
     if doc["savings"]:
-        lines.append(f"compute to reach a target error, relative to {doc['baseline']} (< 1 saves compute):")
+        lines.append(f"compute to reach a target error, relative to {doc['baseline']} (< 1 saves compute; "
+                     "verdict: better when the whole interval is below 1, worse when above):")
         for row in doc["savings"]:
             note = " (extrapolated)" if row["extrapolated"] else ""
             ratio = "never (below its floor)" if row["ratio"] is None else f"{row['ratio']:.3g}x"
-            lines.append(f"  {row['method']} at E={row['target_error']:.4f}: {ratio}"
-                         f"{interval_text(row.get('ci'), '.3g')}{note}")
+            against = "" if row["baseline"] == doc["baseline"] else f" (against {row['baseline']})"
+            lines.append(f"  {row['method']}{against} at E={row['target_error']:.4f}: {ratio}"
+                         f"{interval_text(row.get('ci'), '.3g')}{note}: {row['verdict']}")
     return "\n".join(lines) + "\n"
