@@ -120,11 +120,17 @@ def _parser() -> argparse.ArgumentParser:
                     "refused (too few points, non-positive values, one compute, a fit on a bound); 2: bad input.")
     fit_source = fit.add_mutually_exclusive_group(required=True)
     fit_source.add_argument("results", type=Path, nargs="?", help="results directory of a grid, e.g. results/demo")
-    fit_source.add_argument("--csv", type=Path, help="CSV with columns method,compute,error (one row per run)")
+    fit_source.add_argument("--csv", type=Path, help="CSV with columns method,compute,error (one row per run); "
+                            "with --form joint, method,gflops_per_pair,samples,error")
     fit.add_argument("--compute", choices=["c_paper", "c_total", "samples_seen"], default="c_paper",
                      help="compute axis of a results directory (default c_paper, the paper's convention)")
-    fit.add_argument("--form", choices=["power", "saturating"], default="power",
-                     help="power: E = a*C^b, least squares in log space; saturating: E = a*C^b + c, Huber loss")
+    fit.add_argument("--form", choices=["power", "saturating", "joint"], default="power",
+                     help="power: E = a*C^b, least squares in log space; saturating: E = a*C^b + c, Huber loss; "
+                          "joint: E = e0 + a/F^alpha + b/D^beta over forward GFLOPs per pair F and samples seen D, "
+                          "Huber loss, with the compute-optimal F*(C) and D*(C)")
+    fit.add_argument("--task", default=None, help="joint form: fit 1 - this task's score instead of 1 - average")
+    fit.add_argument("--huber-delta", type=float, default=1e-3, metavar="D",
+                     help="joint form: log-residual scale where the Huber loss turns linear (default 1e-3)")
     fit.add_argument("--points", choices=["frontier", "all"], default="frontier",
                      help="fit each method's compute frontier (default) or all its points")
     fit.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates (0: none)")
@@ -136,6 +142,20 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     fit.add_argument("--json", action="store_true", help="print the analysis as JSON")
     fit.set_defaults(func=_cmd_fit)
+
+    compare = sub.add_parser(
+        "compare", help="paired comparisons of every method configuration against a baseline, with verdicts",
+        description="Compare every method configuration (its parameters, model, samples seen and reference) of a "
+                    "results directory with the baseline, per task and on the average score, runs paired by seed: "
+                    "mean difference in percentage points, 95% Student-t interval, number of seeds, p-value of "
+                    "the paired t-test, Holm's step-down correction across all comparisons shown, and a verdict "
+                    "(better, worse, no significant difference) at Holm p <= 0.05; one seed gives no verdict. "
+                    "Exit code 0: comparisons made; 1: no configuration could be paired with the baseline; "
+                    "2: bad input.")
+    compare.add_argument("results", type=Path, help="results directory of a grid, e.g. results/demo")
+    compare.add_argument("--baseline", default="clip", help="method every other one is compared with (default clip)")
+    compare.add_argument("--json", action="store_true", help="print the comparisons as JSON")
+    compare.set_defaults(func=_cmd_compare)
     return parser
 
 
@@ -198,18 +218,22 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    import json
-
-    from harness import sweep
-    from harness.report import scaling
-    from harness.report.fit import points_from_results
-
     for flag, value, low in (("--bootstrap", args.bootstrap, 0), ("--holdout", args.holdout, 0)):
         if value < low:
             raise ConfigError(flag, "", f"must be >= {low}, got {value}")
     bad = [t for t in args.target if not 0 < t < 1]
     if bad:
         raise ConfigError("--target", "", f"target errors are fractions in (0, 1), got {bad}")
+    if args.form == "joint":
+        return _fit_joint(args)
+    if args.task is not None:
+        raise ConfigError("--task", "", "only the joint form fits one task; the other forms fit 1 - average")
+    import json
+
+    from harness import sweep
+    from harness.report import scaling
+    from harness.report.fit import points_from_results
+
     if args.csv:
         points = scaling.read_points_csv(args.csv)
         compute = "compute"
@@ -223,6 +247,41 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 1 if doc["skipped"] else 0
 
 
+def _fit_joint(args: argparse.Namespace) -> int:
+    """`clipsteer fit --form joint`: E(F, D) per method configuration and the compute-optimal allocation."""
+    import json
+
+    from harness.report import joint
+
+    if not args.huber_delta > 0:
+        raise ConfigError("--huber-delta", "", f"must be > 0, got {args.huber_delta}")
+    if args.csv:
+        points, error = joint.read_joint_csv(args.csv), f"error column of {args.csv}"
+    else:
+        from harness import sweep  # torch and open_clip: only for a results directory
+
+        points = joint.joint_points(sweep.results_of(args.results)[1], args.task)
+        error = "1 - average" if args.task is None else f"1 - {args.task}"
+    opts = joint.JointOptions(huber_delta=args.huber_delta, n_boot=args.bootstrap, holdout=args.holdout,
+                              seed=args.seed, baseline=args.baseline)
+    doc, _ = joint.analyse_joint(points, opts, error)
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n" if args.json else joint.format_joint_text(doc))
+    return 1 if doc["skipped"] or not doc["fits"] else 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from harness import sweep
+    from harness.report import compare
+
+    _, table = sweep.results_of(args.results)
+    compare.check_baseline(table, args.baseline, str(args.results))
+    doc = compare.compare(table, args.baseline)
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n" if args.json else compare.format_text(doc))
+    return 0 if doc["rows"] else 1
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from harness import sweep
 
@@ -233,7 +292,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_make_shards(args: argparse.Namespace) -> int:
     from harness.data import shards
-    from harness.data.pool import build_pool
+    from harness.data.build import build_pool
 
     if args.samples_per_shard < 1:
         raise ConfigError("--samples-per-shard", "", f"must be >= 1, got {args.samples_per_shard}")
