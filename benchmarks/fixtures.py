@@ -15,10 +15,11 @@ import open_clip
 import torch
 
 import harness  # noqa: F401  (torchvision guard before open_clip)
-from harness.data.pool import ImageTextPool, build_pool
+from harness.data.build import build_pool
+from harness.data.pool import ImageTextPool
 from harness.grid.config import GridConfig, load_grid, pool_config
 from harness.models import BuiltModel, build_model
-from harness.run.reference import CachedReference, OnlineReference, load_reference, pool_features
+from harness.run.reference import CachedReference, CheckpointReference, OnlineReference, pool_features
 from harness.run.train import METRICS, TrainConfig, param_groups, train
 from methods import get_method
 
@@ -144,7 +145,7 @@ def references(pool: ImageTextPool, model: str = "tiny-s") -> References:
     with scratch() as where:
         path = Path(where) / "reference.pt"
         torch.save({"state_dict": fresh_model(model, seed=1).model.state_dict()}, path)
-        built = load_reference({"kind": "checkpoint", "path": str(path), "model": model}, Path(where))
+        built = CheckpointReference(path=str(path), sha256="", model=model).load(Path(where))
     start = time.perf_counter()
     feats = pool_features(built, pool, "cpu")
     image = torch.zeros(pool.num_indices, feats.image.shape[1])

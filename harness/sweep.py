@@ -1,7 +1,8 @@
 """A sweep end to end: expand the grid, launch what is missing, write the report."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -9,12 +10,14 @@ import pandas as pd
 from harness import io
 from harness.errors import ConfigError
 from harness.grid.config import ExecutorConfig, GridConfig
+from harness.grid.runspec import RunSpec
 from harness.grid.spec import expand
 from harness.launch import estimate
 from harness.launch.launcher import LaunchReport, launch, pending
 from harness.launch.slurm import sbatch_script
 from harness.launch.status import orphans, run_states
 from harness.models import model_profile
+from harness.report.configs import PARAMS
 from harness.report.leaderboard import write_report
 from harness.run import refcache
 from harness.store import records
@@ -40,10 +43,10 @@ def plan(grid: GridConfig, results: Path, executor: ExecutorConfig | None = None
     lines = [f"grid {grid.name}: {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to launch "
              f"(executor {executor.kind}, results {results})"]
     for unit in caches:
-        lines.append(f"  {unit['run_id']}  reference-feature cache of the pool  "
-                     f"{est.gflops[unit['run_id']]:.3g} GFLOPs  ~{est.gpu_hours[unit['run_id']]:.3g} GPU-h")
+        lines.append(f"  {unit.run_id}  reference-feature cache of the pool  "
+                     f"{est.gflops[unit.run_id]:.3g} GFLOPs  ~{est.gpu_hours[unit.run_id]:.3g} GPU-h")
     for spec in todo:
-        rid, c_paper = spec["run_id"], model_profile(spec["model"])["gflops"] * spec["samples_seen"]
+        rid, c_paper = spec.run_id, model_profile(spec.model)["gflops"] * spec.samples_seen
         lines.append(f"  {rid}  C_paper={c_paper:.3g} GFLOPs  C_total={est.gflops[rid]:.3g} GFLOPs  "
                      f"~{est.gpu_hours[rid]:.3g} GPU-h")
     lines.extend(estimate.summary(est, executor))
@@ -58,7 +61,7 @@ def cache_references(grid: GridConfig, results: Path, executor: ExecutorConfig) 
     specs = expand(grid)
     units = refcache.cache_units(specs)
     if not units:
-        named = any(s["reference"] and s["reference"].get("cache") for s in specs)
+        named = any(s.reference is not None and s.reference.cache is not None for s in specs)
         raise ConfigError(grid.source, "stages", "every cache the grid reads is named by a 'cache' directory: "
                           "nothing to build" if named else "no stage reads cached reference features; set "
                           "'features: cached' in a stage's reference to use a cache")
@@ -71,7 +74,7 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig, wait: bool = 
     return with them queued (no report: `clipsteer run` again, or `clipsteer report`, writes it later)."""
     specs = expand(grid)
     results = Path(results)
-    io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": specs})
+    io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": [s.to_json() for s in specs]})
     outcome = launch(specs, results, executor, wait=wait)
     return SweepOutcome(launch=outcome, report_paths=report(results) if wait else {})
 
@@ -80,16 +83,21 @@ EARLIER = " (earlier spec)"
 
 
 def results_of(results: Path, include_earlier: bool = False) -> tuple[str, pd.DataFrame]:
-    """The grid name and results table of the sweep whose runs live in `results`; with `include_earlier`,
-    also the runs of specs the grid no longer names (their stage marked EARLIER)."""
+    """The grid name and results table of the sweep whose runs live in `results` (with each run's method
+    parameters as key-sorted JSON in column PARAMS); with `include_earlier`, also the runs of specs the grid
+    no longer names (their stage marked EARLIER)."""
     path = Path(results) / SPECS
+    if not Path(results).is_dir():
+        raise ConfigError(str(results), "", "no such directory")
     if not path.exists():
         raise ConfigError(str(results), "", f"not a results directory of `clipsteer run` (no {SPECS})")
     saved = io.read_json(path)
-    specs = saved["specs"]
+    specs = [RunSpec.from_json(s) for s in saved["specs"]]
     if include_earlier:
-        specs = specs + [{**s, "stage": s["stage"] + EARLIER} for s in orphans(saved["specs"], Path(results))]
-    return saved["grid"], records.results_table(Path(results), specs, refcache.cache_shares(specs, Path(results)))
+        specs = specs + [replace(s, stage=s.stage + EARLIER) for s in orphans(specs, Path(results))]
+    table = records.results_table(Path(results), specs, refcache.cache_shares(specs, Path(results)))
+    params = {s.run_id: json.dumps(s.method.params, sort_keys=True) for s in specs}
+    return saved["grid"], table.assign(**{PARAMS: table["run_id"].map(params)}) if len(table) else table
 
 
 def report(results: Path, include_earlier: bool = False) -> dict[str, Path]:
@@ -99,7 +107,7 @@ def report(results: Path, include_earlier: bool = False) -> dict[str, Path]:
     return write_report(table, Path(results), title=f"clipsteer: {name}", runs_dir=Path(results))
 
 
-def status(grid: GridConfig, results: Path) -> tuple[pd.DataFrame, list[dict]]:
+def status(grid: GridConfig, results: Path) -> tuple[pd.DataFrame, list[RunSpec]]:
     """Every unit of `grid` with its state under `results`, and the specs of runs stored there that the
     grid no longer names."""
     specs = expand(grid)

@@ -50,6 +50,8 @@ class Method:
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
     reference: ClassVar[str | None] = None
+    # parameters added after runs existed: at their defaults they reproduce those runs (see `identity_params`)
+    added_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: dict[str, Any], num_indices: int) -> None:
         """`params` override `defaults` (unknown keys are refused); `num_indices` bounds sample indices."""
@@ -76,8 +78,14 @@ class Method:
         return None
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        """Trainable tensors the method owns (e.g. a learnable temperature); optimised with the model, no decay."""
+        """Trainable tensors the method owns (e.g. a learnable temperature); optimised with the model, no decay,
+        at the learning rate `parameters_lr` gives."""
         return []
+
+    def parameters_lr(self, lr: float) -> float:
+        """Learning rate of `parameters()` for the coming step, where the model's is `lr`: the model's, unless
+        the method schedules its own (called before every step)."""
+        return lr
 
     def after_step(self) -> None:
         """Called after every optimizer step (e.g. to project a temperature onto its bounds)."""
@@ -95,6 +103,12 @@ class Method:
 def needs_reference(cls: type[Method]) -> bool:
     """True when the method cannot run without a reference model."""
     return cls.reference is not None
+
+
+def identity_params(cls: type[Method], params: dict[str, Any]) -> dict[str, Any]:
+    """`params` (resolved) without the `added_params` at their defaults: the part that names a run, so that
+    adding a parameter leaves the ids of the runs made before it as they were."""
+    return {k: v for k, v in params.items() if k not in cls.added_params or v != cls.defaults[k]}
 
 
 def resolve_params(cls: type[Method], params: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,10 @@ Margins are taken relative to the reference's: d_ij = [(s_ij - s_ii) - (r_ij - r
 with a FIXED tau (the reference's own logit scale is ignored), eps = 1e-4, the image-anchor
 and text-anchor terms summed, and the inner means tracked per sample with FastCLIP's moving
 average u (gamma = 1 in the first epoch, then cosine-decayed to gamma_min).
+
+tau being fixed, of the public code's conventions (variant "code", docs/methods-variants.md) two apply:
+the inner mean divides by B rather than B-1, which scales the model's gradient by B/(B-1) where
+g >> eps, and gamma is set per whole epoch, reaching gamma_min one epoch earlier (gcl.gamma_at).
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import math
 import torch
 
 from methods.base import Features, LossOutput, Method, Progress
-from methods.gcl import MovingLogMean, fcco_surrogate, gamma_at, log_eps_mean_exp, margins
+from methods.gcl import MovingLogMean, check_variant, fcco_surrogate, gamma_at, log_eps_mean_exp, margins
 
 
 def drrho_objective(image_features: torch.Tensor, text_features: torch.Tensor,
@@ -32,10 +36,13 @@ def drrho_objective(image_features: torch.Tensor, text_features: torch.Tensor,
 class DRRho(Method):
     name = "drrho"
     reference = "batch"
-    defaults = {"tau": 0.01, "eps": 1e-4, "gamma_min": 0.2, "gamma_decay_epochs": 10.0}
+    defaults = {"tau": 0.01, "eps": 1e-4, "gamma_min": 0.2, "gamma_decay_epochs": 10.0, "variant": "paper"}
+    added_params = frozenset({"variant"})
 
     def __init__(self, params: dict, num_indices: int) -> None:
         super().__init__(params, num_indices)
+        check_variant(self.name, self.params["variant"])
+        self.code = self.params["variant"] == "code"
         if not all(0 < self.params[k] < math.inf for k in ("tau", "eps")):
             raise ValueError(f"method {self.name!r}: tau and eps must be finite and > 0")
         if not 0.0 < self.params["gamma_min"] <= 1.0:
@@ -49,9 +56,10 @@ class DRRho(Method):
         if ref is None:
             raise ValueError(f"method {self.name!r} needs reference features")
         tau, eps = self.params["tau"], self.params["eps"]
-        gamma = gamma_at(progress.epoch, self.params["gamma_min"], self.params["gamma_decay_epochs"])
+        gamma = gamma_at(progress.epoch, self.params["gamma_min"], self.params["gamma_decay_epochs"],
+                         whole_epochs=self.code)
         d_img, d_txt = margins(feats, ref, tau)
-        log_img, log_txt = log_eps_mean_exp(d_img, eps), log_eps_mean_exp(d_txt, eps)
+        log_img, log_txt = (log_eps_mean_exp(d, eps, over_batch=self.code) for d in (d_img, d_txt))
         u_img = self.u_img.update(indices, log_img, gamma)
         u_txt = self.u_txt.update(indices, log_txt, gamma)
         surrogate = tau * (fcco_surrogate(d_img, u_img) + fcco_surrogate(d_txt, u_txt))

@@ -2,7 +2,8 @@
 
 KD is kd.distillation_loss with the student's logits s / tau at drrho's fixed tau and the teacher's
 r * t_scale; the reference thus both steers the contrastive loss and is distilled. lam = 1 and
-t_scale = 100 are the public DRRho code's defaults (METHODS.md gives no lam).
+t_scale = 100 are the public DRRho code's defaults (METHODS.md gives no lam). Variant "code" changes
+drrho's part only (its inner mean's B/(B-1) then also shifts the balance between the two terms).
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """fastclip_kd: fastclip's objective plus lam * tau * KD from the reference (METHODS.md).
 
 KD is kd.distillation_loss with the student's logits s / tau at fastclip's learnable tau and the
-teacher's r * t_scale. tau gets the exact gradient of lam * tau * KD as METHODS.md writes it (the
-public DRRho code multiplies KD by a detached tau instead). lam = 1 and t_scale = 100 are the public
-DRRho code's defaults (METHODS.md gives no lam).
+teacher's r * t_scale. With variant "paper" tau gets the exact gradient of lam * tau * KD as METHODS.md
+writes it; variant "code" multiplies KD by a detached tau, as the public DRRho code does, so tau's only
+KD gradient is through the student's logits. lam = 1 and t_scale = 100 are the public DRRho code's
+defaults (METHODS.md gives no lam).
 """
 from __future__ import annotations
 
@@ -17,4 +18,4 @@ class FastCLIPKD(Distilling, FastCLIP):
     defaults = {**FastCLIP.defaults, "lam": 1.0, "t_scale": 100.0}
 
     def distill(self, out: LossOutput, feats: Features, ref: Features) -> LossOutput:
-        return add_distillation(out, feats, ref, self.tau, self.params)
+        return add_distillation(out, feats, ref, self.tau, self.params, detached_weight=self.code)

@@ -9,6 +9,10 @@ of log(eps + g_i), indexed by the sample's dataset index:
     surrogate = tau * mean_i 1/(B-1) sum_{j != i} sg(exp(d_ij - u_i)) * d_ij
 With gamma = 1, u_i = log(eps + g_i) and the surrogate's gradient equals the objective's.
 Everything runs in log space: with tau = 0.01 the margins reach hundreds and exp overflows.
+
+Each method using it has a `variant` (docs/methods-variants.md): "paper" follows METHODS.md as above,
+"code" the public DRRho-CLIP code, whose inner mean divides by B (`over_batch`) and whose gamma
+schedule reads the whole epoch (`whole_epochs`).
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import math
 import torch
 
 from methods.base import Features
+
+VARIANTS = ("paper", "code")
 
 
 def margins(feats: Features, ref: Features | None, tau: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,18 +49,33 @@ def off_diagonal(d: torch.Tensor) -> torch.Tensor:
     return d.flatten()[1:].view(b - 1, b + 1)[:, :-1].reshape(b, b - 1)
 
 
-def log_eps_mean_exp(d: torch.Tensor, eps: float) -> torch.Tensor:
-    """log(eps + 1/(B-1) sum_{j != i} exp(d_ij)) per row, computed stably."""
+def check_variant(name: str, variant: str) -> None:
+    """Refuse a variant other than "paper" (METHODS.md's objective) and "code" (the public code's conventions)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"method {name!r}: variant must be 'paper' (METHODS.md's objective) or 'code' "
+                         f"(the public DRRho-CLIP code's conventions), got {variant!r}")
+
+
+def log_eps_mean_exp(d: torch.Tensor, eps: float, over_batch: bool = False) -> torch.Tensor:
+    """log(eps + 1/(B-1) sum_{j != i} exp(d_ij)) per row, computed stably; with `over_batch` the sum
+    is divided by B instead (the public code's inner mean)."""
     neg = off_diagonal(d)
-    log_g = torch.logsumexp(neg, dim=1) - math.log(neg.shape[1])
+    log_g = torch.logsumexp(neg, dim=1) - math.log(d.shape[0] if over_batch else d.shape[0] - 1)
     return torch.logaddexp(log_g, torch.full_like(log_g, math.log(eps)))
 
 
-def gamma_at(epoch: float, gamma_min: float, decay_epochs: float) -> float:
-    """gamma schedule: 1 during the first epoch, then a cosine decay to gamma_min over decay_epochs."""
+def gamma_at(epoch: float, gamma_min: float, decay_epochs: float, whole_epochs: bool = False) -> float:
+    """gamma schedule: 1 during the first epoch, then a cosine decay to gamma_min over decay_epochs.
+
+    By default the decay starts at epoch 1 and follows the fractional epoch, reaching gamma_min at
+    1 + decay_epochs; with `whole_epochs` (the public code) it is set once per epoch e = floor(epoch)
+    at t = e / decay_epochs, reaching gamma_min at epoch decay_epochs, one epoch earlier.
+    """
+    start = 0.0 if whole_epochs else 1.0
+    epoch = math.floor(epoch) if whole_epochs else epoch
     if epoch < 1.0 or decay_epochs <= 0:
         return 1.0 if epoch < 1.0 else gamma_min
-    t = min((epoch - 1.0) / decay_epochs, 1.0)
+    t = min((epoch - start) / decay_epochs, 1.0)
     return gamma_min + (1.0 - gamma_min) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 

@@ -42,10 +42,12 @@ def check_distillation_params(name: str, params: dict[str, Any]) -> None:
 
 
 def add_distillation(out: LossOutput, feats: Features, ref: Features, tau: float | torch.Tensor,
-                     params: dict[str, Any]) -> LossOutput:
-    """`out` plus lam * tau * KD with student logits s / tau (fastclip_kd, drrho_kd); tau may be trainable."""
+                     params: dict[str, Any], detached_weight: bool = False) -> LossOutput:
+    """`out` plus lam * tau * KD with student logits s / tau (fastclip_kd, drrho_kd); tau may be trainable,
+    and with `detached_weight` (a tensor tau, the public code's convention) the factor tau passes no gradient."""
     distill = distillation_loss(feats, ref, 1.0 / tau, params["t_scale"])
-    return LossOutput(out.loss + params["lam"] * tau * distill,
+    weight = tau.detach() if detached_weight else tau
+    return LossOutput(out.loss + params["lam"] * weight * distill,
                       {**out.logs, "distill_loss": float(distill.detach())})
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from open_clip.loss import ClipLoss  # after harness: its compat guard must load before torchvision
 
-from harness.data.pool import PoolConfig, build_pool
+import harness  # noqa: F401  (its torchvision guard must load before open_clip)
+from open_clip.loss import ClipLoss  # noqa: E402
+
+from harness.data.build import build_pool
+from harness.data.pool import PoolConfig
 from harness.data.sources import digits
 from harness.eval.evaluate import evaluate
 from harness.models import build_model, encode
 from harness.run.diagnostics import heldout_pool, per_sample_loss, reducible_loss, reference_scores
+from harness.run.reference import CheckpointReference
 
 DATA = PoolConfig(sources=("digits", "shapes"), shapes_count=200, noise=0.3)
 
@@ -65,5 +69,6 @@ def test_reducible_loss_is_zero_against_itself_and_the_variance_of_the_differenc
 
 def test_reference_scores_of_a_checkpoint_are_evaluated_here(models, tmp_path):
     _, ref = models
-    scores = reference_scores({"kind": "checkpoint", "path": "x", "model": "tiny-s"}, ref, ["digits"], tmp_path, "cpu")
+    checkpoint = CheckpointReference(path="x", sha256="0", model="tiny-s")
+    scores = reference_scores(checkpoint, ref, ["digits"], tmp_path, "cpu")
     assert scores["tasks"]["digits"]["main_metric"] == evaluate(ref, ["digits"])["tasks"]["digits"]["main_metric"]

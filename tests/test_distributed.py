@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from harness.data.pool import PoolConfig, build_pool
+from harness.data.build import build_pool
+from harness.data.pool import PoolConfig
 from harness.models import build_model
 from harness.run import distributed
 from harness.run.reference import OnlineReference

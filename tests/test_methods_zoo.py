@@ -254,7 +254,7 @@ def test_distilling_methods_refuse_a_missing_reference(cls):
 
 @pytest.mark.parametrize("cls, params, message", [
     (FastCLIP, {"tau": 0.1},
-     "no parameter 'tau'; allowed: eps, gamma_decay_epochs, gamma_min, rho, tau_init, tau_min$"),
+     "no parameter 'tau'; allowed: eps, gamma_decay_epochs, gamma_min, lr_tau, rho, tau_init, tau_min, variant$"),
     (FastCLIP, {"tau_init": "cold"}, "parameter 'tau_init' must be float"),
     (FastCLIP, {"tau_min": 0.0}, "tau_min must be finite and > 0"),
     (FastCLIP, {"eps": float("nan")}, "eps must be finite and > 0"),

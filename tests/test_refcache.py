@@ -14,13 +14,16 @@ import torch
 
 from harness import io
 from harness.data import shards
-from harness.data.pool import PoolConfig, build_pool
+from harness.data.build import build_pool
+from harness.data.pool import PoolConfig
 from harness.grid.config import pool_config
+from harness.grid.runspec import MethodConfig, RunSpec
 from harness.models import build_model, encode, model_profile
 from harness.run import refcache
 from harness.run.compute import run_compute
-from harness.run.reference import OnlineReference, load_reference
-from harness.run.train import KEPT_INDICES, METRICS, TrainConfig, train
+from harness.run.reference import CheckpointReference, OnlineReference
+from harness.run.train import TrainConfig, train
+from harness.store.rundir import RunDir
 from methods import get_method
 
 # the clean subset of a noisy pool: sample indices differ from pool positions, so a lookup by
@@ -31,12 +34,11 @@ DATA = {k: list(v) if isinstance(v, tuple) else v
 CFG = TrainConfig(batch_size=32, lr=1e-3, warmup_steps=2, log_every=1, augment=False)
 
 
-def checkpoint(tmp_path: Path, seed: int) -> dict:
-    """A reference checkpoint made here (a tiny-s at init seed `seed`), as a spec's reference entry."""
+def checkpoint(tmp_path: Path, seed: int) -> CheckpointReference:
+    """A reference checkpoint made here (a tiny-s at init seed `seed`), as a spec's reference."""
     torch.manual_seed(seed)
     path = io.torch_save(tmp_path / f"ref{seed}.pt", {"state_dict": build_model("tiny-s").model.state_dict()})
-    return {"kind": "checkpoint", "path": str(path), "sha256": f"sha-of-seed-{seed}", "model": "tiny-s",
-            "features": "cached"}
+    return CheckpointReference(path=str(path), sha256=f"sha-of-seed-{seed}", model="tiny-s", features="cached")
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +47,12 @@ def made(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     ref = checkpoint(root, 0)
     record = refcache.write_cache(root / "cache", ref, DATA, root, show_progress=False)
-    io.write_json(root / "cache" / "result.json", record)
+    io.write_json(RunDir(root / "cache").result, record)
     return root, ref, record
 
 
 def losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / METRICS).read_text().splitlines()]
+    return [json.loads(line)["loss"] for line in RunDir(run_dir).metrics.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("name", ["drrho", "jest", "kd", "filter"])
@@ -58,7 +60,7 @@ def test_cached_features_give_the_trajectory_of_on_the_fly_ones(made, tmp_path, 
     root, ref, record = made
     pool = build_pool(pool_config(DATA))
     assert not torch.equal(pool.indices, torch.arange(len(pool)))
-    online = OnlineReference(load_reference(ref, root), "cpu")
+    online = OnlineReference(ref.load(root), "cpu")
     cached = refcache.load_cache(root / "cache", ref, DATA, "cpu")
     models = []
     for label, source in (("online", online), ("cached", cached)):
@@ -79,10 +81,10 @@ def test_the_cache_is_feature_shards_beside_the_pools_with_exact_rows(made, tmp_
     read back as the reference's features of each pool sample, and a damaged shard is refused."""
     root, ref, record = made
     pool = build_pool(pool_config(DATA))
-    table = shards.read_feature_shards(root / "cache" / refcache.FEATURE_SHARDS, verify=True)
+    table = shards.read_feature_shards(RunDir(root / "cache").feature_shards, verify=True)
     assert torch.equal(table.present.nonzero().squeeze(1), pool.indices) and record["pairs"] == len(pool)
     with torch.no_grad():
-        feats = encode(load_reference(ref, root), pool.images[:5], pool.tokenize(
+        feats = encode(ref.load(root), pool.images[:5], pool.tokenize(
             build_model("tiny-s").tokenizer)[pool.caption_ids[:5]], "cpu")
     torch.testing.assert_close(table.image[pool.indices[:5]], feats.image, rtol=1e-5, atol=1e-6)
     cached = refcache.load_cache(root / "cache", ref, DATA, "cpu")
@@ -90,7 +92,7 @@ def test_the_cache_is_feature_shards_beside_the_pools_with_exact_rows(made, tmp_
 
     damaged = tmp_path / "damaged"
     shutil.copytree(root / "cache", damaged)
-    shard = sorted((damaged / refcache.FEATURE_SHARDS).glob("*.tar"))[0]
+    shard = sorted(RunDir(damaged).feature_shards.glob("*.tar"))[0]
     shard.write_bytes(shard.read_bytes()[:-2048])
     with pytest.raises(ValueError, match="is damaged"):
         refcache.load_cache(damaged, ref, DATA, "cpu")
@@ -133,8 +135,8 @@ def test_a_grid_naming_a_cache_takes_it_only_from_its_own_reference(made, tmp_pa
     refused = dry_run(root / "cache")  # made by reference 0
     assert refused.returncode == 2
     assert "stages[0].reference.cache" in refused.stderr and "was made by reference" in refused.stderr
-    own = {**ref, "path": str(other), "sha256": hashlib.sha256(other.read_bytes()).hexdigest()}
-    io.write_json(tmp_path / "own" / "result.json",
+    own = dataclasses.replace(ref, path=str(other), sha256=hashlib.sha256(other.read_bytes()).hexdigest())
+    io.write_json(RunDir(tmp_path / "own").result,
                   refcache.write_cache(tmp_path / "own", own, DATA, tmp_path, show_progress=False))
     accepted = dry_run(tmp_path / "own")
     assert accepted.returncode == 0, accepted.stderr
@@ -193,22 +195,23 @@ def test_recorded_compute_matches_the_forward_passes_made(made, tmp_path, name, 
     root, ref, _ = made
     pool = build_pool(pool_config(DATA))
     method = get_method(name)({}, pool.num_indices)
-    spec = {"model": "tiny-s", "samples_seen": 4 * 32, "train": dataclasses.asdict(CFG),
-            "reference": {**ref, "features": features} if features else None}
+    spec = RunSpec(grid="g", stage="s", method=MethodConfig(name), model="tiny-s", samples_seen=4 * 32, seed=0,
+                   data=DATA, train=CFG, eval_tasks=(), eval_suite="test", run_id="r",
+                   reference=dataclasses.replace(ref, features=features) if features else None)
     torch.manual_seed(0)
     learner = build_model("tiny-s")
     learned = Counter(learner.model)
     reference = None
     if features == "online":
-        reference = OnlineReference(load_reference(ref, root), "cpu")
+        reference = OnlineReference(ref.load(root), "cpu")
         referred = Counter(reference.built.model)
     elif features == "cached":
         reference = refcache.load_cache(root / "cache", ref, DATA, "cpu")
-    train(learner, method, pool, spec["samples_seen"], CFG, 0, tmp_path, reference=reference, show_progress=False)
+    train(learner, method, pool, spec.samples_seen, CFG, 0, tmp_path, reference=reference, show_progress=False)
     compute = run_compute(spec, method, len(pool))
     g = model_profile("tiny-s")["gflops"]
     assert learned.rows * g == pytest.approx(compute["c_paper"] + compute["learner_scoring"])
     reference_rows = referred.rows if features == "online" else 0
     assert reference_rows * g == pytest.approx(compute["reference_forward"] + compute["pool_scoring"])
     if name == "filter":
-        assert torch.load(tmp_path / KEPT_INDICES).numel() == round(0.3 * len(pool))
+        assert torch.load(RunDir(tmp_path).kept_indices).numel() == round(0.3 * len(pool))

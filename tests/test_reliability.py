@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,11 +14,13 @@ import torch
 from harness import io
 from harness.codeversion import CodeChanged, code_version
 from harness.grid.config import ExecutorConfig, load_grid
+from harness.grid.runspec import MethodConfig
 from harness.grid.spec import expand
 from harness.launch import launcher
 from harness.run.job import run_job
-from harness.run.train import FINAL_MODEL, METRICS, checkpoint_files
+from harness.run.train import checkpoint_files
 from harness.store import lease, records
+from harness.store.rundir import RunDir
 
 GRID = """
 name: reliable
@@ -49,22 +52,23 @@ def spec(tmp_path_factory):
 def straight(spec, tmp_path_factory):
     """The uninterrupted run every interrupted one must equal."""
     results = tmp_path_factory.mktemp("straight")
-    assert launcher.launch([spec], results, DEBUG, log=quiet).done == [spec["run_id"]]
-    return records.run_dir(results, spec["run_id"])
+    assert launcher.launch([spec], results, DEBUG, log=quiet).done == [spec.run_id]
+    return records.run_dir(results, spec.run_id)
 
 
 def final_state(rdir):
-    weights = torch.load(rdir / FINAL_MODEL, weights_only=True)["state_dict"]
-    metrics = [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in (rdir / METRICS).read_text().splitlines()]
-    return weights, io.read_json(rdir / "eval.json"), metrics
+    rdir = RunDir(rdir)
+    weights = torch.load(rdir.final_model, weights_only=True)["state_dict"]
+    metrics = [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in rdir.metrics.read_text().splitlines()]
+    return weights, io.read_json(rdir.eval), metrics
 
 
 def killed_job(spec, results, fault):
     """Run the job in a fresh process that SIGKILLs itself at `fault` (harness.faults)."""
-    code = ("import json, sys; from harness.run.job import run_job; "
-            "run_job(json.loads(sys.argv[1]), sys.argv[2], 1, False)")
+    code = ("import json, sys; from harness.grid.runspec import RunSpec; from harness.run.job import run_job; "
+            "run_job(RunSpec.from_json(json.loads(sys.argv[1])), sys.argv[2], 1, False)")
     env = {**os.environ, "CLIPSTEER_FAULT": fault}
-    return subprocess.run([sys.executable, "-c", code, json.dumps(spec), str(results)], env=env,
+    return subprocess.run([sys.executable, "-c", code, json.dumps(spec.to_json()), str(results)], env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -81,14 +85,14 @@ KILL_POINTS = [
 def test_a_run_killed_anywhere_completes_on_the_next_launch_bit_identical(spec, straight, tmp_path, fault, where):
     proc = killed_job(spec, tmp_path, fault)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    rdir = records.run_dir(tmp_path, spec["run_id"])
-    assert records.state(tmp_path, spec["run_id"]) == "running"  # as the kill left it: no result, a dead lease
+    rdir = records.run_dir(tmp_path, spec.run_id)
+    assert records.state(tmp_path, spec.run_id) == "running"  # as the kill left it: no result, a dead lease
     assert lease.read(rdir) is not None and lease.holder(rdir) is None
 
     report = launcher.launch([spec], tmp_path, DEBUG, log=quiet)
-    assert report.done == [spec["run_id"]], report.failed
+    assert report.done == [spec.run_id], report.failed
     assert records.attempts(rdir) == 2
-    assert not list(rdir.rglob(f"*{io.TMP_SUFFIX}")) and not (rdir / lease.LEASE).exists()
+    assert not list(rdir.rglob(f"*{io.TMP_SUFFIX}")) and not RunDir(rdir).lease.exists()
     weights, scores, metrics = final_state(rdir)
     want_weights, want_scores, want_metrics = final_state(straight)
     assert scores == want_scores
@@ -104,29 +108,28 @@ def test_a_run_killed_anywhere_completes_on_the_next_launch_bit_identical(spec, 
 def test_a_full_disk_fails_the_run_with_that_reason_and_keeps_earlier_checkpoints(spec, tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPSTEER_FAULT", "write:step-000000006-*=enospc")
     report = launcher.launch([spec], tmp_path, DEBUG, log=quiet)
-    rdir = records.run_dir(tmp_path, spec["run_id"])
-    assert report.failed[spec["run_id"]].startswith("OSError: [Errno 28] No space left on device")
-    assert records.read_status(rdir)["error"] == report.failed[spec["run_id"]]
+    rdir = records.run_dir(tmp_path, spec.run_id)
+    assert report.failed[spec.run_id].startswith("OSError: [Errno 28] No space left on device")
+    assert records.read_status(rdir)["error"] == report.failed[spec.run_id]
     [kept] = checkpoint_files(rdir)
     assert io.verify_checksummed(kept) and torch.load(kept, weights_only=True)["step"] == 3
     assert not list(rdir.rglob(f"*{io.TMP_SUFFIX}"))
 
     monkeypatch.delenv("CLIPSTEER_FAULT")  # space freed: the run goes on from its last checkpoint
-    assert launcher.launch([spec], tmp_path, DEBUG, log=quiet).done == [spec["run_id"]]
+    assert launcher.launch([spec], tmp_path, DEBUG, log=quiet).done == [spec.run_id]
     assert io.read_json(rdir / "result.json")["train"]["resumed_from_step"] == 3
 
 
 def test_a_disk_too_full_to_record_the_failure_still_reports_it(spec, tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPSTEER_FAULT", "write:step-000000006-*=enospc,write:error.txt@1+=enospc")
     report = launcher.launch([spec], tmp_path, DEBUG, log=quiet)
-    reason = report.failed[spec["run_id"]]
+    reason = report.failed[spec.run_id]
     assert reason.startswith("OSError: [Errno 28] No space left on device") and "not recorded on disk" in reason
 
 
 def test_a_nan_loss_fails_that_run_with_step_and_parts_and_the_sweep_goes_on(spec, tmp_path):
-    nan = {**spec, "train": {**spec["train"], "lr": 1e30}, "method": {"name": "clip", "params": {}}}
-    nan["run_id"] = "nan-run"
-    fine = {**spec, "method": {"name": "clip", "params": {}}, "run_id": "fine-run"}
+    nan = replace(spec, train=replace(spec.train, lr=1e30), method=MethodConfig("clip"), run_id="nan-run")
+    fine = replace(spec, method=MethodConfig("clip"), run_id="fine-run")
     report = launcher.launch([nan, fine], tmp_path, DEBUG, log=quiet)
     assert report.done == ["fine-run"]
     assert report.failed["nan-run"].startswith("NonFiniteLoss: non-finite loss nan at step ")
@@ -137,38 +140,38 @@ def test_a_nan_loss_fails_that_run_with_step_and_parts_and_the_sweep_goes_on(spe
 
 
 def test_a_directory_holding_another_spec_is_never_reused(spec, tmp_path):
-    rdir = records.run_dir(tmp_path, spec["run_id"])
-    other = {**spec, "seed": 99}
+    rdir = records.run_dir(tmp_path, spec.run_id)
+    other = {**spec.to_json(), "seed": 99}
     io.write_json(rdir / "spec.json", other)
     io.write_json(rdir / "result.json", {"format": records.RESULT_FORMAT, "eval": {"average": 0.99}})
-    assert records.state(tmp_path, spec["run_id"], spec) == "conflict"
+    assert records.state(tmp_path, spec.run_id, spec) == "conflict"
     report = launcher.launch([spec], tmp_path, DEBUG, log=quiet)
-    assert "holds a different spec" in report.failed[spec["run_id"]]
+    assert "holds a different spec" in report.failed[spec.run_id]
     assert io.read_json(rdir / "spec.json") == other and io.read_json(rdir / "result.json")["eval"]["average"] == 0.99
     with pytest.raises(records.SpecConflict):
         records.begin(rdir, spec)
 
 
 def test_fields_outside_the_identity_do_not_make_a_conflict(spec, tmp_path):
-    rdir = records.run_dir(tmp_path, spec["run_id"])
-    io.write_json(rdir / "spec.json", {**spec, "train": {**spec["train"], "log_every": 7}})
-    assert records.state(tmp_path, spec["run_id"], spec) == "missing"
+    rdir = records.run_dir(tmp_path, spec.run_id)
+    io.write_json(rdir / "spec.json", {**spec.to_json(), "train": {**spec.to_json()["train"], "log_every": 7}})
+    assert records.state(tmp_path, spec.run_id, spec) == "missing"
 
 
 def test_a_job_refuses_to_run_on_code_other_than_the_sweeps(spec, tmp_path):
     with pytest.raises(CodeChanged, match="the harness code changed since the sweep started"):
         run_job(spec, tmp_path, 1, False, code="000000000000")
-    assert records.read_status(records.run_dir(tmp_path, spec["run_id"]))["error"].startswith("CodeChanged")
+    assert records.read_status(records.run_dir(tmp_path, spec.run_id))["error"].startswith("CodeChanged")
     assert len(code_version()) == 12
 
 
 def test_a_run_held_by_a_live_process_is_not_started_again(spec, tmp_path):
-    rdir = records.run_dir(tmp_path, spec["run_id"])
+    rdir = records.run_dir(tmp_path, spec.run_id)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         held = lease.acquire(rdir)
-        record = io.read_json(rdir / lease.LEASE)
-        io.write_json(rdir / lease.LEASE, {**record, "owners": [{**record["owners"][0], "pid": other.pid,
+        record = io.read_json(RunDir(rdir).lease)
+        io.write_json(RunDir(rdir).lease, {**record, "owners": [{**record["owners"][0], "pid": other.pid,
                                                                    "start": lease._start_time(other.pid)}]})
         assert held is not None and lease.acquire(rdir) is None
         with pytest.raises(lease.LeaseLost, match="is being worked on by"):
@@ -183,10 +186,10 @@ def test_a_run_held_by_a_live_process_is_not_started_again(spec, tmp_path):
 def test_lease_expiry_and_takeover(tmp_path, monkeypatch):
     rdir = tmp_path / "run"
     first = lease.acquire(rdir)
-    record = io.read_json(rdir / lease.LEASE)
-    io.write_json(rdir / lease.LEASE, {**record, "owners": [{"host": "elsewhere", "pid": 1, "start": "0"}]})
+    path = RunDir(rdir).lease
+    io.write_json(path, {**io.read_json(path), "owners": [{"host": "elsewhere", "pid": 1, "start": "0"}]})
     assert lease.acquire(rdir) is None  # another host's live lease
-    io.write_json(rdir / lease.LEASE, {**io.read_json(rdir / lease.LEASE), "expires": time.time() - 1})
+    io.write_json(path, {**io.read_json(path), "expires": time.time() - 1})
     second = lease.acquire(rdir)  # its heartbeat stopped: expired
     assert second is not None and second.token != first.token
     with pytest.raises(lease.LeaseLost):
@@ -228,17 +231,17 @@ def test_killed_sweep_then_two_concurrent_reruns_finish_every_run_exactly_once(t
                            timeout=600)
     assert first.returncode == 1  # every job was killed at its third step; dependents failed unstarted
     specs = expand(load_grid(grid))
-    ref_dir = records.run_dir(results, specs[0]["run_id"])
+    ref_dir = records.run_dir(results, specs[0].run_id)
     assert checkpoint_files(ref_dir)
-    before = {s["run_id"]: records.attempts(records.run_dir(results, s["run_id"])) for s in specs}
-    assert before[specs[0]["run_id"]] == 1
+    before = {s.run_id: records.attempts(records.run_dir(results, s.run_id)) for s in specs}
+    assert before[specs[0].run_id] == 1
 
     both = [subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in both]
     assert [p.returncode for p in both] == [0, 0], outputs
     assert any("(by another process)" in out for out, _ in outputs)  # the two launches did meet
     for s in specs:
-        rdir = records.run_dir(results, s["run_id"])
-        assert records.state(results, s["run_id"], s) == "done"
-        assert records.attempts(rdir) - before[s["run_id"]] == 1, s["run_id"]  # once, by one of the two launches
+        rdir = records.run_dir(results, s.run_id)
+        assert records.state(results, s.run_id, s) == "done"
+        assert records.attempts(rdir) - before[s.run_id] == 1, s.run_id  # once, by one of the two launches
     assert io.read_json(ref_dir / "result.json")["train"]["resumed_from_step"] == 2

@@ -18,6 +18,7 @@ from submitit.local.local import LocalJobEnvironment
 
 from harness import io
 from harness.errors import ConfigError
+from harness.grid.runspec import MethodConfig, RunSpec
 from harness.grid.slurm_config import FIELDS, SlurmConfig, parse_slurm
 from harness.launch.slurm import (
     RequeueLimitError,
@@ -28,7 +29,9 @@ from harness.launch.slurm import (
     requeue_records,
     sbatch_script,
 )
+from harness.run.train import TrainConfig
 from harness.store import lease, records
+from harness.store.rundir import RunDir
 
 SRC, KEY = "grids/big.yaml", "executor.slurm"
 FULL = {"partition": "gpu,gpu-long", "account": "clip_lab", "qos": "high", "job_name": "clip-sweep",
@@ -347,7 +350,7 @@ class SignalledJob(TrainingJob):
     """Its work is a recorded run (as run_job's) during which submitit's own signal handler fires."""
 
     def work(self, spec, results, threads, show):
-        rdir = records.run_dir(Path(results), spec["run_id"])
+        rdir = records.run_dir(Path(results), spec.run_id)
         return records.recorded(rdir, spec, lambda: self.handler.checkpoint_and_try_requeue(signal.SIGUSR2))
 
 
@@ -355,7 +358,9 @@ def signalled(tmp_path, monkeypatch, max_requeues):
     """A SignalledJob wired to submitit's SignalHandler as a local job would be (requeue = exit 144)."""
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
-    job, spec = SignalledJob(max_requeues=max_requeues, timeout_min=60), {"run_id": "r1"}
+    spec = RunSpec(grid="g", stage="s", method=MethodConfig("clip"), model="tiny-s", samples_seen=32, seed=0, data={},
+                   train=TrainConfig(), eval_tasks=(), eval_suite="test", reference=None, run_id="r1")
+    job = SignalledJob(max_requeues=max_requeues, timeout_min=60)
     delayed = DelayedSubmission(job, spec, str(tmp_path), 1, False)
     delayed.set_timeout(60, max_requeues)
     paths = JobPaths(tmp_path / "submitit", job_id="4242")
@@ -560,7 +565,7 @@ def test_a_stage_waits_for_its_reference_in_the_slurm_queue_not_in_the_client(tm
     specs, results = expand(grid), tmp_path / "results"
     report = launcher.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
 
-    reference, plain, steered = (s["run_id"] for s in specs)  # the sweep's clip run reads no reference
+    reference, plain, steered = (s.run_id for s in specs)  # the sweep's clip run reads no reference
     assert sorted(report.queued) == sorted([reference, plain, steered])
     scripts = {run_id: (state / f"job-{job}.sh").read_text() for run_id, job in report.queued.items()}
     assert "--dependency" not in scripts[reference] and "--dependency" not in scripts[plain]
@@ -571,15 +576,15 @@ def test_a_stage_waits_for_its_reference_in_the_slurm_queue_not_in_the_client(tm
 
     # The launcher is gone; its heartbeat stopped. Leases hold while squeue lists the jobs, past their expiry.
     for spec in specs:
-        rdir = records.run_dir(results, spec["run_id"])
+        rdir = records.run_dir(results, spec.run_id)
         record = lease.read(rdir)
-        io.write_json(rdir / lease.LEASE, {**record, "expires": time.time() - 1})
+        io.write_json(RunDir(rdir).lease, {**record, "expires": time.time() - 1})
         assert lease.holder(rdir) is not None and "slurm job" in lease.describe(record)
     again = launcher.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
     assert not again.queued and len(list(state.glob("job-*.sh"))) == 3  # nothing submitted twice
 
     (state / "queue").write_text("")  # the jobs left the queue without a result (cancelled)
-    assert all(lease.holder(records.run_dir(results, s["run_id"])) is None for s in specs)
+    assert all(lease.holder(records.run_dir(results, s.run_id)) is None for s in specs)
 
 
 def test_only_a_slurm_launch_can_leave_its_runs_queued(tmp_path):

@@ -135,14 +135,16 @@ def test_rerun_launches_only_what_is_missing_or_failed(sweep):
     assert "8 runs, 7 done, 1 to launch" in dry.stdout
 
 
-def test_report_command_rebuilds_the_report(sweep):
+def test_report_command_rebuilds_the_report(sweep, tmp_path):
     _, results, _ = sweep
     (results / "leaderboard.md").unlink()
     out = clipsteer("report", results)
     assert out.returncode == 0, out.stderr
     assert (results / "leaderboard.md").exists()
     missing = clipsteer("report", results / "nope")
-    assert missing.returncode == 2 and "not a results directory" in missing.stderr
+    assert missing.returncode == 2 and "no such directory" in missing.stderr
+    not_results = clipsteer("report", tmp_path)
+    assert not_results.returncode == 2 and "not a results directory" in not_results.stderr
 
 
 def test_every_registered_method_runs_a_tiny_sweep_end_to_end(tmp_path):

@@ -1,12 +1,14 @@
 """The training loop on tiny real data: exact resume, schedules, batches, failure on NaN."""
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from harness.data.pool import PoolConfig, build_pool
+from harness.data.build import build_pool
+from harness.data.pool import PoolConfig
 from harness.models import build_model
 from harness.run.reference import OnlineReference
 from harness.run.train import (
@@ -145,6 +147,28 @@ def test_lr_schedule_warms_up_then_follows_a_cosine_to_zero():
     assert lr_at(4, 14, cfg) == 1.0
     assert lr_at(9, 14, cfg) == pytest.approx(0.5)
     assert lr_at(13, 14, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.9)))
+
+
+def test_wsd_warms_up_holds_then_decays_as_one_minus_sqrt_over_the_last_cooldown_share():
+    cfg = TrainConfig(lr=2.0, warmup_steps=2, schedule="wsd", cooldown=0.25)  # 20 steps: the last 5 decay
+    assert [lr_at(s, 20, cfg) for s in range(16)] == [1.0] + [2.0] * 15
+    assert [lr_at(s, 20, cfg) for s in range(16, 20)] == pytest.approx(
+        [2 * (1 - 0.2 ** 0.5), 2 * (1 - 0.4 ** 0.5), 2 * (1 - 0.6 ** 0.5), 2 * (1 - 0.8 ** 0.5)])
+    assert [lr_at(s, 12, cfg) for s in range(9)] == [lr_at(s, 20, cfg) for s in range(9)]  # before 12's cooldown
+    assert lr_at(9, 12, cfg) == 2.0 and lr_at(10, 12, cfg) < lr_at(10, 20, cfg)
+    overlapping = TrainConfig(lr=1.0, warmup_steps=4, schedule="wsd", cooldown=0.5)  # warmup runs into the decay
+    assert [lr_at(s, 4, overlapping) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1 - 0.5 ** 0.5])
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"schedule": "wds"}, "schedule must be one of cosine, wsd, got 'wds' (did you mean 'wsd'?)"),
+    ({"schedule": "wsd", "cooldown": 0.0}, "cooldown must be in (0, 1]"),
+    ({"schedule": "wsd", "cooldown": 1.5}, "cooldown must be in (0, 1]"),
+    ({"cooldown": 0.3}, "cooldown applies to schedule 'wsd' only"),
+])
+def test_a_bad_schedule_is_refused(settings, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**settings)
 
 
 def test_non_finite_loss_stops_the_run_with_step_and_loss_parts(pool, tmp_path):

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from harness.data.pool import EMBEDDED_FIELDS, PoolConfig
 from harness.errors import ConfigError, check_int, did_you_mean
 from harness.eval.tasks import MissingData, UnknownTask, check_data, resolve
+from harness.grid.runspec import MethodConfig
 from harness.grid.slurm_config import SlurmConfig, parse_slurm
 from harness.models import check_model_name, preset_names
 from harness.run.train import TrainConfig
@@ -29,7 +30,9 @@ from methods import REGISTRY, get_method, needs_reference
 EXECUTORS = ("local", "debug", "slurm")
 TOP_KEYS = {"name", "description", "data", "eval", "train", "executor", "stages"}
 STAGE_KEYS = {"name", "methods", "models", "samples_seen", "seeds", "reference", "data", "train"}
-REFERENCE_KINDS = {"stage", "checkpoint", "pretrained"}
+# the keys that name a stage's reference: an earlier stage (whose single run it is), a checkpoint or a pretrained
+# tag; in a run spec, a RunReference, CheckpointReference or PretrainedReference (harness.run.reference)
+REFERENCE_KEYS = {"stage", "checkpoint", "pretrained"}
 REFERENCE_FEATURES = ("online", "cached")
 
 
@@ -48,8 +51,9 @@ class ExecutorConfig:
 
 @dataclass(frozen=True)
 class ReferenceConfig:
-    """A stage's reference model: an earlier stage's single run, a local checkpoint, or a pretrained tag;
-    its features computed on the fly or read from a cache (built by the sweep, or an explicit directory)."""
+    """A stage's reference model as the grid names it (one of REFERENCE_KEYS set): an earlier stage's single
+    run, a local checkpoint, or a pretrained tag; its features computed on the fly or read from a cache (built by
+    the sweep, or an explicit directory). harness.grid.spec turns it into the spec's Reference."""
 
     stage: str | None = None
     checkpoint: str | None = None
@@ -57,12 +61,6 @@ class ReferenceConfig:
     model: str | None = None
     features: str = "online"
     cache: str | None = None
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -203,8 +201,8 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
     if isinstance(raw, str):
         return ReferenceConfig(stage=raw)
     m = _mapping(raw, src, key)
-    _known_keys(m, REFERENCE_KINDS | {"model", "features", "cache"}, src, key)
-    kinds = [k for k in REFERENCE_KINDS if k in m]
+    _known_keys(m, REFERENCE_KEYS | {"model", "features", "cache"}, src, key)
+    kinds = [k for k in REFERENCE_KEYS if k in m]
     if len(kinds) != 1:
         raise ConfigError(src, key, "give exactly one of 'stage', 'checkpoint' (with 'model') or 'pretrained' (with 'model')")
     if kinds[0] == "stage" and "model" in m:

@@ -1,4 +1,4 @@
-"""Expand a grid into run specs: plain, JSON-able dicts, each hashed into a stable run id.
+"""Expand a grid into run specs (harness.grid.runspec.RunSpec), each hashed into a stable run id.
 
 A spec holds everything that determines a run's result (data, model, method with all its
 parameters resolved, budget, seed, optimisation, evaluation tasks, reference). How it is
@@ -8,31 +8,33 @@ every shard's SHA-256: rewritten shards give other run ids.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from harness import io
-from harness.data.pool import absolute_shards, shard_set
+from harness.data.shardset import absolute_shards, shard_set
 from harness.errors import ConfigError
 from harness.eval.evaluate import SUITE_VERSION
 from harness.grid.config import GridConfig, ReferenceConfig, StageConfig, pool_config
+from harness.grid.runspec import MethodConfig, RunSpec, identity
 from harness.run.refcache import check_cache
+from harness.run.reference import CheckpointReference, PretrainedReference, Reference, RunReference
 from harness.run.train import TrainConfig
-from harness.store import records
 from methods import get_method, needs_reference
 
 
-def run_id(spec: dict[str, Any]) -> str:
-    """A readable, stable id: stage-method-model-samples-seed plus 10 hex digits of the hash of identity(spec)."""
-    return (f"{spec['stage']}-{spec['method']['name']}-{spec['model']}-n{spec['samples_seen']}-s{spec['seed']}-"
-            f"{io.digest(records.identity(spec))}")
+def run_id(spec: RunSpec) -> str:
+    """A readable, stable id: stage-method-model-samples-seed plus 10 hex digits of the hash of the identity
+    of the spec's JSON form."""
+    return (f"{spec.stage}-{spec.method.name}-{spec.model}-n{spec.samples_seen}-s{spec.seed}-"
+            f"{io.digest(identity(spec.to_json()))}")
 
 
-def expand(grid: GridConfig) -> list[dict[str, Any]]:
-    """All run specs of the grid, stage by stage, each with its 'run_id' (stable across calls)."""
-    specs: list[dict[str, Any]] = []
-    stage_runs: dict[str, dict[str, Any]] = {}
+def expand(grid: GridConfig) -> list[RunSpec]:
+    """All run specs of the grid, stage by stage, each with its run id (stable across calls)."""
+    specs: list[RunSpec] = []
+    stage_runs: dict[str, RunSpec] = {}
     seen: dict[str, str] = {}
     digests: dict[str, str] = {}  # shard spec -> its manifest's SHA-256, read once per expansion
     for i, stage in enumerate(grid.stages):
@@ -40,51 +42,49 @@ def expand(grid: GridConfig) -> list[dict[str, Any]]:
         stage_specs = list(_stage_specs(grid, stage, stage_runs, data_key, digests))
         _check_caches(stage_specs, grid.source, f"stages[{i}].reference.cache")
         for spec in stage_specs:
-            if spec["run_id"] in seen:
-                raise ConfigError(grid.source, f"stages[{i}]", f"run {spec['run_id']} appears twice (also in stage "
-                                  f"{seen[spec['run_id']]!r}): repeated seed, model, budget or method with the same parameters")
-            seen[spec["run_id"]] = stage.name
+            if spec.run_id in seen:
+                raise ConfigError(grid.source, f"stages[{i}]", f"run {spec.run_id} appears twice (also in stage "
+                                  f"{seen[spec.run_id]!r}): repeated seed, model, budget or method with the same parameters")
+            seen[spec.run_id] = stage.name
         specs.extend(stage_specs)
         if len(stage_specs) == 1:
             stage_runs[stage.name] = stage_specs[0]
     return specs
 
 
-def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, dict[str, Any]], data_key: str,
-                 digests: dict[str, str]):
+def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, RunSpec], data_key: str,
+                 digests: dict[str, str]) -> Iterator[RunSpec]:
     data = _plain(asdict(pool_config({**grid.data, **stage.data})))
     if data["shards"] is not None:
         data = _shard_data(data, grid.source, data_key, digests)
-    train = asdict(TrainConfig(**{**grid.train, **stage.train}))
+    train = TrainConfig(**{**grid.train, **stage.train})
+    reference = _reference(stage.reference, stage_runs)
     for method in stage.methods:
         cls = get_method(method.name)
-        params = cls(method.params, num_indices=1).params
+        resolved = MethodConfig(method.name, cls(method.params, num_indices=1).params)
         for model in stage.models:
             for samples in stage.samples_seen:
                 for seed in stage.seeds:
-                    spec = {"grid": grid.name, "stage": stage.name, "method": {"name": method.name, "params": params},
-                            "model": model, "samples_seen": samples, "seed": seed, "data": data, "train": train,
-                            "eval_tasks": list(grid.eval_tasks), "eval_suite": SUITE_VERSION,
-                            "reference": _reference(stage.reference, stage_runs) if needs_reference(cls) else None}
-                    spec["run_id"] = run_id(spec)
-                    yield spec
+                    spec = RunSpec(grid=grid.name, stage=stage.name, method=resolved, model=model,
+                                   samples_seen=samples, seed=seed, data=data, train=train,
+                                   eval_tasks=grid.eval_tasks, eval_suite=SUITE_VERSION,
+                                   reference=reference if needs_reference(cls) else None, run_id="")
+                    yield replace(spec, run_id=run_id(spec))
 
 
-def _reference(ref: ReferenceConfig | None, stage_runs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def _reference(ref: ReferenceConfig | None, stage_runs: dict[str, RunSpec]) -> Reference | None:
+    """The stage's reference as a spec names it: the single run of the stage the grid names, a checkpoint
+    made absolute with its SHA-256, or a pretrained tag; with how its features are read."""
     if ref is None:
         return None
+    how = {"features": ref.features, "cache": None if ref.cache is None else str(Path(ref.cache).resolve())}
     if ref.stage is not None:
         target = stage_runs[ref.stage]
-        source = {"kind": "run", "run_id": target["run_id"], "model": target["model"]}
-    elif ref.checkpoint is not None:
+        return RunReference(run_id=target.run_id, model=target.model, **how)
+    if ref.checkpoint is not None:
         path = Path(ref.checkpoint).resolve()
-        source = {"kind": "checkpoint", "path": str(path), "sha256": io.file_sha256(path), "model": ref.model}
-    else:
-        source = {"kind": "pretrained", "tag": ref.pretrained, "model": ref.model}
-    source["features"] = ref.features
-    if ref.cache is not None:
-        source["cache"] = str(Path(ref.cache).resolve())
-    return source
+        return CheckpointReference(path=str(path), sha256=io.file_sha256(path), model=ref.model, **how)
+    return PretrainedReference(tag=ref.pretrained, model=ref.model, **how)
 
 
 def _shard_data(data: dict[str, Any], src: str, key: str, digests: dict[str, str]) -> dict[str, Any]:
@@ -103,13 +103,12 @@ def _shard_data(data: dict[str, Any], src: str, key: str, digests: dict[str, str
     return {"lazy": data["lazy"], "manifest_sha256": digest, "shards": shards}
 
 
-def _check_caches(specs: list[dict[str, Any]], src: str, key: str) -> None:
+def _check_caches(specs: list[RunSpec], src: str, key: str) -> None:
     """Refuse an explicit feature cache that another reference, or another pool, made."""
     for spec in specs:
-        ref = spec["reference"]
-        if ref and ref.get("cache"):
+        if spec.reference is not None and spec.reference.cache is not None:
             try:
-                check_cache(Path(ref["cache"]), ref, spec["data"])
+                check_cache(Path(spec.reference.cache), spec.reference, spec.data)
             except ValueError as e:
                 raise ConfigError(src, key, str(e)) from None
 

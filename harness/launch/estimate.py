@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from harness import io
+from harness.data.build import build_pool
 from harness.data.lazy import INDEX_BYTES_PER_SAMPLE
-from harness.data.pool import ShardSet, build_pool, shard_set
+from harness.data.shardset import ShardSet, shard_set
 from harness.errors import ConfigError
 from harness.grid.config import ExecutorConfig, pool_config
+from harness.grid.runspec import CacheUnit, RunSpec
 from harness.models import model_profile
 from harness.run.compute import run_compute
 from methods import get_method
@@ -80,15 +82,15 @@ class Estimate:
         return sum(self.gpu_hours.values())
 
 
-def estimate(specs: list[dict[str, Any]], caches: list[dict[str, Any]], executor: ExecutorConfig,
+def estimate(specs: list[RunSpec], caches: list[CacheUnit], executor: ExecutorConfig,
              rate: Throughput) -> Estimate:
     """GFLOPs and GPU-hours of runs `specs` and feature-cache units `caches`, and the shard sets they read. A
     pool's size counts for a filter scoring its pool on the fly and for a cache: a shard set's comes from its
     manifest, an embedded pool's from building it (only then)."""
     shard_sets = {spec: shard_set(spec) for spec in dict.fromkeys(
-        u["data"]["shards"] for u in specs + caches if u["data"].get("shards"))}
-    lazy = {spec for spec in shard_sets if all(u["data"].get("lazy") for u in specs + caches
-                                               if u["data"].get("shards") == spec)}
+        u.data["shards"] for u in specs + caches if u.data.get("shards"))}
+    lazy = {spec for spec in shard_sets if all(u.data.get("lazy") for u in specs + caches
+                                               if u.data.get("shards") == spec)}
     sizes: dict[str, int] = {}
 
     def pool_size(data: dict[str, Any]) -> int:
@@ -99,20 +101,19 @@ def estimate(specs: list[dict[str, Any]], caches: list[dict[str, Any]], executor
 
     gflops, flops = {}, {}
     for spec in specs:
-        gflops[spec["run_id"]], flops[spec["run_id"]] = _run_gflops(spec, pool_size)
+        gflops[spec.run_id], flops[spec.run_id] = _run_gflops(spec, pool_size)
     for unit in caches:
-        gflops[unit["run_id"]] = flops[unit["run_id"]] = model_profile(unit["reference"]["model"])["gflops"] * \
-            pool_size(unit["data"])
+        gflops[unit.run_id] = flops[unit.run_id] = model_profile(unit.reference.model)["gflops"] * pool_size(unit.data)
     hours = {uid: 1e9 * f / rate.flops_per_second / 3600 for uid, f in flops.items()}
     return Estimate(gflops, hours, shard_sets, lazy, len(specs), len(caches), gpus_per_run(executor), rate)
 
 
-def _run_gflops(spec: dict[str, Any], pool_size: Callable[[dict[str, Any]], int]) -> tuple[float, float]:
+def _run_gflops(spec: RunSpec, pool_size: Callable[[dict[str, Any]], int]) -> tuple[float, float]:
     """A run's C_total (forward GFLOPs) and its cost in forward-equivalent GFLOPs (trained samples x3)."""
-    method = get_method(spec["method"]["name"])(spec["method"]["params"], num_indices=1)
-    ref = spec["reference"]
-    scores_pool = method.reference == "pool" and ref is not None and ref["features"] == "online"
-    parts = run_compute(spec, method, pool_size(spec["data"]) if scores_pool else 0)
+    method = get_method(spec.method.name)(spec.method.params, num_indices=1)
+    ref = spec.reference
+    scores_pool = method.reference == "pool" and ref is not None and ref.features == "online"
+    parts = run_compute(spec, method, pool_size(spec.data) if scores_pool else 0)
     forward = parts["learner_scoring"] + parts["reference_forward"] + parts["pool_scoring"]
     return parts["c_paper"] + forward, TRAIN_FACTOR * parts["c_paper"] + forward
 

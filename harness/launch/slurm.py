@@ -26,8 +26,8 @@ from harness import io
 from harness.errors import ConfigError, check_int
 from harness.grid.slurm_config import SlurmConfig, normalize
 from harness.store import records
+from harness.store.rundir import RunDir
 
-REQUEUES = "requeues.jsonl"
 
 def _check_folder(folder: Path) -> Path:
     """The submitit folder, absolute; refused if it would break the script or Slurm's log paths."""
@@ -127,7 +127,7 @@ class RequeueLimitError(RuntimeError):
 
 
 def requeues_path(run_dir: Path) -> Path:
-    return Path(run_dir) / REQUEUES
+    return RunDir(run_dir).requeues
 
 
 def requeue_records(run_dir: Path) -> list[dict[str, Any]]:

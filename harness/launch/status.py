@@ -3,24 +3,26 @@ which step), requeued, never started; and which run directories belong to earlie
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from harness import io
+from harness.grid.runspec import RunSpec, unit_from_json
 from harness.launch.slurm import requeue_count
 from harness.run import refcache
 from harness.run.train import checkpoint_files, checkpoint_step
 from harness.store import lease, records
+from harness.store.rundir import RunDir
 
 
-def run_states(specs: list[dict[str, Any]], results: Path) -> pd.DataFrame:
+def run_states(specs: list[RunSpec], results: Path) -> pd.DataFrame:
     """One row per unit (feature caches first, then runs): id, state and a detail line."""
     units = refcache.cache_units(specs) + list(specs)
     rows = []
     for unit in units:
-        rdir = records.run_dir(results, unit["run_id"])
-        state = records.state(results, unit["run_id"], unit)
+        rdir = records.run_dir(results, unit.run_id)
+        state = records.state(results, unit.run_id, unit)
+        is_run = isinstance(unit, RunSpec)
         status = records.read_status(rdir) or {}
         detail = ""
         if state == "failed":
@@ -35,27 +37,26 @@ def run_states(specs: list[dict[str, Any]], results: Path) -> pd.DataFrame:
             else:
                 detail = f"on {lease.describe(holder)}"
         elif state == "done":
-            detail = f"average {io.read_json(rdir / 'result.json')['eval']['average']:.4f}" \
-                if unit.get("kind") != refcache.KIND else "features cached"
+            detail = f"average {io.read_json(RunDir(rdir).result)['eval']['average']:.4f}" if is_run else \
+                "features cached"
         elif state == "conflict":
             detail = "the directory holds a different spec under this id"
         requeued = requeue_count(rdir)
-        rows.append({"run_id": unit["run_id"], "stage": unit.get("stage", "cache"), "state": state,
+        rows.append({"run_id": unit.run_id, "stage": unit.stage if is_run else "cache", "state": state,
                      "attempts": records.attempts(rdir), "requeued": requeued, "detail": detail})
     return pd.DataFrame(rows, columns=["run_id", "stage", "state", "attempts", "requeued", "detail"])
 
 
-def orphans(specs: list[dict[str, Any]], results: Path) -> list[dict[str, Any]]:
+def orphans(specs: list[RunSpec], results: Path) -> list[RunSpec]:
     """Specs of the run directories under `results` that the grid no longer names (an edited grid file):
     kept on disk, left out of the leaderboard unless asked for."""
-    known = {u["run_id"] for u in refcache.cache_units(specs) + list(specs)}
-    runs = Path(results) / records.RUNS
+    known = {u.run_id for u in refcache.cache_units(specs) + list(specs)}
     found = []
-    for spec_file in sorted(runs.glob("*/spec.json")) if runs.is_dir() else []:
-        if spec_file.parent.name not in known:
-            spec = io.read_json(spec_file)
-            if spec.get("kind") != refcache.KIND:
-                found.append(spec)
+    for rdir in RunDir.all(results):
+        if rdir.path.name not in known and rdir.spec.is_file():
+            unit = unit_from_json(io.read_json(rdir.spec))
+            if isinstance(unit, RunSpec):
+                found.append(unit)
     return found
 
 

@@ -10,27 +10,26 @@ sample one), as the paper counts C.
 """
 from __future__ import annotations
 
-from typing import Any
-
+from harness.grid.runspec import RunSpec
 from harness.models import model_profile
 from methods import Method
 
 PARTS = ("c_paper", "learner_scoring", "reference_forward", "pool_scoring")
 
 
-def run_compute(spec: dict[str, Any], method: Method, pool_size: int) -> dict[str, float]:
+def run_compute(spec: RunSpec, method: Method, pool_size: int) -> dict[str, float]:
     """GFLOPs a run spends, by part (PARTS); `pool_size` is the pool before any static selection."""
-    gflops = model_profile(spec["model"])["gflops"]
-    batch = spec["train"]["batch_size"]
-    steps = spec["samples_seen"] // batch
+    gflops = model_profile(spec.model)["gflops"]
+    batch = spec.train.batch_size
+    steps = spec.samples_seen // batch
     drawn = method.candidates(batch)
-    ref = spec["reference"]
-    ref_gflops = model_profile(ref["model"])["gflops"] if ref else 0.0
-    online = ref is not None and ref["features"] == "online"
+    ref = spec.reference
+    ref_gflops = model_profile(ref.model)["gflops"] if ref is not None else 0.0
+    online = ref is not None and ref.features == "online"
     return {
         "gflops_per_pair": gflops,
         "reference_gflops_per_pair": ref_gflops,
-        "c_paper": gflops * spec["samples_seen"],
+        "c_paper": gflops * spec.samples_seen,
         "learner_scoring": gflops * steps * drawn if drawn != batch else 0.0,
         "reference_forward": ref_gflops * steps * drawn if online and method.reference == "batch" else 0.0,
         "pool_scoring": ref_gflops * pool_size if online and method.reference == "pool" else 0.0,

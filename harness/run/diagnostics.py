@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from harness import io
-from harness.data.pool import ImageTextPool, PoolConfig, build_pool
+from harness.data.build import build_pool
+from harness.data.pool import ImageTextPool, PoolConfig
 from harness.eval.evaluate import evaluate
 from harness.models import BuiltModel, encode
-from harness.store import records
+from harness.run.reference import Reference
+from methods.selection import per_sample_clip_loss
 
 HELDOUT_SIZE = 1024
 HELDOUT_BATCH = 256
@@ -47,7 +47,7 @@ def heldout_pool(cfg: PoolConfig, size: int = HELDOUT_SIZE) -> ImageTextPool:
 @torch.no_grad()
 def per_sample_loss(built: BuiltModel, pool: ImageTextPool, device: str, batch: int = HELDOUT_BATCH) -> torch.Tensor:
     """Symmetric contrastive loss of each pair within consecutive batches of `batch`, at the model's own
-    temperature: (CE of image i over the batch's texts + CE of text i over its images) / 2; float64 [N]."""
+    temperature (methods.selection.per_sample_clip_loss, as the selection methods score); float64 [N]."""
     was_training = built.model.training
     built.model.eval()
     tokens = pool.tokenize(built.tokenizer)
@@ -55,10 +55,7 @@ def per_sample_loss(built: BuiltModel, pool: ImageTextPool, device: str, batch: 
     for start in range(0, len(pool), batch):
         rows = slice(start, start + batch)
         feats = encode(built, pool.images[rows], tokens[pool.caption_ids[rows]], device)
-        logits = feats.logit_scale * feats.image @ feats.text.T
-        target = torch.arange(len(logits), device=logits.device)
-        loss = (F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.T, target, reduction="none")) / 2
-        out.append(loss.double().cpu())
+        out.append(per_sample_clip_loss(feats).double().cpu())
     built.model.train(was_training)
     return torch.cat(out)
 
@@ -69,19 +66,17 @@ def reducible_loss(built: BuiltModel, reference: BuiltModel, pool: ImageTextPool
     return {"n": len(diff), "batch": HELDOUT_BATCH, "mean": float(diff.mean()), "var": float(diff.var(unbiased=False))}
 
 
-def reference_scores(ref: dict[str, Any], reference: BuiltModel, tasks: list[str], results: Path,
+def reference_scores(ref: Reference, reference: BuiltModel, tasks: list[str], results: Path,
                      device: str) -> dict[str, Any]:
-    """The reference's zero-shot scores on `tasks`: read from its own run when that run evaluated every one
-    of them (same suite), else computed here."""
-    if ref["kind"] == "run":
-        path = records.run_dir(results, ref["run_id"]) / "eval.json"
-        scores = io.read_json(path)
-        if set(tasks) <= set(scores["tasks"]):
-            return scores
+    """The reference's zero-shot scores on `tasks`: the sweep's stored evaluation of it (a reference run's)
+    when that evaluated every one of them (same suite), else computed here."""
+    scores = ref.stored_scores(results)
+    if scores is not None and set(tasks) <= set(scores["tasks"]):
+        return scores
     return evaluate(reference, tasks, device=device)
 
 
-def reference_diagnostics(built: BuiltModel, reference: BuiltModel, ref: dict[str, Any], data: PoolConfig,
+def reference_diagnostics(built: BuiltModel, reference: BuiltModel, ref: Reference, data: PoolConfig,
                           tasks: list[str], results: Path, device: str) -> dict[str, Any]:
     """What result.json records about a run's reference: its scores on the run's tasks and the reducible loss."""
     scores = reference_scores(ref, reference, tasks, results, device)

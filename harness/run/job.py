@@ -15,70 +15,78 @@ from typing import Any
 import torch
 
 from harness import codeversion, faults, io
-from harness.data.pool import build_pool
+from harness.data.build import build_pool
 from harness.eval.evaluate import evaluate
 from harness.grid.config import pool_config
+from harness.grid.runspec import RunSpec
 from harness.models import build_model
 from harness.run import distributed, refcache
+from harness.run.branch import Rung, prepare, spent
 from harness.run.compute import run_compute
 from harness.run.diagnostics import reference_diagnostics
-from harness.run.reference import OnlineReference, load_reference
-from harness.run.train import TrainConfig, train
+from harness.run.reference import OnlineReference
+from harness.run.train import train
 from harness.store import records
+from harness.store.rundir import RunDir
 from methods import get_method
 
 
-def run_job(spec: dict[str, Any], results: str | Path, threads: int = 1, show_progress: bool = True,
-            lease_token: str | None = None, code: str | None = None) -> dict[str, Any]:
+def run_job(spec: RunSpec, results: str | Path, threads: int = 1, show_progress: bool = True,
+            lease_token: str | None = None, code: str | None = None, rung: Rung | None = None) -> dict[str, Any]:
     """Execute the run `spec` under `results` (under the launcher's lease `lease_token`, and refusing to run
-    if the harness code is not the version `code` the sweep started with); returns and stores its result."""
-    rdir = records.run_dir(Path(results), spec["run_id"])
-    with distributed.joined(spec["train"]["device"]) as world:
-        work = functools.partial(_execute, spec, Path(results), rdir, threads, show_progress, code, world)
+    if the harness code is not the version `code` the sweep started with; as `rung` of a wsd budget ladder,
+    harness.run.branch); returns and stores its result."""
+    rdir = records.run_dir(Path(results), spec.run_id)
+    with distributed.joined(spec.train.device) as world:
+        work = functools.partial(_execute, spec, Path(results), rdir, threads, show_progress, code, world,
+                                 rung or Rung())
         if not world.main:  # another rank of a data-parallel job: it trains its share; rank 0 records the run
             return work()
         return records.recorded(rdir, spec, work, lease_token)
 
 
-def _execute(spec: dict[str, Any], results: Path, rdir: Path, threads: int, show_progress: bool,
-             code: str | None, world: distributed.World) -> dict[str, Any]:
+def _execute(spec: RunSpec, results: Path, rdir: Path, threads: int, show_progress: bool,
+             code: str | None, world: distributed.World, rung: Rung) -> dict[str, Any]:
     version = codeversion.check(code)
     start = time.perf_counter()
     torch.set_num_threads(threads)
-    cfg = TrainConfig(**spec["train"])
-    pool = build_pool(pool_config(spec["data"]))
+    cfg = spec.train
+    pool = build_pool(pool_config(spec.data))
     reference = _reference_features(spec, results, pool, cfg.device)
-    torch.manual_seed(spec["seed"])
-    built = build_model(spec["model"], device=cfg.device)
-    method = get_method(spec["method"]["name"])(spec["method"]["params"], num_indices=pool.num_indices)
-    summary = train(built, method, pool, spec["samples_seen"], cfg, spec["seed"], rdir, reference=reference,
-                    show_progress=show_progress)
+    torch.manual_seed(spec.seed)
+    built = build_model(spec.model, device=cfg.device)
+    method = get_method(spec.method.name)(spec.method.params, num_indices=pool.num_indices)
+    trunk = records.run_dir(results, rung.trunk) if rung.trunk else None
+    branch = prepare(rdir, trunk, rung.step) if world.main else None
+    summary = train(built, method, pool, spec.samples_seen, cfg, spec.seed, rdir, reference=reference,
+                    show_progress=show_progress, keep_at=rung.keep_at)
     if not world.main:
         return {}
     faults.hit("evaluate")
     eval_start = time.perf_counter()
-    scores = evaluate(built, spec["eval_tasks"], device=cfg.device)
-    io.write_json(rdir / "eval.json", scores)
+    scores = evaluate(built, list(spec.eval_tasks), device=cfg.device)
+    io.write_json(RunDir(rdir).eval, scores)
     diagnostics = None
-    if spec["reference"] is not None:
+    if spec.reference is not None:
         ref_model = reference.built if isinstance(reference, OnlineReference) else \
-            load_reference(spec["reference"], results, cfg.device)
-        diagnostics = reference_diagnostics(built, ref_model, spec["reference"], pool_config(spec["data"]),
-                                            spec["eval_tasks"], results, cfg.device)
+            spec.reference.load(results, cfg.device)
+        diagnostics = reference_diagnostics(built, ref_model, spec.reference, pool_config(spec.data),
+                                            list(spec.eval_tasks), results, cfg.device)
     compute = run_compute(spec, method, len(pool))
+    compute["spent"] = spent(compute, summary.steps, branch["step"] if branch else 0)
     # A resumed run's wall time counts the training done before the resume (kept in the checkpoint).
     wall = time.perf_counter() - start + summary.earlier_time_s
-    return {"run_id": spec["run_id"], "gflops_per_pair": compute["gflops_per_pair"], "samples_seen": summary.samples_seen,
+    return {"run_id": spec.run_id, "gflops_per_pair": compute["gflops_per_pair"], "samples_seen": summary.samples_seen,
             "c_paper": compute["c_paper"], "compute": compute, "train": vars(summary), "eval": scores,
             "reference": diagnostics, "eval_time_s": time.perf_counter() - eval_start, "wall_time_s": wall,
-            "threads": threads, "processes": world.size, "code": version}
+            "threads": threads, "processes": world.size, "code": version, "branch": branch}
 
 
-def _reference_features(spec: dict[str, Any], results: Path, pool: Any, device: str) -> Any:
+def _reference_features(spec: RunSpec, results: Path, pool: Any, device: str) -> Any:
     """The run's reference feature source: none, the reference model on the fly, or its checked cache."""
-    ref = spec["reference"]
+    ref = spec.reference
     if ref is None:
         return None
-    if ref["features"] == "cached":
-        return refcache.load_cache(refcache.cache_dir(spec, results), ref, spec["data"], device)
-    return OnlineReference(load_reference(ref, results, device), device)
+    if ref.features == "cached":
+        return refcache.load_cache(refcache.cache_dir(spec, results), ref, spec.data, device)
+    return OnlineReference(ref.load(results, device), device)

@@ -1,5 +1,5 @@
-"""The one training loop: AdamW, warmup + cosine, seeded, resumable; it asks the method for a loss
-and knows no method by name.
+"""The one training loop: AdamW, warmup then cosine or warmup-stable-decay (harness.run.schedule), seeded,
+resumable; it asks the method for a loss and knows no method by name.
 
 Determinism: the batch of step k and its augmentation are functions of (seed, k) alone, so a
 run resumed from a checkpoint follows the same trajectory as an uninterrupted one.
@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +23,25 @@ from tqdm import tqdm
 from harness import faults, io
 from harness.models import BuiltModel, encode
 from harness.run import distributed
+from harness.run.schedule import DEFAULT_COOLDOWN, DEFAULT_SCHEDULE, check_schedule, lr_at
+from harness.store.identity import IN_ID_UNLESS_DEFAULT, NOT_IN_ID
+from harness.store.rundir import RunDir
 from methods import Features, Method, Progress
 
-CHECKPOINTS = "checkpoints"
+# file names in a run directory (harness.store.rundir owns them)
+CHECKPOINTS = RunDir.checkpoints.name
+BRANCH_POINTS = RunDir.branch_points.name  # checkpoints kept for a wsd ladder's shorter budgets (harness.run.branch)
 KEEP_CHECKPOINTS = 2  # the newest, and one to fall back to if the newest is found damaged
-FINAL_MODEL = "model.pt"
-METRICS = "metrics.jsonl"
-KEPT_INDICES = "kept_indices.pt"
+FINAL_MODEL = RunDir.final_model.name
+METRICS = RunDir.metrics.name
+KEPT_INDICES = RunDir.kept_indices.name
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings of one run (the samples-seen budget lives in the run spec)."""
+    """Optimisation settings of one run (the samples-seen budget lives in the run spec); the metadata marks
+    the fields that stay out of the run id (harness.store.identity)."""
 
     batch_size: int = 128
     lr: float = 1e-3
@@ -45,14 +51,21 @@ class TrainConfig:
     beta2: float = 0.98
     adam_eps: float = 1e-6
     augment: bool = True
-    checkpoint_every: int = 0
-    checkpoint_minutes: float = 10.0
-    log_every: int = 10
+    checkpoint_every: int = field(default=0, metadata=NOT_IN_ID)
+    checkpoint_minutes: float = field(default=10.0, metadata=NOT_IN_ID)
+    log_every: int = field(default=10, metadata=NOT_IN_ID)
     device: str = "cpu"
-    precision: str = "auto"  # "auto": bf16 autocast on cuda, fp32 on cpu; or "fp32" / "bf16" everywhere
-    compile: bool = False  # torch.compile the model (same math; faster on GPUs)
-    channels_last: bool = False  # channels-last memory format for the image tower (same math)
-    grad_checkpointing: bool = False  # recompute activations in backward: less memory, same math
+    # "auto": bf16 autocast on cuda, fp32 on cpu; or "fp32" / "bf16" everywhere
+    precision: str = field(default="auto", metadata=IN_ID_UNLESS_DEFAULT)
+    compile: bool = field(default=False, metadata=NOT_IN_ID)  # torch.compile the model (same math; faster on GPUs)
+    # channels-last memory format for the image tower (same math)
+    channels_last: bool = field(default=False, metadata=NOT_IN_ID)
+    # recompute activations in backward: less memory, same math
+    grad_checkpointing: bool = field(default=False, metadata=NOT_IN_ID)
+    # "cosine" (warmup + cosine) or "wsd" (warmup-stable-decay)
+    schedule: str = field(default=DEFAULT_SCHEDULE, metadata=IN_ID_UNLESS_DEFAULT)
+    # wsd: the share of the steps that decays to 0
+    cooldown: float = field(default=DEFAULT_COOLDOWN, metadata=IN_ID_UNLESS_DEFAULT)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -78,6 +91,7 @@ class TrainConfig:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_schedule(self.schedule, self.cooldown)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -94,14 +108,6 @@ class TrainSummary:
     pool_size: int
     earlier_time_s: float  # training seconds spent before a resume (0 for an uninterrupted run)
     rejected_checkpoints: list[str]  # damaged checkpoints skipped on resume, with the reason
-
-
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup to cfg.lr over warmup_steps, then cosine decay to 0 at `total`."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(total - cfg.warmup_steps, 1)
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * (step - cfg.warmup_steps) / span))
 
 
 def generator(seed: int, stream: str, index: int) -> torch.Generator:
@@ -158,7 +164,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: TrainConfig, seed: int,
-          run_dir: Path, reference: Any = None, show_progress: bool = True) -> TrainSummary:
+          run_dir: Path, reference: Any = None, show_progress: bool = True,
+          keep_at: tuple[int, ...] = ()) -> TrainSummary:
     """Train `built.model` on `pool` with `method` for exactly `samples_seen` samples.
 
     `reference` is a feature source (harness.run.reference: OnlineReference or CachedReference) when
@@ -166,7 +173,8 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
     the kept sample indices are saved in the run directory (and reused on resume). Resumes from
     the newest intact checkpoint in run_dir/checkpoints (a damaged one is set aside, saying so); writes
     metrics.jsonl, checkpoints every `checkpoint_every` steps and `checkpoint_minutes` minutes and at the
-    end, and model.pt (open_clip-loadable weights).
+    end, and model.pt (open_clip-loadable weights). After each step count in `keep_at` it also keeps a checkpoint
+    in run_dir/branch_points, never pruned (the branch points of a wsd ladder's shorter budgets).
 
     Inside a process group (harness.run.distributed) every rank calls this with the same arguments: each
     encodes its share of the global batch of cfg.batch_size, the loss is the global batch's, and only
@@ -189,6 +197,8 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             eps=cfg.adam_eps, fused=True)  # fused kernels exist for CPU and CUDA: 5-8x faster steps here
     start, loss_value, time_before, rejected = _resume(run_dir, model, opt, method, world)
+    if world.main:
+        io.remove_temporaries(run_dir / BRANCH_POINTS)
     model.train()
     drawn = method.candidates(cfg.batch_size)  # > batch_size: a super-batch the method selects from
     world.check_divides(drawn, f"method {method.name!r}'s super-batch of")
@@ -205,6 +215,8 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
         images = _images(pool, pos, rows, shifts)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg)
+        if method.parameters():  # the method's own group, last: its learning rate is the method's to set
+            opt.param_groups[-1]["lr"] = method.parameters_lr(opt.param_groups[0]["lr"])
         ref = world.gather(reference.batch(pool, pos[rows], images)) if method.reference == "batch" else None
         trained = torch.arange(drawn)  # rows of the drawn batch that are trained on
         if drawn != cfg.batch_size:
@@ -240,6 +252,8 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
             bar.set_postfix(loss=f"{loss_value:.4f}")
         due = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or \
             (cfg.checkpoint_minutes and time.perf_counter() - last_checkpoint >= 60 * cfg.checkpoint_minutes)
+        if world.main and done in keep_at:
+            _save_state(run_dir / BRANCH_POINTS, model, opt, method, done, loss_value, time.perf_counter() - t0)
         if world.broadcast(bool(done == total or due)):  # rank 0's clock decides, so all ranks agree
             if world.main:
                 _checkpoint(run_dir, model, opt, method, done, loss_value, time.perf_counter() - t0)
@@ -321,12 +335,18 @@ def checkpoint_files(run_dir: Path) -> list[Path]:
 
 def _checkpoint(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method, step: int,
                 loss: float, train_time_s: float) -> None:
-    """Save step `step` under a name carrying its checksum, then drop all but the newest KEEP_CHECKPOINTS."""
-    state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-             "method": method.state_dict(), "loss": loss, "train_time_s": train_time_s}
-    io.save_checksummed(run_dir / CHECKPOINTS, f"step-{step:09d}", lambda p: torch.save(state, p))
+    """Save step `step` in run_dir/checkpoints, then drop all but the newest KEEP_CHECKPOINTS."""
+    _save_state(run_dir / CHECKPOINTS, model, opt, method, step, loss, train_time_s)
     for old in checkpoint_files(run_dir)[KEEP_CHECKPOINTS:]:
         old.unlink()
+
+
+def _save_state(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method, step: int,
+                loss: float, train_time_s: float) -> Path:
+    """Save the training state after step `step` in `folder` as step-<step>-<sha256>.pt (the name carries its checksum)."""
+    state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "method": method.state_dict(), "loss": loss, "train_time_s": train_time_s}
+    return io.save_checksummed(folder, f"step-{step:09d}", lambda p: torch.save(state, p))
 
 
 def _resume(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method,

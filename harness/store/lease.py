@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harness import io
+from harness.store.rundir import RunDir
 
-LEASE = "lease.json"
-LOCK = ".lease.lock"
 TTL_S = 120.0  # a lease not renewed for this long is dead, whoever holds it
 BEAT_S = TTL_S / 4
 SQUEUE_TIMEOUT_S = 30
@@ -112,7 +111,7 @@ def is_live(record: dict[str, Any] | None) -> bool:
 
 def read(rdir: Path) -> dict[str, Any] | None:
     """The lease record of a run directory, or None."""
-    path = Path(rdir) / LEASE
+    path = RunDir(rdir).lease
     try:
         return io.read_json(path)
     except FileNotFoundError:
@@ -134,7 +133,7 @@ def describe(record: dict[str, Any]) -> str:
 @contextmanager
 def _locked(rdir: Path) -> Iterator[None]:
     Path(rdir).mkdir(parents=True, exist_ok=True)
-    with open(Path(rdir) / LOCK, "a") as f:
+    with open(RunDir(rdir).lease_lock, "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -149,7 +148,7 @@ def acquire(rdir: Path) -> Lease | None:
             return None
         token = secrets.token_hex(8)
         now = time.time()
-        io.write_json(Path(rdir) / LEASE, {"token": token, "owners": [_me()], "since": now, "expires": now + TTL_S})
+        io.write_json(RunDir(rdir).lease, {"token": token, "owners": [_me()], "since": now, "expires": now + TTL_S})
         return Lease(Path(rdir), token)
 
 
@@ -168,7 +167,7 @@ def renew(lease: Lease) -> None:
             raise LeaseLost(f"the lease on {lease.rdir.name} was released or taken over")
         me = _me()
         owners = [o for o in record["owners"] if (o.get("host"), o.get("pid")) != (me["host"], me["pid"])] + [me]
-        io.write_json(lease.rdir / LEASE, {**record, "owners": owners, "expires": time.time() + TTL_S})
+        io.write_json(RunDir(lease.rdir).lease, {**record, "owners": owners, "expires": time.time() + TTL_S})
 
 
 def hand_to_slurm(lease: Lease, job_id: str) -> None:
@@ -178,7 +177,7 @@ def hand_to_slurm(lease: Lease, job_id: str) -> None:
         record = read(lease.rdir)
         if record is None or record["token"] != lease.token:
             raise LeaseLost(f"the lease on {lease.rdir.name} was released or taken over")
-        io.write_json(lease.rdir / LEASE, {**record, "owners": record["owners"] + [{"slurm_job": str(job_id)}]})
+        io.write_json(RunDir(lease.rdir).lease, {**record, "owners": record["owners"] + [{"slurm_job": str(job_id)}]})
 
 
 def release(lease: Lease) -> None:
@@ -186,7 +185,7 @@ def release(lease: Lease) -> None:
     with _locked(lease.rdir):
         record = read(lease.rdir)
         if record is not None and record["token"] == lease.token:
-            (lease.rdir / LEASE).unlink()
+            RunDir(lease.rdir).lease.unlink()
 
 
 class Heartbeat:

@@ -1,13 +1,5 @@
-"""The result store: one directory per run, written atomically, and the results table read from it.
-
-results/<grid>/runs/<run_id>/
-    spec.json      the run's spec (what the id hashes)
-    status.json    state: running | done | failed, with times, host, pid, error
-    lease.json     which live process works on the run now (harness.store.lease)
-    attempts.jsonl one line per start of the run (host, pid, time)
-    metrics.jsonl  training log;  checkpoints/step-*-<sha256>.pt;  model.pt (final weights)
-    eval.json      per-task metrics and the average
-    result.json    the run's row of the leaderboard (written last: its presence means done)
+"""The result store: one directory per unit (harness.store.rundir names its files), written atomically,
+and the results table read from it.
 """
 from __future__ import annotations
 
@@ -22,97 +14,69 @@ from typing import Any, Callable
 import pandas as pd
 
 from harness import io
+from harness.grid.runspec import RunSpec, Unit, identity
 from harness.run.compute import PARTS, c_total
 from harness.store import lease
-
-RUNS = "runs"
-RESULT_FORMAT = 3  # version of result.json's fields; 2 added the compute breakdown (C_total), 3 the reference diagnostics
-ATTEMPTS = "attempts.jsonl"
-NOT_IN_ID = {"train": ("log_every", "checkpoint_every", "checkpoint_minutes", "compile", "channels_last",
-                       "grad_checkpointing"), "data": ("lazy",), "reference": ("path", "cache")}
-# Fields added after runs existed, left out of the identity at the value that reproduces those runs,
-# so adding an option does not rename every stored run.
-OMITTED_AT = {"train": {"precision": "auto"}, "data": {"shards": None, "manifest_sha256": None}}
+from harness.store.rundir import RESULT_FORMAT, RunDir
 
 
 class SpecConflict(RuntimeError):
     """A run directory holds a different spec than the one that names it: it is never reused."""
 
 
-def identity(spec: dict[str, Any]) -> dict[str, Any]:
-    """The part of a spec that determines the result: all of it but logging, checkpoint cadence, speed
-    options that keep the math (compile, channels-last, gradient checkpointing, a lazily read shard
-    set, whose rows are those of the same set read into memory), where a reference checkpoint or
-    feature cache lies (the checkpoint's sha256 is kept; a cache is checked to match the reference and
-    pool), fields at their OMITTED_AT values, and the id itself."""
-    ident = {k: v for k, v in spec.items() if k != "run_id"}
-    for key, dropped in NOT_IN_ID.items():
-        if isinstance(ident.get(key), dict):
-            ident[key] = {k: v for k, v in ident[key].items() if k not in dropped}
-    for key, omitted in OMITTED_AT.items():
-        if isinstance(ident.get(key), dict):
-            ident[key] = {k: v for k, v in ident[key].items() if k not in omitted or omitted[k] != v}
-    return ident
-
-
 def run_dir(results: Path, run_id: str) -> Path:
     """Directory of run `run_id` under a grid's results directory."""
-    return Path(results) / RUNS / run_id
+    return RunDir.of(results, run_id).path
 
 
 def read_status(rdir: Path) -> dict[str, Any] | None:
     """The run's status record, or None if it never started."""
-    path = Path(rdir) / "status.json"
-    return io.read_json(path) if path.exists() else None
+    return RunDir(rdir).read_status()
 
 
-def state(results: Path, run_id: str, spec: dict[str, Any] | None = None) -> str:
+def state(results: Path, run_id: str, spec: Unit | None = None) -> str:
     """'done' (a result.json of the current RESULT_FORMAT exists: the one test of done), 'stale' (a result
     written by an older harness, lacking fields the report needs: run again), 'failed', 'running' or
     'missing' (never started); with `spec`, 'conflict' when the directory's spec.json is not that spec.
 
     The run id hashes everything that determines a result, so a result under that id is the spec's result.
     """
-    rdir = run_dir(results, run_id)
-    if spec is not None and _holds_other_spec(rdir, spec):
+    if spec is not None and _holds_other_spec(run_dir(results, run_id), spec):
         return "conflict"
-    if (rdir / "result.json").exists():
-        return "done" if io.read_json(rdir / "result.json").get("format") == RESULT_FORMAT else "stale"
-    status = read_status(rdir)
-    return status["state"] if status else "missing"
+    return RunDir.of(results, run_id).state()
 
 
-def _holds_other_spec(rdir: Path, spec: dict[str, Any]) -> bool:
+def _holds_other_spec(rdir: Path, spec: Unit) -> bool:
     """Whether the run directory's spec.json is a spec whose identity differs from `spec`'s."""
-    path = Path(rdir) / "spec.json"
-    return path.exists() and identity(io.read_json(path)) != identity(spec)
+    path = RunDir(rdir).spec
+    return path.exists() and identity(io.read_json(path)) != identity(spec.to_json())
 
 
-def is_done(results: Path, spec: dict[str, Any]) -> bool:
-    """True when run `spec` has finished."""
-    return state(results, spec["run_id"], spec) == "done"
+def is_done(results: Path, spec: Unit) -> bool:
+    """True when unit `spec` has finished."""
+    return state(results, spec.run_id, spec) == "done"
 
 
-def begin(rdir: Path, spec: dict[str, Any]) -> None:
-    """Record that a run starts (its spec, an attempt line and a 'running' status); clear an earlier
+def begin(rdir: Path, spec: Unit) -> None:
+    """Record that a unit starts (its spec, an attempt line and a 'running' status); clear an earlier
     failure's result and the temporary files of writes a kill cut short. A directory holding another
     spec is refused (SpecConflict), never reused."""
-    rdir = Path(rdir)
-    if _holds_other_spec(rdir, spec):
-        raise SpecConflict(f"{rdir} holds a run of a different spec than the one named {spec['run_id']}; "
+    unit = RunDir(rdir)
+    if _holds_other_spec(unit.path, spec):
+        raise SpecConflict(f"{unit.path} holds a run of a different spec than the one named {spec.run_id}; "
                            "it is left as it is: move it away to run this spec")
-    for folder in (rdir, rdir / "checkpoints"):
+    for folder in (unit.path, unit.checkpoints):
         io.remove_temporaries(folder)
-    io.write_json(rdir / "spec.json", spec)
-    (rdir / "result.json").unlink(missing_ok=True)
+    io.write_json(unit.spec, spec.to_json())
+    unit.result.unlink(missing_ok=True)
     started = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-    io.append_jsonl(rdir / ATTEMPTS, started)
-    io.write_json(rdir / "status.json", {"state": "running", **started})
+    io.append_jsonl(unit.attempts, started)
+    io.write_json(unit.status, {"state": "running", **started})
 
 
 def attempts(rdir: Path) -> int:
     """How many times the run was started."""
-    return len(io.read_jsonl(Path(rdir) / ATTEMPTS))
+    return len(io.read_jsonl(RunDir(rdir).attempts))
 
 
 def reason(error: BaseException) -> str:
@@ -123,23 +87,26 @@ def reason(error: BaseException) -> str:
 
 def fail(rdir: Path, error: BaseException) -> None:
     """Record a failed run: the error's last line in status.json, the traceback in error.txt."""
-    io.write_text(rdir / "error.txt", "".join(traceback.format_exception(error)))
-    io.write_json(rdir / "status.json", {"state": "failed", "finished": time.time(), "error": reason(error)})
+    unit = RunDir(rdir)
+    io.write_text(unit.error, "".join(traceback.format_exception(error)))
+    io.write_json(unit.status, {"state": "failed", "finished": time.time(), "error": reason(error)})
 
 
-def fail_unstarted(rdir: Path, spec: dict[str, Any], reason: str) -> None:
-    """Record a run that could not start (e.g. its reference failed)."""
-    io.write_json(rdir / "spec.json", spec)
-    io.write_json(rdir / "status.json", {"state": "failed", "finished": time.time(), "error": reason})
+def fail_unstarted(rdir: Path, spec: Unit, reason: str) -> None:
+    """Record a unit that could not start (e.g. its reference failed)."""
+    unit = RunDir(rdir)
+    io.write_json(unit.spec, spec.to_json())
+    io.write_json(unit.status, {"state": "failed", "finished": time.time(), "error": reason})
 
 
 def finish(rdir: Path, result: dict[str, Any]) -> None:
     """Record a finished run: result.json (from here on the run is done), then a 'done' status."""
-    io.write_json(rdir / "result.json", {**result, "format": RESULT_FORMAT})
-    io.write_json(rdir / "status.json", {"state": "done", "finished": time.time()})
+    unit = RunDir(rdir)
+    io.write_json(unit.result, {**result, "format": RESULT_FORMAT})
+    io.write_json(unit.status, {"state": "done", "finished": time.time()})
 
 
-def recorded(rdir: Path, spec: dict[str, Any], work: Callable[[], dict[str, Any]],
+def recorded(rdir: Path, spec: Unit, work: Callable[[], dict[str, Any]],
              lease_token: str | None = None) -> dict[str, Any]:
     """Run `work` as unit `spec` in `rdir` under the run's lease (the launcher's, joined by `lease_token`,
     or one taken here): begin, then finish with its result, or record its failure and re-raise (so a
@@ -174,34 +141,38 @@ def recorded(rdir: Path, spec: dict[str, Any], work: Callable[[], dict[str, Any]
     return result
 
 
-def reference_run_ids(specs: list[dict[str, Any]]) -> set[str]:
+def reference_run_ids(specs: list[RunSpec]) -> set[str]:
     """Ids of the runs that other specs use as their reference model."""
-    return {s["reference"]["run_id"] for s in specs if s.get("reference") and s["reference"]["kind"] == "run"}
+    return {run_id for s in specs if s.reference is not None for run_id in s.reference.requires()}
 
 
-def results_table(results: Path, specs: list[dict[str, Any]], cache_shares: dict[str, float] | None = None) -> pd.DataFrame:
+def results_table(results: Path, specs: list[RunSpec], cache_shares: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per spec (done or failed; never-started runs are left out), in the report schema.
 
     Compute columns: C_paper, its companions (harness.run.compute.PARTS) and C_total, which adds each
-    run's share of a reference-feature cache from `cache_shares` (run id -> GFLOPs)."""
+    run's share of a reference-feature cache from `cache_shares` (run id -> GFLOPs). C_total is what the
+    run's model took; c_spent is what the sweep spent on the run: C_total less the trunk's share for a
+    wsd branch (harness.run.branch), so summed over runs it counts a ladder's shared trunk once."""
     cache_shares = cache_shares or {}
     reference_ids = reference_run_ids(specs)
     rows = []
     for spec in specs:
-        rdir = run_dir(results, spec["run_id"])
-        if state(results, spec["run_id"]) in ("missing", "running", "stale"):
+        rdir = RunDir.of(results, spec.run_id)
+        if rdir.state() in ("missing", "running", "stale"):
             continue
-        status = read_status(rdir) or {}
-        row = {"run_id": spec["run_id"], "stage": spec["stage"], "method": spec["method"]["name"],
-               "model": spec["model"], "samples_seen": spec["samples_seen"], "seed": spec["seed"],
-               "is_reference": spec["run_id"] in reference_ids, "reference": _reference_label(spec),
-               "reference_features": (spec["reference"] or {}).get("features"),
+        status = rdir.read_status() or {}
+        ref = spec.reference
+        row = {"run_id": spec.run_id, "stage": spec.stage, "method": spec.method.name,
+               "model": spec.model, "samples_seen": spec.samples_seen, "seed": spec.seed,
+               "is_reference": spec.run_id in reference_ids, "reference": None if ref is None else ref.label(),
+               "reference_features": None if ref is None else ref.features,
                "status": "failed", "error": status.get("error")}
-        if (rdir / "result.json").exists():
-            result = io.read_json(rdir / "result.json")
-            compute, share = result["compute"], cache_shares.get(spec["run_id"], 0.0)
+        if rdir.result.exists():
+            result = io.read_json(rdir.result)
+            compute, share = result["compute"], cache_shares.get(spec.run_id, 0.0)
             row.update(status="done", error=None, gflops_per_pair=result["gflops_per_pair"],
                        **{part: compute[part] for part in PARTS}, cache_share=share, c_total=c_total(compute, share),
+                       c_spent=compute.get("spent", c_total(compute)) + share,
                        trained_pool=result["train"]["pool_size"],
                        average=result["eval"]["average"], wall_time_s=result["wall_time_s"],
                        **{f"task:{t}": v["main_metric"] for t, v in result["eval"]["tasks"].items()},
@@ -220,11 +191,3 @@ def _gain_columns(result: dict[str, Any]) -> dict[str, float]:
     return {"reference_average": ref["eval"]["average"], "gain": result["eval"]["average"] - ref["eval"]["average"],
             **{f"gain:{t}": tasks[t]["main_metric"] - score for t, score in ref["eval"]["tasks"].items()},
             "reducible_mean": ref["reducible_loss"]["mean"], "reducible_var": ref["reducible_loss"]["var"]}
-
-
-def _reference_label(spec: dict[str, Any]) -> str | None:
-    ref = spec.get("reference")
-    if ref is None:
-        return None
-    return {"run": lambda: ref["run_id"], "checkpoint": lambda: f"{ref['model']}@{ref['path']}",
-            "pretrained": lambda: f"{ref['model']}:{ref['tag']}"}[ref["kind"]]()
