@@ -1,6 +1,4 @@
 """Grid files: every kind of bad input is refused before anything runs, naming file, key and what is allowed."""
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -180,21 +178,19 @@ def test_checkpoint_reference_is_identified_by_content_not_location(tmp_path):
     assert ids[0] == ids[1] and not ids[0] & ids[2]
 
 
-def test_cli_bad_grid_exits_2_and_writes_nothing(tmp_path):
+def test_cli_bad_grid_exits_2_and_writes_nothing(tmp_path, clipsteer):
     path = write(tmp_path, mutate("methods: [clip, {name: drrho", "methods: [clip, {name: drho"))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--results", str(out)],
-                          capture_output=True, text=True)
+    proc = clipsteer("run", path, "--results", out)
     assert proc.returncode == 2
     assert "unknown method 'drho' (did you mean 'drrho'?)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
 
 
-def test_cli_dry_run_lists_runs_and_writes_nothing(tmp_path):
+def test_cli_dry_run_lists_runs_and_writes_nothing(tmp_path, clipsteer):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(write(tmp_path, GOOD)), "--results", str(out),
-                           "--dry-run"], capture_output=True, text=True)
+    proc = clipsteer("run", write(tmp_path, GOOD), "--results", out, "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "17 runs, 0 done, 17 to launch" in proc.stdout
     assert proc.stdout.count("C_paper=") == 17

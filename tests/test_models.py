@@ -56,8 +56,8 @@ def test_unknown_model_names_the_presets():
         check_model_name("tiny-xl")
 
 
-def test_models_command_lists_every_preset():
-    out = subprocess.run([sys.executable, "-m", "harness", "models"], capture_output=True, text=True)
+def test_models_command_lists_every_preset(clipsteer):
+    out = clipsteer("models")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     for name in preset_names():
@@ -74,8 +74,8 @@ def test_open_clip_imports_in_a_fresh_interpreter_after_harness():
     assert out.stdout.split()[0] in {"native", "loaded", "defined"}
 
 
-def test_help_explains_the_commands():
-    out = subprocess.run([sys.executable, "-m", "harness", "run", "--help"], capture_output=True, text=True)
+def test_help_explains_the_commands(clipsteer):
+    out = clipsteer("run", "--help")
     assert out.returncode == 0
     for flag in ("--results", "--dry-run", "--executor", "--max-parallel"):
         assert flag in out.stdout

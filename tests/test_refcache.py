@@ -5,7 +5,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -110,7 +109,7 @@ def test_a_cache_made_by_another_reference_or_pool_is_refused(made, tmp_path):
         refcache.check_cache(tmp_path, ref, DATA)
 
 
-def test_a_grid_naming_a_cache_takes_it_only_from_its_own_reference(made, tmp_path):
+def test_a_grid_naming_a_cache_takes_it_only_from_its_own_reference(made, tmp_path, clipsteer):
     root, ref, _ = made
     torch.manual_seed(1)
     other = io.torch_save(tmp_path / "other.pt", {"state_dict": build_model("tiny-s").model.state_dict()})
@@ -129,8 +128,7 @@ def test_a_grid_naming_a_cache_takes_it_only_from_its_own_reference(made, tmp_pa
                 models: [tiny-s]
                 samples_seen: [64]
             """))
-        return subprocess.run([sys.executable, "-m", "harness", "run", grid, "--dry-run", "--results",
-                               tmp_path / "results"], capture_output=True, text=True)
+        return clipsteer("run", grid, "--dry-run", "--results", tmp_path / "results")
 
     refused = dry_run(root / "cache")  # made by reference 0
     assert refused.returncode == 2
@@ -144,7 +142,7 @@ def test_a_grid_naming_a_cache_takes_it_only_from_its_own_reference(made, tmp_pa
     assert not (tmp_path / "results").exists()
 
 
-def test_cache_ref_builds_each_cache_once(tmp_path):
+def test_cache_ref_builds_each_cache_once(tmp_path, clipsteer):
     grid = tmp_path / "g.yaml"
     body = """
         name: g
@@ -165,13 +163,13 @@ def test_cache_ref_builds_each_cache_once(tmp_path):
         """
     grid.write_text(textwrap.dedent(body.replace("REF", "reference")))
     results = tmp_path / "results"
-    cli = [sys.executable, "-m", "harness", "cache-ref", grid, "--results", results]
-    none = subprocess.run(cli, capture_output=True, text=True)
+    cli = ("cache-ref", grid, "--results", results)
+    none = clipsteer(*cli)
     assert none.returncode == 2 and "no stage reads cached reference features" in none.stderr
     grid.write_text(textwrap.dedent(body.replace("REF", "{stage: reference, features: cached}")))
-    early = subprocess.run(cli, capture_output=True, text=True)
+    early = clipsteer(*cli)
     assert early.returncode == 1 and "reference run reference-clip-tiny-s" in early.stderr and "is missing" in early.stderr
-    ran = subprocess.run([sys.executable, "-m", "harness", "run", grid, "--results", results], capture_output=True, text=True)
+    ran = clipsteer("run", grid, "--results", results)
     assert ran.returncode == 0, ran.stderr
     caches = sorted(p.name for p in (results / "runs").iterdir() if p.name.startswith("refcache-"))
     assert len(caches) == 1  # two runs, one cache

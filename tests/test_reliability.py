@@ -223,12 +223,10 @@ stages:
 """
 
 
-def test_killed_sweep_then_two_concurrent_reruns_finish_every_run_exactly_once(tmp_path):
+def test_killed_sweep_then_two_concurrent_reruns_finish_every_run_exactly_once(tmp_path, clipsteer):
     grid, results = tmp_path / "race.yaml", tmp_path / "results"
     grid.write_text(textwrap.dedent(CLI_GRID))
-    cli = [sys.executable, "-m", "harness", "run", str(grid), "--results", str(results)]
-    first = subprocess.run(cli, env={**os.environ, "CLIPSTEER_FAULT": "step@3"}, capture_output=True, text=True,
-                           timeout=600)
+    first = clipsteer("run", grid, "--results", results, env={"CLIPSTEER_FAULT": "step@3"})
     assert first.returncode == 1  # every job was killed at its third step; dependents failed unstarted
     specs = expand(load_grid(grid))
     ref_dir = records.run_dir(results, specs[0].run_id)
@@ -236,6 +234,7 @@ def test_killed_sweep_then_two_concurrent_reruns_finish_every_run_exactly_once(t
     before = {s.run_id: records.attempts(records.run_dir(results, s.run_id)) for s in specs}
     assert before[specs[0].run_id] == 1
 
+    cli = [sys.executable, "-m", "harness", "run", str(grid), "--results", str(results)]
     both = [subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in both]
     assert [p.returncode for p in both] == [0, 0], outputs

@@ -1,7 +1,5 @@
 """End to end on tiny real data: grid -> submitit jobs -> train -> clip_benchmark eval -> store -> report."""
 import json
-import subprocess
-import sys
 import textwrap
 
 import pandas as pd
@@ -38,13 +36,8 @@ BROKEN_REFERENCE = """
 """
 
 
-def clipsteer(*args):
-    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
-
-
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, clipsteer):
     root = tmp_path_factory.mktemp("e2e")
     ckpt = root / "not_a_clip_model.pt"
     torch.save({"state_dict": {"weight": torch.zeros(2)}}, ckpt)  # readable, so the grid is valid; not a tiny-s model
@@ -122,7 +115,7 @@ def test_eval_results_hold_clip_benchmark_metrics(sweep):
     assert metrics[-1]["step"] == metrics[-1]["samples_seen"] // 32 and "objective" in metrics[-1]
 
 
-def test_rerun_launches_only_what_is_missing_or_failed(sweep):
+def test_rerun_launches_only_what_is_missing_or_failed(sweep, clipsteer):
     grid, results, _ = sweep
     done_before = {p.name: (p / "result.json").stat().st_mtime_ns for p in (results / "runs").iterdir()
                    if (p / "result.json").exists()}
@@ -135,7 +128,7 @@ def test_rerun_launches_only_what_is_missing_or_failed(sweep):
     assert "8 runs, 7 done, 1 to launch" in dry.stdout
 
 
-def test_report_command_rebuilds_the_report(sweep, tmp_path):
+def test_report_command_rebuilds_the_report(sweep, tmp_path, clipsteer):
     _, results, _ = sweep
     (results / "leaderboard.md").unlink()
     out = clipsteer("report", results)
