@@ -9,12 +9,12 @@ PYTEST_ARGS ?= -q
 FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 CONSTRAINT_ARGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: demo test env data
+.PHONY: demo test env data browser
 
 demo: env data
 	$(VENV)/bin/clipsteer run grids/demo.yaml
 
-test: env data
+test: env data browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 env: $(VENV)/.installed
@@ -35,4 +35,14 @@ data:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		echo "installing Debian package dataset-fashion-mnist"; \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+
+# Headless Chromium (Debian package chromium) drives tests/test_html_browser.py; installed once where apt is
+# available (root or sudo), else that test skips.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		echo "installing Debian package chromium"; \
+		($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null) || \
+			echo "could not install chromium: tests/test_html_browser.py will skip"; \
 	fi

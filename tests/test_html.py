@@ -184,3 +184,77 @@ def test_script_parses_as_javascript(tmp_path):
     path = tmp_path / "sort.js"
     path.write_text(text[text.index("<script>") + len("<script>"):text.index("</script>")], encoding="utf-8")
     subprocess.run(["node", "--check", str(path)], check=True, capture_output=True, timeout=60)
+
+
+def test_formats_folded_columns_and_long_text():
+    frame = pd.DataFrame({"method": ["clip", "x" * 60], "samples seen": [5120, 20480], "digits (%)": [41.25, 7.0],
+                          "gain (pts)": [1.25, -0.5], "run id": ["a", "b"]})
+    text = render_html("t", "", [Table("Runs", frame, formats={"digits (%)": ".1f", "gain (pts)": "+.1f"},
+                                       folded=["digits (%)", "run id"], fold_label="per-task scores")])
+    page = Page(text)
+    (table,) = page.tables
+    assert [[c["text"] for c in row] for row in table["rows"]] == [
+        ["clip", "5,120", "41.2", "+1.2", "a"], ["x" * 60, "20,480", "7.0", "-0.5", "b"]]
+    assert float(table["rows"][0][2]["attrs"]["data-sort"]) == 41.25  # the raw value still sorts
+    classes = [h["attrs"].get("class") for h in table["headers"]]
+    assert classes == [None, "num", "num fold", "num", "fold"]
+    assert [c["attrs"].get("class") for c in table["rows"][0]] == [None, "num", "num fold", "num", "fold"]
+    long = table["rows"][1][0]["attrs"]
+    assert long["class"] == "long" and long["title"] == "x" * 60  # cut short on screen, whole in the tooltip
+    (toggle,) = [attrs for tag, attrs in page.starts if tag == "input"]
+    assert toggle["type"] == "checkbox" and toggle["class"] == "unfold"
+    assert [attrs["for"] for tag, attrs in page.starts if tag == "label"] == [toggle["id"]]
+    assert " show per-task scores (2)" in page.texts
+    assert ".unfold:checked~.wrap .fold{display:table-cell}" in text and ".fold{display:none}" in text
+    assert "<input" not in render_html("t", "", [Table("Runs", frame)])  # nothing folded: no toggle
+
+
+def _results() -> pd.DataFrame:
+    """A small sweep: a reference, clip and drrho at two budgets and two seeds, one failed run."""
+    ref = "reference-clip-tiny-m-n30720-s0-0123456789"
+    rows = [{"run_id": ref, "stage": "reference", "method": "clip", "model": "tiny-m", "samples_seen": 30720, "seed": 0,
+             "is_reference": True, "reference": None, "average": 0.42}]
+    for samples in (1000, 2000, 4000):
+        for seed in (0, 1):
+            for method, lift in (("clip", 0.0), ("drrho", 0.03)):
+                rows.append({"run_id": f"sweep-{method}-tiny-s-n{samples}-s{seed}-abcdefabcd", "stage": "sweep",
+                             "method": method, "model": "tiny-s", "samples_seen": samples, "seed": seed,
+                             "is_reference": False, "reference": ref if method == "drrho" else None,
+                             "average": 0.1 + 0.05 * np.log2(samples / 1000) + lift + 0.01 * seed})
+    table = pd.DataFrame(rows).assign(status="done", error=None, gflops_per_pair=0.5, wall_time_s=10.0)
+    table = table.assign(c_paper=table["gflops_per_pair"] * table["samples_seen"],
+                         c_total=2 * table["gflops_per_pair"] * table["samples_seen"],
+                         **{"task:digits": table["average"] - 0.05, "task:shapes": table["average"] + 0.05})
+    failed = {**rows[-1], "run_id": "sweep-drrho-tiny-s-failed", "seed": 2, "average": np.nan}
+    failed = pd.DataFrame([failed]).assign(status="failed", error="RuntimeError: out of memory", gflops_per_pair=0.5,
+                                           wall_time_s=1.0, c_paper=2000.0, c_total=4000.0)
+    return pd.concat([table, failed], ignore_index=True)
+
+
+def test_report_page_reads_like_the_markdown_headline_tables_first():
+    from harness.report.leaderboard import html_page, scaling_analysis
+    from harness.report.scaling import FitOptions
+
+    results = _results()
+    analysis, _ = scaling_analysis(results, FitOptions(n_boot=0))
+    page = Page(html_page(results, "Demo", analysis, []))
+    headings = [t for t in page.texts if t in ("Mean over seeds", "Comparisons with clip", "Reference models", "Runs")]
+    assert headings == ["Mean over seeds", "Comparisons with clip", "Reference models", "Runs"]
+    means, compared, _, runs = page.tables[:4]
+    headers = [h["text"] for h in runs["headers"]]
+    assert headers == ["stage", "method", "model", "samples seen", "seed", "GFLOPs/pair", "C_paper (GFLOPs)",
+                       "C_total (GFLOPs)", "digits (%)", "shapes (%)", "average (%)", "wall time (s)", "status",
+                       "reference", "run id"]
+    assert not {"c_paper", "task:digits", "average"} & set(headers)
+    folded = [h["text"] for h in runs["headers"] if "fold" in (h["attrs"].get("class") or "")]
+    assert folded == ["GFLOPs/pair", "digits (%)", "shapes (%)", "run id"]
+    cells = [dict(zip(headers, (c["text"] for c in row))) for row in runs["rows"]]
+    first = {c["run id"]: c for c in cells}[results["run_id"].iloc[1]]
+    assert (first["average (%)"], first["digits (%)"], first["C_paper (GFLOPs)"]) == ("10.0", "5.0", "5.00e+02")
+    assert {c["reference"] for c in cells} == {"-", "reference (tiny-m)"}  # no run id with its hash
+    assert "failed: RuntimeError: out of memory" in {c["status"] for c in cells}
+    mean_headers = [h["text"] for h in means["headers"]]
+    assert mean_headers[:7] == ["method", "model", "samples seen", "reference", "seeds", "average (%)", "sd (pts)"]
+    best = dict(zip(mean_headers, (c["text"] for c in means["rows"][0])))
+    assert (best["method"], best["seeds"], best["average (%)"]) == ("drrho", "2", "13.5")
+    assert "95% CI (pts)" in [h["text"] for h in compared["headers"]]

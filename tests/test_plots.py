@@ -9,11 +9,23 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.colors import to_rgb
+from matplotlib.text import Text
+from scipy import stats
+
+from harness.report.fit import fit_methods
 from harness.report.plots import (
+    PAPER_FITS,
+    SAFE_COLOURS,
     data_efficiency_figure,
+    gain_figure,
     method_colours,
     read_metrics,
+    reference_labels,
     save_figure,
+    scaling_figure,
+    score_figure,
     task_delta_heatmap,
     training_curves_figure,
 )
@@ -57,11 +69,19 @@ def _write_log(results_dir, run_id, records, tail=""):
     return path
 
 
-def test_method_colours_are_stable_and_switch_palette_past_ten():
+def test_method_colours_are_stable_colour_blind_safe_and_far_apart():
     assert method_colours(["b", "a"]) == method_colours(["a", "b", "a"])
     assert list(method_colours(["b", "a"])) == ["a", "b"]
-    many = method_colours([f"m{i:02d}" for i in range(12)])
-    assert len(set(many.values())) == 12
+    twelve = np.array(list(method_colours([f"m{i:02d}" for i in range(12)]).values()))
+    np.testing.assert_allclose(twelve, [to_rgb(c) for c in SAFE_COLOURS])
+    gaps = np.linalg.norm(twelve[:, None] - twelve[None], axis=-1)[np.triu_indices(12, 1)]
+    assert gaps.min() > 0.15  # no two alike (filter, jest and jest_topk were three near-identical teals)
+    zoo = ["clip", "drrho", "drrho_kd", "fastclip", "fastclip_kd", "filter", "jest", "jest_topk", "kd", "random",
+           "rho_topk"]
+    colours = method_colours(zoo)
+    for a, b in (("filter", "jest"), ("jest", "jest_topk")):
+        assert np.linalg.norm(np.subtract(colours[a], colours[b])) > 0.3
+    assert len(set(method_colours([f"m{i:02d}" for i in range(13)]).values())) == 13  # past twelve: still distinct
 
 
 def test_data_efficiency_panels_by_model_size_and_seed_means(results):
@@ -113,20 +133,23 @@ def test_read_metrics_skips_a_truncated_last_line(tmp_path):
     assert read_metrics(tmp_path / "missing.jsonl").empty
 
 
-def test_training_curves_plot_temperature_and_skip_missing(results, tmp_path):
+def test_training_curves_plot_the_temperature_each_loss_used_and_skip_missing(results, tmp_path):
     _write_log(tmp_path, "clip-a0", [{"step": i, "samples_seen": 100 * i, "loss": 3.0 - i, "logit_scale": 10.0 * i}
                                      for i in (1, 2)])
+    # drrho's loss logs its fixed tau; open_clip's logit scale (1/0.07 here) is not what that loss divides by
+    _write_log(tmp_path, "drrho-a0", [{"step": i, "samples_seen": 100 * i, "loss": 1.0, "logit_scale": 1 / 0.07,
+                                       "tau": 0.01} for i in (1, 2)])
     _write_log(tmp_path, "drrho-b0", [{"step": 1, "samples_seen": 100, "loss": 2.5}], tail='{"loss": ')
     _write_log(tmp_path, "drrho-x", [{"step": 1, "samples_seen": 100, "noisy_fraction": 0.5}])  # failed run: ignored
     fig = training_curves_figure(results, tmp_path, "Demo")
     assert [ax.get_title() for ax in fig.axes] == ["loss", "temperature"]
     loss, temperature = fig.axes
-    assert sum(len(c.get_segments()) for c in loss.collections) == 2  # one line per run with a loss
-    (collection,) = temperature.collections
-    (segment,) = collection.get_segments()
-    np.testing.assert_allclose(segment, [[100, 0.1], [200, 0.05]])
-    assert tuple(collection.get_color()[0][:3]) == tuple(method_colours(["clip", "drrho", "filter"])["clip"])[:3]
-    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["clip", "drrho"]
+    assert sum(len(c.get_segments()) for c in loss.collections) == 3  # one line per run with a loss
+    colours = method_colours(["clip", "drrho", "filter"])
+    lines = {tuple(c.get_color()[0][:3]): c.get_segments() for c in temperature.collections}
+    np.testing.assert_allclose(lines[tuple(colours["clip"])], [[[100, 0.1], [200, 0.05]]])  # 1 / logit_scale
+    np.testing.assert_allclose(lines[tuple(colours["drrho"])], [[[100, 0.01], [200, 0.01]]])  # its logged tau
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["clip", "drrho"]
     assert "tiny-s solid" in fig.get_suptitle() and "tiny-m dashed" in fig.get_suptitle()
 
 
@@ -157,9 +180,6 @@ def _imagenet_table(gain: bool = False) -> pd.DataFrame:
 
 
 def test_scaling_figure_draws_the_papers_laws_dashed_for_imagenet_error():
-    from harness.report.fit import fit_methods
-    from harness.report.plots import PAPER_FITS, scaling_figure
-
     table = _imagenet_table()
     fits, _ = fit_methods(table, points="all", n_boot=100)
     ax = scaling_figure(table, fits, "IN-1k").axes[0]
@@ -170,15 +190,13 @@ def test_scaling_figure_draws_the_papers_laws_dashed_for_imagenet_error():
         np.testing.assert_allclose(y, a * np.asarray(x) ** b, rtol=1e-12)
     no_paper = scaling_figure(table.rename(columns={"task:imagenet1k": "task:other"}), fits, "other").axes[0]
     assert not [line for line in no_paper.get_lines() if line.get_linestyle() == "--"]
-    assert len(ax.collections) >= 1  # the bootstrap bands
 
 
 def test_gain_figure_places_each_run_at_its_variance_and_gain():
-    from harness.report.plots import gain_figure
-
-    ax = gain_figure(_imagenet_table(gain=True), "w2s").axes[0]
-    offsets = np.concatenate([c.get_offsets() for c in ax.collections])
+    fig = gain_figure(_imagenet_table(gain=True), "w2s")
+    offsets = np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
     assert sorted(map(tuple, np.round(offsets, 9))) == [(0.1, 1.0), (0.2, 2.0), (0.3, 3.0)]  # var, gain in points
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["drrho", "reference ref-a", "reference ref-b"]
     empty = gain_figure(_imagenet_table(), "w2s").axes[0]
     assert "no run with a reference" in empty.texts[0].get_text()
 
@@ -196,23 +214,166 @@ def _swept_table() -> pd.DataFrame:
 
 
 def test_plot_legends_name_each_configuration_of_a_swept_parameter():
-    from harness.report.fit import fit_methods
-    from harness.report.plots import scaling_figure
-
     table = _swept_table()
     labels = ["clip", "drrho (tau=0.03)", "drrho (tau=0.1)"]
     fits, skipped = fit_methods(table, n_boot=0)
     assert skipped == {} and [f.method for f in fits] == labels
-    legend = scaling_figure(table, fits, "tau").axes[0].get_legend()
+    legend = scaling_figure(table, fits, "tau").legends[0]
     texts = [t.get_text() for t in legend.get_texts()]
     assert [t.split(":")[0] for t in texts[:3]] == labels and all("$E = " in t for t in texts[:3])
     colours = [tuple(line.get_color()) for line in legend.get_lines()[:3]]
     assert len(set(colours)) == 3 and colours == [tuple(c) for c in method_colours(labels).values()]
 
-    (ax,) = data_efficiency_figure(table, "tau").axes
-    lines = {c.get_label(): c.lines[0] for c in ax.containers}
-    assert set(lines) == set(labels) == {t.get_text() for t in ax.get_legend().get_texts()}
+    efficiency = data_efficiency_figure(table, "tau")
+    lines = {c.get_label(): c.lines[0] for c in efficiency.axes[0].containers}
+    assert set(lines) == set(labels) == {t.get_text() for t in efficiency.legends[0].get_texts()}
     np.testing.assert_allclose(lines["drrho (tau=0.1)"].get_ydata(),
                                [1.1 * (0.5 * n) ** -0.1 - 0.005 for n in (1000, 2000, 4000)])  # its two seeds' mean
     heat = task_delta_heatmap(table, "tau").axes[0]
     assert [t.get_text() for t in heat.get_yticklabels()] == ["drrho (tau=0.03) (n=6)", "drrho (tau=0.1) (n=6)"]
+
+
+def _band_tops(ax) -> list[float]:
+    """The highest error of each bootstrap band (fill_between polygons) of an axes."""
+    return [float(c.get_paths()[0].vertices[:, 1].max()) for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+def test_scaling_figure_fills_the_fitted_frontier_points_and_hollows_the_rest():
+    rows = [_row(f"clip-{n}", "clip", "tiny-s", n, 0, (s, s)) for n, s in ((1000, 0.2), (2000, 0.3), (4000, 0.4))]
+    rows.append(_row("clip-big", "clip", "tiny-m", 2000, 0, (0.25, 0.25)))  # C_paper 3000, worse than 2000's run
+    table = pd.DataFrame(rows)
+    fits, _ = fit_methods(table, n_boot=0)
+    ax = scaling_figure(table, fits, "frontier").axes[0]
+    colour = method_colours(["clip"])["clip"]
+    faces = {tuple(point): tuple(face[:3]) for c in ax.collections for point, face in
+             zip(c.get_offsets().tolist(), np.broadcast_to(c.get_facecolors(), (len(c.get_offsets()), 4)))}
+    assert faces == {(500.0, 0.8): colour, (1000.0, 0.7): colour, (2000.0, 0.6): colour, (3000.0, 0.75): (1, 1, 1)}
+
+
+def test_scaling_bands_are_drawn_capped_at_error_one_and_the_y_range_holds_data_and_bands():
+    errors = [(0.98, 0.90), (0.97, 0.80), (0.85, 0.84), (0.80, 0.70)]  # noisy seeds: the band's top passes 1
+    table = pd.DataFrame([_row(f"clip-{i}-{seed}", "clip", "tiny-s", 1000 * 2**i, seed, (1 - e, 1 - e))
+                          for i, pair in enumerate(errors) for seed, e in enumerate(pair)])
+    (fit,), _ = fit_methods(table, n_boot=200)
+    c = np.geomspace(fit.compute_min, fit.compute_max, 50)
+    assert np.percentile(fit.boot[:, 0:1] * c ** fit.boot[:, 1:2], 97.5, axis=0).max() > 1.0
+    ax = scaling_figure(table, [fit], "noisy").axes[0]
+    (top,) = _band_tops(ax)
+    low, high = ax.get_ylim()
+    assert top == pytest.approx(1.0) and high <= 1.0
+    assert low <= 0.70 and low > 0.5  # the smallest error, padded a little, not the axis' default reach
+    assert "no band" not in ax.get_title()
+
+
+def test_scaling_subtitle_says_why_a_band_is_missing():
+    table = _swept_table()
+    fits, _ = fit_methods(table, n_boot=0)
+    ax = scaling_figure(table, fits, "no bootstrap").axes[0]
+    assert _band_tops(ax) == []
+    assert "no band for clip, drrho (tau=0.03), drrho (tau=0.1): no bootstrap run" in ax.get_title().replace("\n", " ")
+    single = table[table["seed"].eq(0) & table["method"].eq("clip")]  # three points: most resamples have too few
+    fits, _ = fit_methods(single, n_boot=200)
+    title = scaling_figure(single, fits, "three points").axes[0].get_title().replace("\n", " ")
+    assert f"no band for clip ({fits[0].n_boot} of 200): too few bootstrap refits succeeded (a band needs 50%)" in title
+    bands = fit_methods(table, n_boot=200)[0]
+    assert len(_band_tops(scaling_figure(table, bands, "seeds").axes[0])) == 3  # seeds resampled: every fit has one
+
+
+def test_one_compute_level_gets_each_configurations_score_with_its_interval():
+    table = _swept_table()
+    table = table[table["samples_seen"].eq(1000)].assign(seed=lambda t: t["seed"].astype(int))
+    table = pd.concat([table, table[table["seed"].eq(1)].assign(seed=2, average=lambda t: t["average"] + 0.03,
+                                                                  run_id=lambda t: t["run_id"] + "-2")])
+    fig = scaling_figure(table, [], "one budget")
+    (ax,) = fig.axes
+    assert "one compute level (C_paper = 500 GFLOPs)" in fig.get_suptitle().replace("\n", " ")
+    means = 100 * table.groupby(with_labels(table))["average"].mean().sort_values(ascending=False)
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(means.index)
+    for y, (label, mean) in enumerate(means.items()):
+        scores = 100 * table.loc[with_labels(table).eq(label), "average"].to_numpy()
+        half = stats.t.ppf(0.975, 2) * scores.std(ddof=1) / np.sqrt(3)
+        (segment,) = [s for c in ax.collections if isinstance(c, LineCollection) for s in c.get_segments()
+                      if s[0][1] == y]
+        np.testing.assert_allclose(segment, [[mean - half, y], [mean + half, y]])
+    total = scaling_figure(table, [], "one budget", "c_total").axes[0]
+    assert [t.get_text() for t in total.get_yticklabels()][0] == f"{means.index[0]} (C_total 1,000 GFLOPs)"
+
+
+def with_labels(table: pd.DataFrame) -> pd.Series:
+    from harness.report.configs import with_configs
+
+    return with_configs(table)["label"]
+
+
+def test_data_efficiency_at_one_samples_level_says_so():
+    table = _swept_table()
+    fig = data_efficiency_figure(table[table["samples_seen"].eq(1000)], "one level")
+    assert "one samples-seen level" in fig.axes[0].texts[0].get_text().replace("\n", " ")
+
+
+def test_reference_labels_name_stage_model_and_drop_hashes():
+    rows = [{"run_id": f"reference-clip-{m}-n{n}-s0-0123456789", "stage": "reference", "method": "clip", "model": m,
+             "samples_seen": n, "reference": None} for m, n in (("tiny-m", 30_720), ("tiny-s", 5120))]
+    rows.append({"run_id": "ref-noisy-clip-tiny-m-n30720-s0-abcdefabcd", "stage": "ref-noisy", "method": "clip",
+                 "model": "tiny-m", "samples_seen": 30_720, "reference": None})
+    rows += [{"run_id": f"run-{r['run_id']}", "stage": "sweep", "method": "drrho", "model": "tiny-s", "samples_seen": 1,
+              "reference": r["run_id"]} for r in list(rows)]
+    rows.append({**rows[-1], "run_id": "gone", "reference": "old-clip-tiny-s-n5120-s1-fedcba9876"})
+    assert reference_labels(pd.DataFrame(rows)) == {
+        "reference-clip-tiny-m-n30720-s0-0123456789": "reference (clip tiny-m, 30,720 samples)",
+        "reference-clip-tiny-s-n5120-s0-0123456789": "reference (clip tiny-s, 5,120 samples)",
+        "ref-noisy-clip-tiny-m-n30720-s0-abcdefabcd": "ref-noisy (tiny-m)",
+        "old-clip-tiny-s-n5120-s1-fedcba9876": "old-clip-tiny-s-n5120-s1",  # not in the table: the id, no hash
+    }
+
+
+def _long_names() -> pd.DataFrame:
+    """The swept table with longer configuration labels, references with long stage names, gains and variances."""
+    table = _swept_table()
+    table["method_params"] = table["method_params"].replace({'{"tau": 0.03}': '{"gamma_min": 0.2, "tau": 0.03}',
+                                                             '{"tau": 0.1}': '{"gamma_min": 0.5, "tau": 0.1}'})
+    refs = pd.DataFrame([{**_row(f"ref-{name}-clip-huge-n40000-s0-0123456789", "clip", "huge", 40_000, 0, (0.9, 0.9),
+                                 is_reference=True), "stage": f"reference-{name}"}
+                         for name in ("noisy-captions", "clean")])
+    runs = table["method"].eq("drrho")
+    table.loc[runs, "reference"] = np.where(table.loc[runs, "seed"].eq(0), refs["run_id"][0], refs["run_id"][1])
+    table.loc[runs, "gain"] = np.linspace(-0.2, 0.1, runs.sum())
+    table.loc[runs, "reducible_var"] = np.linspace(0.1, 6.0, runs.sum())
+    return pd.concat([refs, table], ignore_index=True)
+
+
+def _figures(tmp_path) -> dict[str, object]:
+    """Every kind of figure the report makes, on long names."""
+    table = _long_names()
+    fits, _ = fit_methods(table, n_boot=50)
+    for row in table.itertuples():
+        _write_log(tmp_path, row.run_id, [{"samples_seen": 100 * i, "loss": 1.0 / i, "logit_scale": 14.0,
+                                           "noisy_fraction": 0.3} for i in (1, 2)])
+    one = table[table["samples_seen"].isin([40_000, 1000])]
+    return {"scaling": scaling_figure(table, fits, "A sweep with a rather long title", "c_total"),
+            "scores": score_figure(one, "A sweep with a rather long title", "c_total"),
+            "efficiency": data_efficiency_figure(table, "A sweep with a rather long title"),
+            "heatmap": task_delta_heatmap(table, "A sweep with a rather long title"),
+            "gain": gain_figure(table, "A sweep with a rather long title"),
+            "curves": training_curves_figure(table, tmp_path, "A sweep with a rather long title"),
+            "message": data_efficiency_figure(one[one["samples_seen"].eq(1000)], "Nothing to draw at all")}
+
+
+def test_no_title_label_or_legend_is_cut_off(tmp_path, monkeypatch):
+    drawn: list[tuple[str, object]] = []
+    draw = Text.draw
+
+    def recording(self, renderer):
+        draw(self, renderer)
+        if self.get_visible() and self.get_text().strip():
+            drawn.append((self.get_text(), self.get_window_extent(renderer)))
+
+    monkeypatch.setattr(Text, "draw", recording)
+    for name, fig in _figures(tmp_path).items():
+        drawn.clear()
+        fig.canvas.draw()
+        width, height = fig.canvas.get_width_height()
+        assert len(drawn) >= 2, name  # a title and at least one more
+        outside = [text for text, box in drawn
+                   if box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1]
+        assert outside == [], f"{name}: cut off: {outside}"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import base64
 import math
 import numbers
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from html import escape
 
 import numpy as np
@@ -13,15 +13,20 @@ import pandas as pd
 
 DASH = "\u2013"
 MIMES = ("image/png", "image/svg+xml")
-NUM = ' class="num"'
+LONG = 40  # text cells longer than this are cut short on screen, the whole text in their tooltip
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;line-height:1.4}
-.wrap{overflow:auto;max-height:85vh;margin:1rem 0}
-table{border-collapse:collapse;font-size:.9rem}
-th,td{padding:.3rem .6rem;border-bottom:1px solid #ddd;text-align:left;white-space:nowrap}
-th{position:sticky;top:0;background:#eef;cursor:pointer;user-select:none}
+.wrap{overflow:auto;max-height:85vh;margin:.5rem 0 1rem}
+table{border-collapse:collapse;font-size:.85rem}
+th,td{padding:.3rem .5rem;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
+th{position:sticky;top:0;background:#eef;cursor:pointer;user-select:none;vertical-align:bottom}
 tbody tr:nth-child(even){background:#f7f7f7}
-.num{text-align:right;font-family:ui-monospace,Menlo,Consolas,monospace;font-variant-numeric:tabular-nums}
+.num{text-align:right}
+td.num{white-space:nowrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-variant-numeric:tabular-nums}
+.long{max-width:16rem;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.fold{display:none}
+.unfold:checked~.wrap .fold{display:table-cell}
+label{cursor:pointer;font-size:.9rem}
 img{max-width:100%}
 """
 SCRIPT = """
@@ -63,12 +68,17 @@ SCRIPT = """
 
 @dataclass(frozen=True)
 class Table:
-    """A sortable table section: a heading, a plain-text note and the frame's cells (its index is not shown)."""
+    """A sortable table section: a heading, a plain-text note and the frame's cells (its index is not shown).
+    Numbers print with `digits` significant digits unless `formats` gives their column a format spec (e.g. '.1f');
+    the `folded` columns stay hidden until the reader ticks the section's toggle, named by `fold_label`."""
 
     title: str
     frame: pd.DataFrame
     note: str = ""
     digits: int = 4
+    formats: Mapping[str, str] = field(default_factory=dict)
+    folded: Sequence[str] = ()
+    fold_label: str = "more columns"
 
 
 @dataclass(frozen=True)
@@ -100,34 +110,52 @@ def _raw(number: float) -> str:
     return repr(number)
 
 
-def _cell(value: object, numeric: bool, digits: int) -> str:
-    """One <td>: missing as an en dash with an empty sort key (sorted last); numbers formatted, raw value kept."""
+def _class(*names: str) -> str:
+    """A class attribute of the names given, none when they are all empty."""
+    shown = " ".join(n for n in names if n)
+    return f' class="{shown}"' if shown else ""
+
+
+def _cell(value: object, numeric: bool, spec: str | None = None, digits: int = 4, fold: str = "") -> str:
+    """One <td>: missing as an en dash with an empty sort key (sorted last); numbers formatted by `spec` (else
+    integers with thousands separators, reals to `digits` significant digits), raw value kept; long text cut short
+    on screen, the whole of it in a tooltip; class `fold` where the column is folded."""
+    num = "num" if numeric else ""
     if pd.api.types.is_scalar(value) and pd.isna(value):
-        return f'<td{NUM if numeric else ""} data-sort="">{DASH}</td>'
+        return f'<td{_class(num, fold)} data-sort="">{DASH}</td>'
     if isinstance(value, (bool, np.bool_)):
-        return f"<td>{'yes' if value else 'no'}</td>"
+        return f"<td{_class(fold)}>{'yes' if value else 'no'}</td>"
     if isinstance(value, numbers.Integral):
-        return f'<td class="num" data-sort="{int(value)}">{int(value):,}</td>'
+        return f'<td{_class("num", fold)} data-sort="{int(value)}">{int(value):{spec or ","}}</td>'
     if isinstance(value, numbers.Real):
         number = float(value)
-        return f'<td class="num" data-sort="{_raw(number)}">{number:.{digits}g}</td>'
-    return f"<td>{_text(value)}</td>"
+        return f'<td{_class("num", fold)} data-sort="{_raw(number)}">{number:{spec or f".{digits}g"}}</td>'
+    text = str(value)
+    if len(text) > LONG:
+        return f'<td{_class("long", fold)} title="{_text(text)}">{_text(text)}</td>'
+    return f"<td{_class(fold)}>{_text(text)}</td>"
 
 
 def _table(number: int, table: Table) -> str:
     frame = table.frame
     numeric = [pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in frame.dtypes]
+    folds = ["fold" if name in table.folded else "" for name in frame.columns]
+    specs = [table.formats.get(name) for name in frame.columns]
     head = "".join(
-        f'<th scope="col" tabindex="0"{NUM if num else ""}>{_text(name)}'
+        f'<th scope="col" tabindex="0"{_class("num" if num else "", fold)}>{_text(name)}'
         '<span class="arrow" aria-hidden="true"></span></th>'
-        for name, num in zip(frame.columns, numeric)
+        for name, num, fold in zip(frame.columns, numeric, folds)
     )
     rows = "".join(
-        "<tr>" + "".join(_cell(v, num, table.digits) for v, num in zip(row, numeric)) + "</tr>\n"
+        "<tr>" + "".join(_cell(v, num, spec, table.digits, fold)
+                         for v, num, spec, fold in zip(row, numeric, specs, folds)) + "</tr>\n"
         for row in frame.itertuples(index=False, name=None)
     )
+    hidden = sum(bool(f) for f in folds)
+    toggle = (f'<input type="checkbox" class="unfold" id="unfold-{number}">'
+              f'<label for="unfold-{number}"> show {_text(table.fold_label)} ({hidden})</label>\n' if hidden else "")
     return (
-        f"<section><h2>{_text(table.title)}</h2>{_paragraphs(table.note)}\n"
+        f"<section><h2>{_text(table.title)}</h2>{_paragraphs(table.note)}\n{toggle}"
         f'<div class="wrap"><table class="sortable" id="table-{number}">'
         f"<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody></table></div></section>"
     )

@@ -7,13 +7,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from harness.io import write_json, write_text
 from harness.report import compare, html, plots
 from harness.report.configs import NONE, with_configs
 from harness.report.fit import points_from_results
-from harness.report.plots import COMPUTE_AXES, task_columns
+from harness.report.plots import COMPUTE_AXES, reference_labels, task_columns
 from harness.report.scaling import FitOptions, analyse, data_savings, interval_text
 
 COMPUTE_NOTE = (
@@ -34,6 +35,10 @@ PLOTS = {"c_paper": "scaling_law", "c_total": "scaling_law_c_total"}
 LEADING_COLUMNS = ["stage", "method", "model", "samples_seen", "seed", "gflops_per_pair", "c_paper", "c_total"]
 TRAILING_COLUMNS = ["average", "reference_average", "gain", "reducible_var", "wall_time_s", "status", "error",
                     "reference", "run_id"]
+PERCENT, POINTS = ".1f", "+.1f"  # HTML formats: scores in percent, gains in percentage points
+RUN_FORMATS = {"GFLOPs/pair": ".4g", "C_paper (GFLOPs)": ".2e", "C_total (GFLOPs)": ".2e", "average (%)": PERCENT,
+               "gain (pts)": POINTS, "reducible var": ".3g", "wall time (s)": ".1f"}
+COMPARISON_FORMATS = {"difference (pts)": "+.2f", "p": ".3g", "Holm p": ".3g"}
 
 
 def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
@@ -118,10 +123,11 @@ def seed_means(df: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["model", "samples_seen", "average"], ascending=[True, True, False]).reset_index(drop=True)
 
 
-def _seed_means_markdown(means: pd.DataFrame) -> str:
+def _seed_means_markdown(means: pd.DataFrame, refs: dict[str, str]) -> str:
     several = means["reference"].nunique() > 1
     table = pd.DataFrame({
-        **_configuration(means), **({"reference": means["reference"].map(_cell)} if several else {}),
+        **_configuration(means), **({"reference": means["reference"].map(lambda r: _cell(refs.get(r, r)))}
+                                    if several else {}),
         "seeds": means["seeds"].astype(int),
         "average (%)": [f"{100 * m:.1f} ± {100 * sd:.1f}" if n > 1 else f"{100 * m:.1f}"
                         for m, sd, n in zip(means["average"], means["average_std"], means["seeds"])],
@@ -202,7 +208,7 @@ def leaderboard_markdown(df: pd.DataFrame, title: str, analysis: dict[str, Any] 
     means = seed_means(board)
     if (means["seeds"] > 1).any():
         parts += ["## Mean over seeds", "average: mean ± sample standard deviation over seeds.",
-                  _seed_means_markdown(means)]
+                  _seed_means_markdown(means, reference_labels(board))]
     parts += ["## Runs", _markdown_table(named[~is_ref], tasks) if (~is_ref).any() else "No runs."]
     if analysis:
         parts += [f"## Comparisons with {analysis['comparisons']['baseline']}",
@@ -222,21 +228,84 @@ def scaling_analysis(df: pd.DataFrame, opts: FitOptions = FitOptions()) -> tuple
     return doc, fits
 
 
-def _html_page(df: pd.DataFrame, title: str, analysis: dict[str, Any], images: list[Path]) -> str:
-    """The leaderboard, fits and saving ratios as sortable tables, with every PNG plot embedded."""
+def _percent(columns: list[str], rows: pd.DataFrame, name: str = "{} (%)") -> dict[str, pd.Series]:
+    """Score columns (fractions) in percent, named like the markdown's, e.g. 'digits (%)'."""
+    return {name.format(str(c).split(":", 1)[-1]): 100 * rows[c] for c in columns}
+
+
+def _runs_table(title: str, rows: pd.DataFrame, tasks: list[str], refs: dict[str, str], note: str = "") -> html.Table:
+    """Runs as the markdown shows them (scores in percent, gains in points, a failed run's reason in its status),
+    per-task scores and run details folded."""
+    scores = _percent(tasks, rows)
+    task_gains = _percent([c for c in rows.columns if str(c).startswith("gain:")], rows, "gain {} (pts)")
+    errors = rows["error"] if "error" in rows else pd.Series(None, index=rows.index)
+    columns = {"stage": rows["stage"], "method": rows["method"], "model": rows["model"],
+               "samples seen": rows["samples_seen"], "seed": rows["seed"], "GFLOPs/pair": rows["gflops_per_pair"],
+               "C_paper (GFLOPs)": rows["c_paper"], "C_total (GFLOPs)": rows["c_total"], **scores,
+               "average (%)": 100 * rows["average"]}
+    if _has(rows, "gain"):
+        columns.update({"gain (pts)": 100 * rows["gain"], "reducible var": rows["reducible_var"]})
+    columns.update({"wall time (s)": rows["wall_time_s"],
+                    "status": [f"{s}: {e}" if s != "done" and isinstance(e, str) and e else s
+                               for s, e in zip(rows["status"], errors)]})
+    if _has(rows, "reference"):
+        columns["reference"] = rows["reference"].map(lambda r: refs.get(r, r)).fillna(NONE)
+    frame = pd.DataFrame({**columns, **task_gains, "run id": rows["run_id"]})
+    formats = {**RUN_FORMATS, **dict.fromkeys(scores, PERCENT), **dict.fromkeys(task_gains, POINTS)}
+    folded = [*scores, "GFLOPs/pair", "reducible var", *task_gains, "run id"]
+    return html.Table(title, frame, note, formats=formats, folded=folded,
+                      fold_label="per-task scores and run details")
+
+
+def _means_table(means: pd.DataFrame, refs: dict[str, str]) -> html.Table:
+    """Means over seeds as the markdown shows them, the standard deviation in its own column to sort by."""
+    scores = _percent(task_columns(means), means)
+    columns = {"method": means["method"], "model": means["model"], "samples seen": means["samples_seen"]}
+    if means["reference"].nunique() > 1:
+        columns["reference"] = means["reference"].map(lambda r: refs.get(r, r))
+    columns.update({"seeds": means["seeds"], "average (%)": 100 * means["average"],
+                    "sd (pts)": 100 * means["average_std"], **scores})
+    if _has(means, "gain"):
+        columns["gain (pts)"] = 100 * means["gain"]
+    columns.update({"C_total / C_paper": means["c_total"] / means["c_paper"], "wall time (s)": means["wall_time_s"]})
+    formats = {"average (%)": PERCENT, "sd (pts)": PERCENT, **dict.fromkeys(scores, PERCENT), "gain (pts)": POINTS,
+               "C_total / C_paper": ".2f", "wall time (s)": ".1f"}
+    note = "sd: sample standard deviation of the average over seeds, in percentage points."
+    return html.Table("Mean over seeds", pd.DataFrame(columns), note, formats=formats, folded=list(scores),
+                      fold_label="per-task scores")
+
+
+def _comparisons_table(doc: dict[str, Any], refs: dict[str, str]) -> html.Table:
+    """The paired comparisons with readable references and, as in the markdown, the interval in one column."""
+    frame = compare.comparisons_frame(doc)
+    if "reference" in frame:
+        frame["reference"] = frame["reference"].map(lambda r: refs.get(r, r))
+    if not frame.empty:
+        interval = [f"[{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else "zero variance" if n > 1 else NONE
+                    for low, high, n in zip(frame["95% CI low"], frame["95% CI high"], frame["seeds"])]
+        at = frame.columns.get_loc("95% CI low")
+        frame = frame.drop(columns=["95% CI low", "95% CI high"])
+        frame.insert(at, "95% CI (pts)", interval)
+    return html.Table(f"Comparisons with {doc['baseline']}", frame, "\n\n".join(compare.notes(doc)),
+                      formats=COMPARISON_FORMATS)
+
+
+def html_page(df: pd.DataFrame, title: str, analysis: dict[str, Any], images: list[Path]) -> str:
+    """The report as one page: the headline tables first (means over seeds when a configuration has several, the
+    comparisons with the baseline), then the reference models, every run, fits and saving ratios as sortable
+    tables with the markdown's column names, and every PNG plot embedded."""
     board = leaderboard(df)
     is_ref = board["is_reference"].eq(True)
-    shown = [c for c in LEADING_COLUMNS + task_columns(board) + TRAILING_COLUMNS if c in board]
-    gains = [c for c in board.columns if str(c).startswith("gain:")]
     named = _named(board)
-    tables = [html.Table("Reference models", named.loc[is_ref, shown]),
-              html.Table("Runs", named.loc[~is_ref, shown + gains], GAIN_NOTE if _has(board, "gain") else "")]
+    tasks = task_columns(board)
+    refs = reference_labels(board)
+    tables = []
     means = seed_means(board)
     if (means["seeds"] > 1).any():
-        tables.append(html.Table("Mean over seeds", means, "average_std: sample standard deviation over seeds."))
-    comparisons = analysis["comparisons"]
-    tables.append(html.Table(f"Comparisons with {comparisons['baseline']}", compare.comparisons_frame(comparisons),
-                             "\n\n".join(compare.notes(comparisons))))
+        tables.append(_means_table(means, refs))
+    tables += [_comparisons_table(analysis["comparisons"], refs),
+               _runs_table("Reference models", named[is_ref], tasks, refs),
+               _runs_table("Runs", named[~is_ref], tasks, refs, GAIN_NOTE if _has(board, "gain") else "")]
     for column, label in COMPUTE_AXES.items():
         tables.append(html.Table(f"Scaling fits against {label}", fits_frame(analysis[column])))
         if analysis[column]["savings"]:
@@ -274,7 +343,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, title: str, runs_dir: Path | N
     paths.update({
         "leaderboard_csv": write_text(out_dir / "leaderboard.csv", leaderboard(df).to_csv(index=False)),
         "leaderboard_md": write_text(out_dir / "leaderboard.md", leaderboard_markdown(df, title, analysis)),
-        "leaderboard_html": write_text(out_dir / "leaderboard.html", _html_page(df, title, analysis, pngs)),
+        "leaderboard_html": write_text(out_dir / "leaderboard.html", html_page(df, title, analysis, pngs)),
         "scaling_json": write_json(out_dir / "scaling.json", analysis),
     })
     return paths
