@@ -1,6 +1,8 @@
 """Tests for harness.report.leaderboard.write_report on a small hand-built results table."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -309,3 +311,15 @@ def test_savings_frame_names_the_baseline_configuration_when_there_are_several()
     two = savings_frame({"savings": [{**row, "baseline": "clip (lr=0.1)"}, {**row, "baseline": "clip (lr=0.01)"}]})
     assert list(two.columns[:4]) == ["method", "baseline", "target error", "ratio"]
     assert list(two["baseline"]) == ["clip (lr=0.1)", "clip (lr=0.01)"] and list(two["ratio"]) == [0.5, 0.5]
+
+
+def test_a_grid_with_two_sizes_at_two_budgets_gets_the_joint_law_in_scaling_json_and_its_plots(tmp_path):
+    law = lambda f, d: 0.1 + 0.3 * f**-0.3 + 40.0 * d**-0.4  # noqa: E731  (E(F, D) with F in GFLOPs per pair)
+    rows = [_row(f"{m}-{model}-{n}", "sweep", "clip", model, n, 1 - law({"tiny": 0.5, "small": 1.5}[model], n),
+                 reference=None)
+            for m, model in enumerate(["tiny", "small"]) for n in (10_000, 20_000, 40_000)]
+    paths = write_report(pd.DataFrame(rows), tmp_path, "joint")
+    (fit,) = json.loads(paths["scaling_json"].read_text())["joint"]["fits"]
+    assert fit["alpha"] == pytest.approx(0.3, rel=0.05) and fit["beta"] == pytest.approx(0.4, rel=0.05)
+    assert sorted(p.name for p in (tmp_path / "plots").glob("joint_*.png")) == [
+        "joint_allocation.png", "joint_isoflop.png", "joint_parity.png"]

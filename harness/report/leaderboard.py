@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from harness.io import write_json, write_text
-from harness.report import compare, html, plots
+from harness.report import compare, html, joint_plots, plots
 from harness.report.configs import NONE, with_configs
 from harness.report.fit import points_from_results
 from harness.report.plots import COMPUTE_AXES, reference_labels, task_columns
@@ -335,6 +335,10 @@ def write_report(df: pd.DataFrame, out_dir: Path, title: str, runs_dir: Path | N
         figures["weak_to_strong_gain"] = plots.gain_figure(df, title)
     if runs_dir is not None:
         figures["training_curves"] = plots.training_curves_figure(df, runs_dir, title)
+    joint_doc, joint_figures = joint_plots.joint_report(df, title)
+    if joint_doc is not None:  # 2+ model sizes with 2+ budgets each: E(F, D) and the compute-optimal allocation
+        analysis["joint"] = joint_doc
+        figures.update(joint_figures)
     paths: dict[str, Path] = {}
     for name, fig in figures.items():
         png, svg = plots.save_figure(fig, out_dir / "plots" / name)
