@@ -1,6 +1,8 @@
 """Tests for harness.run.diagnostics: the held-out pool, per-sample losses against open_clip's ClipLoss,
-the reducible loss, and where the reference's scores come from."""
+the reducible loss, where the reference's scores come from, and the weak-to-strong misfit."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -12,10 +14,13 @@ from open_clip.loss import ClipLoss  # noqa: E402
 from harness.data.build import build_pool
 from harness.data.pool import PoolConfig
 from harness.data.sources import digits
-from harness.eval.evaluate import evaluate
+from harness.eval.evaluate import class_logits, evaluate
+from harness.eval.tasks import TASKS
 from harness.models import build_model, encode
-from harness.run.diagnostics import heldout_pool, per_sample_loss, reducible_loss, reference_scores
+from harness.run.diagnostics import (heldout_pool, misfit, per_sample_loss, reducible_loss, reference_scores,
+                                     task_misfits)
 from harness.run.reference import CheckpointReference
+from harness.store.records import _gain_columns
 
 DATA = PoolConfig(sources=("digits", "shapes"), shapes_count=200, noise=0.3)
 
@@ -72,3 +77,46 @@ def test_reference_scores_of_a_checkpoint_are_evaluated_here(models, tmp_path):
     checkpoint = CheckpointReference(path="x", sha256="0", model="tiny-s")
     scores = reference_scores(checkpoint, ref, ["digits"], tmp_path, "cpu")
     assert scores["tasks"]["digits"]["main_metric"] == evaluate(ref, ["digits"])["tasks"]["digits"]["main_metric"]
+
+
+def test_misfit_is_the_cross_entropy_against_the_references_softmax_and_the_disagreement_rate():
+    ln3, ln4 = math.log(3), math.log(4)
+    learner = torch.tensor([[0.0, ln3], [ln3 + 5, 5.0]])  # softmax (1/4, 3/4) and (3/4, 1/4)
+    reference = torch.tensor([[ln3, 0.0], [ln4 - 2, -2.0]])  # softmax (3/4, 1/4) and (4/5, 1/5)
+    first = 3 / 4 * ln4 + 1 / 4 * math.log(4 / 3)  # -(3/4 log 1/4 + 1/4 log 3/4)
+    second = 4 / 5 * math.log(4 / 3) + 1 / 5 * ln4  # -(4/5 log 3/4 + 1/5 log 1/4)
+    out = misfit(learner, reference)
+    assert out["cross_entropy"] == pytest.approx((first + second) / 2)
+    assert out["disagreement"] == 0.5  # the first image's argmax classes differ, the second's agree
+
+
+def test_class_logits_are_at_the_models_own_scale_and_give_its_accuracy(models):
+    a, _ = models
+    logits = class_logits(a, ["digits", "shapes_retrieval"])
+    assert list(logits) == ["digits"]  # retrieval has no class distribution
+    labels = TASKS["digits"].load().labels
+    acc1 = evaluate(a, ["digits"])["tasks"]["digits"]["acc1"]
+    assert logits["digits"].shape == (len(labels), 10)
+    assert (logits["digits"].argmax(1) == labels).double().mean().item() == pytest.approx(acc1)
+    assert logits["digits"].abs().max() <= a.model.logit_scale.exp().item() + 1e-4  # scale x cosine
+
+
+def test_a_model_against_itself_disagrees_nowhere_and_its_misfit_is_its_entropy(models):
+    a, b = models
+    same = task_misfits(a, a, ["digits", "shapes_retrieval"], "cpu")
+    p = class_logits(a, ["digits"])["digits"].double().softmax(1)
+    entropy = -(p * p.log()).sum(1).mean().item()
+    assert list(same) == ["digits"] and same["digits"]["disagreement"] == 0
+    assert same["digits"]["cross_entropy"] == pytest.approx(entropy)
+    other = task_misfits(a, b, ["digits"], "cpu")["digits"]
+    assert other["disagreement"] > 0 and other["cross_entropy"] > 0
+
+
+def test_the_results_table_shows_the_misfit_per_task_when_the_result_has_it():
+    result = {"eval": {"average": 0.5, "tasks": {"digits": {"main_metric": 0.5}}},
+              "reference": {"eval": {"average": 0.25, "tasks": {"digits": 0.25}},
+                            "reducible_loss": {"mean": 0.1, "var": 0.2}}}
+    assert not any(k.startswith(("misfit_ce:", "disagree:")) for k in _gain_columns(result))  # an older result
+    result["reference"]["misfit"] = {"digits": {"cross_entropy": 1.5, "disagreement": 0.125}}
+    columns = _gain_columns(result)
+    assert columns["misfit_ce:digits"] == 1.5 and columns["disagree:digits"] == 0.125 and columns["gain:digits"] == 0.25

@@ -17,7 +17,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 import harness  # noqa: F401  (torchvision guard before clip_benchmark and open_clip)
 from harness.data.pool import PoolConfig, as_image_tensor
 from harness.data.sources import SHAPE_CLASSES, SHAPE_COLOURS, SHAPE_SIZES, digits, fashion_mnist, shapes_grid
-from harness.eval.tasks import TASKS, Task, register, retrieval_scores
+from harness.eval.tasks import TASKS, Task, own_scale, register, retrieval_scores
 from harness.models import BuiltModel
 
 IMAGE_SIZE = PoolConfig.image_size  # uint8 storage resolution, as in the training pool
@@ -69,6 +69,17 @@ class EmbeddedTask(Task):
             loader = _loader(_Batches(data.images, data.captions, built.preprocess), batch_size)
             metrics = retrieval_scores(built, loader, device, amp, [1, 5])
         return metrics, list(self.templates)
+
+    def class_logits(self, built: BuiltModel, device: str, amp: bool, batch_size: int) -> torch.Tensor | None:
+        """Zero-shot class logits of a classification task's test images at `built`'s own logit scale."""
+        if self.kind != "classification":
+            return None
+        data = self.load()
+        classifier = zeroshot_classification.zero_shot_classifier(
+            built.model, built.tokenizer, list(data.classnames), list(self.templates), device, amp=amp)
+        loader = _loader(_Batches(data.images, data.labels, built.preprocess, data.classnames), batch_size)
+        logits, _ = zeroshot_classification.run_classification(built.model, classifier, loader, device, amp=amp)
+        return own_scale(built, logits)
 
 
 def register_embedded(name: str, kind: str, templates: tuple[str, ...]) -> Callable:

@@ -52,20 +52,38 @@ def evaluate(built: BuiltModel, tasks: Sequence[str], device: str = "cpu", batch
     """
     names = resolve(tasks)
     check_data(names)
-    target = torch.device(device)
-    place = torch.cuda.device(target.index) if target.type == "cuda" and target.index is not None \
-        else contextlib.nullcontext()
-    modes = [(m, m.training) for m in built.model.modules()]
-    built.model.eval()
-    amp = target.type == "cuda"
-    try:
-        with place, torch.no_grad(), _quiet_progress():
-            runs = {n: _run(n, built, target.type, amp, batch_size) for n in names}
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    with _evaluating(built, device) as (kind, amp):
+        runs = {n: _run(n, built, kind, amp, batch_size) for n in names}
     results = {n: metrics for n, (metrics, _) in runs.items()}
     return {"tasks": results,
             "average": sum(r["main_metric"] for r in results.values()) / len(results),
             "templates": {n: templates for n, (_, templates) in runs.items()},
             "suite_version": SUITE_VERSION}
+
+
+def class_logits(built: BuiltModel, tasks: Sequence[str], device: str = "cpu",
+                 batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """Zero-shot class logits [images, classes] of `built` at its own logit scale on each zero-shot
+    classification task among `tasks` (others are left out), run as `evaluate` runs them."""
+    names = resolve(tasks)
+    check_data(names)
+    with _evaluating(built, device) as (kind, amp):
+        logits = {n: TASKS[n].class_logits(built, kind, amp, batch_size) for n in names}
+    return {n: x for n, x in logits.items() if x is not None}
+
+
+@contextlib.contextmanager
+def _evaluating(built: BuiltModel, device: str) -> Iterator[tuple[str, bool]]:
+    """`built` in eval mode under no_grad on `device` (its modules' modes restored after); yields the device
+    type and whether to use autocast (on cuda)."""
+    target = torch.device(device)
+    place = torch.cuda.device(target.index) if target.type == "cuda" and target.index is not None \
+        else contextlib.nullcontext()
+    modes = [(m, m.training) for m in built.model.modules()]
+    built.model.eval()
+    try:
+        with place, torch.no_grad(), _quiet_progress():
+            yield target.type, target.type == "cuda"
+    finally:
+        for module, mode in modes:
+            module.training = mode

@@ -8,6 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Iterable, Sequence
 
+import torch
 from clip_benchmark.metrics import zeroshot_retrieval
 from torch.utils.data import DataLoader
 
@@ -28,6 +29,11 @@ class Task(ABC):
     @abstractmethod
     def score(self, built: BuiltModel, device: str, amp: bool, batch_size: int) -> tuple[dict, list[str]]:
         """The task's metrics (including `self.metric`) for `built` on `device`, and the templates it used."""
+
+    def class_logits(self, built: BuiltModel, device: str, amp: bool, batch_size: int) -> torch.Tensor | None:
+        """Zero-shot class logits [N images, C classes] of `built` at its own logit scale (own_scale); None
+        for a task that is not a zero-shot classification."""
+        return None
 
 
 class MissingData(ValueError):
@@ -100,6 +106,11 @@ def check_data(names: Iterable[str]) -> None:
         first, rest = problems[0], [p.task for p in problems[1:]]
         more = f"; {len(rest)} more task(s) miss theirs too: {', '.join(rest)}" if rest else ""
         raise MissingData(first.task, f"{first}{more}")
+
+
+def own_scale(built: BuiltModel, logits: torch.Tensor) -> torch.Tensor:
+    """clip_benchmark's classification logits (100 x cosine similarity) at the model's own logit scale instead."""
+    return logits.float().cpu() / 100 * built.model.logit_scale.exp().float().cpu()
 
 
 def retrieval_scores(built: BuiltModel, loader: DataLoader, device: str, amp: bool,

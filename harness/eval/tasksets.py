@@ -31,7 +31,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch.utils.data import DataLoader
 
 import harness  # noqa: F401  (torchvision guard before clip_benchmark and open_clip)
-from harness.eval.tasks import MissingData, Task, register, register_set, retrieval_scores
+from harness.eval.tasks import MissingData, Task, own_scale, register, register_set, retrieval_scores
 from harness.models import BuiltModel
 
 ROOT_ENV = "CLIPSTEER_EVAL_ROOT"
@@ -71,6 +71,13 @@ class RealTask(Task):
         if self.kind == "retrieval":
             return _retrieval_metrics(self, folder, built, transform, device, amp, batch_size), []
         return _winogavil(folder, built, transform, device, amp, batch_size), ["A {c}", "An {c}"]
+
+    def class_logits(self, built: BuiltModel, device: str, amp: bool, batch_size: int) -> torch.Tensor | None:
+        """Zero-shot class logits of a classification task's test images at `built`'s own logit scale."""
+        if self.kind != "classification":
+            return None
+        logits = _zero_shot(self, data_folder(self), built, eval_transform(built), device, amp, batch_size)[0]
+        return own_scale(built, logits)
 
 
 def _wds(name: str, key: str, metric: str = "acc1") -> RealTask:
@@ -168,14 +175,22 @@ def _build(task: RealTask, folder: Path, transform: Callable, kind: str):
                              task=kind)
 
 
-def _classification(task: RealTask, folder: Path, built: BuiltModel, transform: Callable, device: str, amp: bool,
-                    batch_size: int) -> tuple[dict[str, float], list[str]]:
+def _zero_shot(task: RealTask, folder: Path, built: BuiltModel, transform: Callable, device: str, amp: bool,
+               batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """clip_benchmark's zero-shot logits (100 x cosine) and the targets of the task's test images, with its
+    classes and templates."""
     dataset = _build(task, folder, transform, "zeroshot_classification")
     classes, templates = list(dataset.classes), list(dataset.templates)
     classifier = zeroshot_classification.zero_shot_classifier(built.model, built.tokenizer, classes, templates,
                                                               device, amp=amp)
     logits, target = zeroshot_classification.run_classification(
         built.model, classifier, DataLoader(dataset.batched(batch_size), batch_size=None), device, amp=amp)
+    return logits, target, classes, templates
+
+
+def _classification(task: RealTask, folder: Path, built: BuiltModel, transform: Callable, device: str, amp: bool,
+                    batch_size: int) -> tuple[dict[str, float], list[str]]:
+    logits, target, classes, templates = _zero_shot(task, folder, built, transform, device, amp, batch_size)
     metrics = classification_metrics(logits, target, len(classes))
     if task.metric == "F1-macro_all":
         metrics[task.metric] = f1_score(target, logits.argmax(1), average="macro", labels=np.unique(target))

@@ -1,5 +1,7 @@
 """Reference diagnostics of a finished run: the reference's own zero-shot scores (for the weak-to-strong
-gain) and the spread of the per-sample reducible loss l(w) - l(w_ref) on a fixed held-out set.
+gain), the spread of the per-sample reducible loss l(w) - l(w_ref) on a fixed held-out set, and the
+weak-to-strong misfit on each zero-shot classification task (Charikar et al. 2024: a strong model trained
+on a weak model's labels gains at least its misfit, its error measured against the weak model's labels).
 
 DRRho's theory ties the gain of training with a reference to the variance of the reducible loss, not to
 the reference's accuracy. The held-out set is a pool like the training pool (same sources, caption
@@ -22,7 +24,7 @@ import torch
 
 from harness.data.build import build_pool
 from harness.data.pool import ImageTextPool, PoolConfig
-from harness.eval.evaluate import evaluate
+from harness.eval.evaluate import class_logits, evaluate
 from harness.models import BuiltModel, encode
 from harness.run.reference import Reference
 from methods.selection import per_sample_clip_loss
@@ -76,9 +78,27 @@ def reference_scores(ref: Reference, reference: BuiltModel, tasks: list[str], re
     return evaluate(reference, tasks, device=device)
 
 
+def misfit(learner: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """From each model's class logits [images, classes] at its own logit scale (its own softmax over the
+    class-prompt similarities): the mean over images of -sum_c p_ref(c) log p_learner(c), and the fraction
+    of images whose argmax classes differ."""
+    p_ref = reference.double().softmax(-1)
+    cross_entropy = -(p_ref * learner.double().log_softmax(-1)).sum(-1).mean()
+    disagreement = (learner.argmax(-1) != reference.argmax(-1)).double().mean()
+    return {"cross_entropy": float(cross_entropy), "disagreement": float(disagreement)}
+
+
+def task_misfits(built: BuiltModel, reference: BuiltModel, tasks: list[str],
+                 device: str) -> dict[str, dict[str, float]]:
+    """The misfit of `built` against `reference` on each zero-shot classification task among `tasks`."""
+    ref_logits = class_logits(reference, tasks, device)
+    return {t: misfit(x, ref_logits[t]) for t, x in class_logits(built, tasks, device).items()}
+
+
 def reference_diagnostics(built: BuiltModel, reference: BuiltModel, ref: Reference, data: PoolConfig,
                           tasks: list[str], results: Path, device: str) -> dict[str, Any]:
-    """What result.json records about a run's reference: its scores on the run's tasks and the reducible loss."""
+    """What result.json records about a run's reference: its scores on the run's tasks, the reducible loss
+    and the misfit per classification task."""
     scores = reference_scores(ref, reference, tasks, results, device)
     if data.shards is None:
         reducible = reducible_loss(built, reference, heldout_pool(data), device)
@@ -88,4 +108,4 @@ def reference_diagnostics(built: BuiltModel, reference: BuiltModel, ref: Referen
         reducible = {"n": 0, "batch": HELDOUT_BATCH, "mean": math.nan, "var": math.nan, "skipped": why}
     return {"eval": {"average": sum(scores["tasks"][t]["main_metric"] for t in tasks) / len(tasks),
                      "tasks": {t: scores["tasks"][t]["main_metric"] for t in tasks}},
-            "reducible_loss": reducible}
+            "reducible_loss": reducible, "misfit": task_misfits(built, reference, tasks, device)}

@@ -183,11 +183,15 @@ def results_table(results: Path, specs: list[RunSpec], cache_shares: dict[str, f
 
 def _gain_columns(result: dict[str, Any]) -> dict[str, float]:
     """The reference's scores and the weak-to-strong gain (run minus reference, per task and on average),
-    and the held-out reducible loss's mean and variance, for a run trained with a reference."""
+    the held-out reducible loss's mean and variance and the misfit per classification task (cross-entropy
+    against the reference's predictions and disagreement rate; absent from older results), for a run
+    trained with a reference."""
     ref = result.get("reference")
     if not ref:
         return {}
     tasks = result["eval"]["tasks"]
     return {"reference_average": ref["eval"]["average"], "gain": result["eval"]["average"] - ref["eval"]["average"],
             **{f"gain:{t}": tasks[t]["main_metric"] - score for t, score in ref["eval"]["tasks"].items()},
-            "reducible_mean": ref["reducible_loss"]["mean"], "reducible_var": ref["reducible_loss"]["var"]}
+            "reducible_mean": ref["reducible_loss"]["mean"], "reducible_var": ref["reducible_loss"]["var"],
+            **{f"misfit_ce:{t}": m["cross_entropy"] for t, m in ref.get("misfit", {}).items()},
+            **{f"disagree:{t}": m["disagreement"] for t, m in ref.get("misfit", {}).items()}}
