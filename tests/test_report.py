@@ -323,3 +323,18 @@ def test_a_grid_with_two_sizes_at_two_budgets_gets_the_joint_law_in_scaling_json
     assert fit["alpha"] == pytest.approx(0.3, rel=0.05) and fit["beta"] == pytest.approx(0.4, rel=0.05)
     assert sorted(p.name for p in (tmp_path / "plots").glob("joint_*.png")) == [
         "joint_allocation.png", "joint_isoflop.png", "joint_parity.png"]
+
+
+def test_runs_table_shows_the_misfit_as_disagreement_averaged_over_tasks(results, tmp_path):
+    steered = results["method"].eq("drrho") & results["status"].eq("done")
+    table = results.assign(gain=np.where(steered, 0.01, np.nan), reducible_var=np.where(steered, 2.0, np.nan),
+                           **{"disagree:a": np.where(steered, 0.2, np.nan), "disagree:b": np.where(steered, 0.4, np.nan)})
+    text = write_report(table, tmp_path, "misfit")["leaderboard_md"].read_text()
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "disagreement (%)" in line)
+    column = [c.strip() for c in lines[start].split("|")].index("disagreement (%)")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    table = [[c.strip() for c in line.split("|")] for line in lines[start + 2:end]]
+    done = [r for r in table if r[1] == "drrho" and not any(c.startswith("failed") for c in r)]
+    assert len(done) == 3 and {r[column] for r in done} == {"30.0"}
+    assert {r[column] for r in table if r not in done} == {"-"}

@@ -27,7 +27,9 @@ GAIN_NOTE = (
     "gain: the run's average score minus its reference's on the same tasks (weak-to-strong gain, points). "
     "reducible var: variance of the per-pair loss difference l(w) - l(w_ref) on 1,024 held-out pairs "
     "(test images, the pool's caption noise), computed at each model's own logit scale; DRRho's generalization "
-    "bound shrinks with this variance."
+    "bound shrinks with this variance. disagreement: the weak-to-strong misfit (Charikar et al. 2024), the share of "
+    "classification test images on which the run's and its reference's zero-shot classes differ, averaged over "
+    "tasks; per task, with the cross-entropy form, in leaderboard.csv (disagree:<task>, misfit_ce:<task>)."
 )
 TEXT_COLUMNS = ("stage", "method", "model", "reference")
 SAVING_NOTE = "verdict: better when the whole 95% interval lies below 1, worse when wholly above"
@@ -37,7 +39,8 @@ TRAILING_COLUMNS = ["average", "reference_average", "gain", "reducible_var", "wa
                     "reference", "run_id"]
 PERCENT, POINTS = ".1f", "+.1f"  # HTML formats: scores in percent, gains in percentage points
 RUN_FORMATS = {"GFLOPs/pair": ".4g", "C_paper (GFLOPs)": ".2e", "C_total (GFLOPs)": ".2e", "average (%)": PERCENT,
-               "gain (pts)": POINTS, "reducible var": ".3g", "wall time (s)": ".1f"}
+               "gain (pts)": POINTS, "reducible var": ".3g", "disagreement (%)": PERCENT,
+               "wall time (s)": ".1f"}
 COMPARISON_FORMATS = {"difference (pts)": "+.2f", "p": ".3g", "Holm p": ".3g"}
 
 
@@ -102,6 +105,10 @@ def _markdown_table(rows: pd.DataFrame, tasks: list[str], first: str | None = No
     if _has(rows, "gain"):
         table["gain (pts)"] = _gain_points(rows["gain"])
         table["reducible var"] = rows["reducible_var"].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}")
+    disagree = [c for c in rows.columns if str(c).startswith("disagree:")]
+    if disagree and rows[disagree].notna().any(axis=None):  # the weak-to-strong misfit, as the share of test images whose predicted class differs
+        table["disagreement (%)"] = rows[disagree].mean(axis=1, skipna=True).map(
+            lambda v: "-" if pd.isna(v) else f"{100 * v:.1f}")
     table["wall time (s)"] = rows["wall_time_s"].map(lambda t: f"{t:.1f}")
     return _to_markdown(table)
 
