@@ -8,9 +8,10 @@ from typing import Any
 from harness.store import records
 
 
-def trivial_job(spec: dict[str, Any], results: str, *launcher_args: Any) -> dict[str, Any]:
-    """Stand-in for harness.run.job.run_job: records the unit done at once (as tests/test_launch.py's stand-ins do);
-    whatever else the launcher passes (threads, progress bar, lease token, code version) is ignored."""
-    record = {"run_id": spec["run_id"]}
-    records.finish(records.run_dir(Path(results), spec["run_id"]), record)
-    return record
+def trivial_job(spec: dict[str, Any], results: str, threads: int = 1, show_progress: bool = False,
+                lease_token: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """Stand-in for harness.run.job.run_job with its arguments: the bookkeeping every run pays (the launcher's
+    lease joined, the run begun and finished in its directory) around no work; threads, progress bar and
+    code version are ignored."""
+    rdir = records.run_dir(Path(results), spec["run_id"])
+    return records.recorded(rdir, spec, lambda: {"run_id": spec["run_id"]}, lease_token)

@@ -1,5 +1,5 @@
-"""Sweep machinery: validating and expanding a 10,000-run grid, launching trivial units through submitit,
-and writing the report of 1,000 synthetic runs."""
+"""Sweep machinery: validating and expanding a 10,000-run grid, launching trivial units through submitit (local
+worker processes, one job per unit as before them, in-process), and writing the report of 1,000 synthetic runs."""
 from __future__ import annotations
 
 import contextlib
@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import submitit
 import yaml
 
 from benchmarks.fixtures import DEMO_GRID, REPO
 from benchmarks.jobs import trivial_job
-from benchmarks.timing import Goal, GroupResult, Result, Settings, interleave, seconds
+from benchmarks.timing import Goal, GroupResult, Result, Settings, interleave, ratio, seconds
 from harness.grid.config import ExecutorConfig, parse_grid
 from harness.grid.spec import expand
 from harness.launch import launcher
@@ -27,6 +28,7 @@ from harness.sweep import SPECS, results_of
 from methods import get_method
 
 LAUNCH_UNITS = 8
+MORE_UNITS = 32  # the units of the launch that times the per-run overhead in one worker
 POOL_SIZE = 17_437  # the demo pool, for the synthetic runs' compute
 
 
@@ -56,18 +58,49 @@ def trivial_runs() -> Iterator[None]:
         launcher.run_job = real
 
 
-def launch_seconds(kind: str) -> float:
-    """Wall seconds of harness.launch.launcher.launch() for LAUNCH_UNITS trivial units (2 at a time, 1 thread each)."""
-    specs = [{"run_id": f"unit-{i}", "stage": "bench", "model": "tiny-s", "samples_seen": 128, "reference": None}
-             for i in range(LAUNCH_UNITS)]
-    with tempfile.TemporaryDirectory(prefix="clipsteer-bench-") as results, trivial_runs():
-        start = time.perf_counter()
-        report = launcher.launch(specs, Path(results), ExecutorConfig(kind=kind, max_parallel=2, timeout_min=5),
-                               log=lambda *_: None)
+@contextlib.contextmanager
+def one_job_per_unit() -> Iterator[None]:
+    """harness.launch.launcher runs every local unit as a submitit job of its own, as it did before its worker
+    processes (and still does for runs of several processes, tasks_per_job > 1)."""
+    real = launcher.make_executor
+
+    def per_unit(cfg: ExecutorConfig, folder: Path) -> submitit.Executor:
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=cfg.timeout_min)
+        return executor
+
+    launcher.make_executor = per_unit
+    try:
+        yield
+    finally:
+        launcher.make_executor = real
+
+
+def launch_times(kind: str, units: int = LAUNCH_UNITS, parallel: int = 2,
+                 per_unit_jobs: bool = False) -> tuple[float, list[float]]:
+    """Wall seconds of harness.launch.launcher.launch() for `units` trivial units (`parallel` at a time, 1 thread
+    each), and the seconds after its start at which each unit finished (its status record's time), in order; with
+    `per_unit_jobs`, local units run as one submitit job each (one_job_per_unit)."""
+    stage = {"name": "bench", "methods": ["clip"], "models": ["tiny-s"], "samples_seen": [128],
+             "seeds": list(range(units))}
+    specs = expand(parse_grid({**grid_mapping(["clip"], [128], seeds=units), "stages": [stage]}, "bench-launch.yaml"))
+    cfg = ExecutorConfig(kind=kind, max_parallel=parallel, timeout_min=5)
+    with tempfile.TemporaryDirectory(prefix="clipsteer-bench-") as results, trivial_runs(), \
+            one_job_per_unit() if per_unit_jobs else contextlib.nullcontext():
+        began, start = time.time(), time.perf_counter()
+        report = launcher.launch(specs, Path(results), cfg, log=lambda *_: None)
         elapsed = time.perf_counter() - start
-    if len(report.done) != LAUNCH_UNITS:
-        raise RuntimeError(f"{kind} launch finished {len(report.done)} of {LAUNCH_UNITS} units: {report.failed}")
-    return elapsed
+        finished = sorted(records.read_status(records.run_dir(Path(results), s["run_id"]))["finished"] - began
+                          for s in specs if s["run_id"] in report.done)
+    if len(report.done) != units:
+        raise RuntimeError(f"{kind} launch finished {len(report.done)} of {units} units: {report.failed}")
+    return elapsed, finished
+
+
+def per_run_overhead(finished: list[float]) -> float:
+    """Seconds from one unit finished to the next, from the first to the last (trivial units in one worker:
+    what each further run costs besides its work, once the worker is up)."""
+    return (finished[-1] - finished[0]) / (len(finished) - 1)
 
 
 def import_seconds(module: str) -> float:
@@ -82,7 +115,8 @@ def write_synthetic_results(where: Path, seed: int = 0) -> int:
     specs = expand(parse_grid(raw, "bench-report.yaml"))
     rng = np.random.default_rng(seed)
     tasks = raw["eval"]["tasks"]
-    (where / SPECS).write_text(json.dumps({"grid": "bench", "source": "bench-report.yaml", "specs": specs}))
+    (where / SPECS).write_text(json.dumps({"grid": "bench", "source": "bench-report.yaml",
+                                              "specs": [s.to_json() for s in specs]}))
     for spec in specs:
         method = get_method(spec["method"]["name"])(spec["method"]["params"], num_indices=1)
         compute = run_compute(spec, method, POOL_SIZE)
@@ -123,15 +157,20 @@ def report_seconds(results: Path) -> tuple[float, float]:
 
 
 def run(settings: Settings, out: Path) -> GroupResult:
-    """Grid expansion (repeated), launches (local and debug executors, interleaved) and report generation."""
+    """Grid expansion (repeated), launches (local workers, one local job per unit, debug; interleaved) and report
+    generation."""
     raw = big_grid()
     grid_times = interleave({"parse_grid": lambda: seconds(lambda: parse_grid(raw, "bench-10k.yaml")),
                              "expand": lambda: seconds(lambda: expand(parse_grid(raw, "bench-10k.yaml")))},
                             settings.rounds, settings.warmup_rounds)
     runs = len(expand(parse_grid(raw, "bench-10k.yaml")))
     light = 1 if settings.quick else 2
-    launches = interleave({"local": lambda: launch_seconds("local"), "debug": lambda: launch_seconds("debug"),
+    launches = interleave({"workers": lambda: launch_times("local"),
+                           "one worker": lambda: launch_times("local", MORE_UNITS, parallel=1),
+                           "job per unit": lambda: launch_times("local", per_unit_jobs=True),
+                           "debug": lambda: launch_times("debug"),
                            "import": lambda: import_seconds("harness.run.job")}, light, warmup_rounds=0)
+    per_run = {name: [t / LAUNCH_UNITS for t, _ in launches[name]] for name in ("workers", "job per unit", "debug")}
     with tempfile.TemporaryDirectory(prefix="clipsteer-bench-results-") as where:
         synthetic = write_synthetic_results(Path(where))
         reports = interleave({"report": lambda: report_seconds(Path(where))}, light,
@@ -139,11 +178,22 @@ def run(settings: Settings, out: Path) -> GroupResult:
     result = GroupResult(measurements=[
         Result(f"parse_grid of a {runs:,}-run grid", "s", grid_times["parse_grid"]),
         Result(f"parse_grid + expand of a {runs:,}-run grid", "s", grid_times["expand"], Goal("<", 1.0)),
-        Result(f"launch() with the local submitit executor, per run ({LAUNCH_UNITS} trivial units, 2 at a time)",
-               "s/run", [t / LAUNCH_UNITS for t in launches["local"]]),
+        Result(f"launch() with local workers, per run ({LAUNCH_UNITS} trivial units, 2 workers)", "s/run",
+               per_run["workers"]),
+        Result(f"local workers: per-run overhead, seconds from one trivial unit finished to the next in one worker "
+               f"({MORE_UNITS} units)", "s/run", [per_run_overhead(f) for _, f in launches["one worker"]],
+               Goal("<", 0.5)),
+        Result(f"local workers: start of a launch to its first unit finished (a worker's interpreter and imports; "
+               f"{MORE_UNITS} units, one worker)", "s", [f[0] for _, f in launches["one worker"]]),
+        Result(f"launch() with local workers, per run ({MORE_UNITS} trivial units, one worker)", "s/run",
+               [t / MORE_UNITS for t, _ in launches["one worker"]]),
+        Result(f"launch() with one submitit job per unit (the local path before the workers, still that of "
+               f"tasks_per_job > 1), per run ({LAUNCH_UNITS} trivial units, 2 at a time)", "s/run",
+               per_run["job per unit"]),
         Result(f"launch() with the debug executor (in-process), per run ({LAUNCH_UNITS} trivial units)", "s/run",
-               [t / LAUNCH_UNITS for t in launches["debug"]]),
-        Result("a fresh interpreter importing harness.run.job (paid by every local job)", "s", launches["import"]),
+               per_run["debug"]),
+        Result("a fresh interpreter importing harness.run.job (paid once per local worker; by every run when each "
+               "was a job of its own)", "s", launches["import"]),
         Result(f"report of {synthetic:,} synthetic runs: results table (read {synthetic:,} result.json)", "s",
                [r for r, _ in reports]),
         Result(f"report of {synthetic:,} synthetic runs: write_report (fits, bootstrap, plots, CSV/MD/HTML)", "s",
@@ -151,14 +201,20 @@ def run(settings: Settings, out: Path) -> GroupResult:
         Result(f"report of {synthetic:,} synthetic runs: total (harness.sweep.report's two steps)", "s",
                [r + w for r, w in reports], Goal("<", 10.0)),
     ])
+    result.ratios.append(ratio(f"local launch per run, one job per unit / workers ({LAUNCH_UNITS} trivial units)",
+                               ("one job per unit", per_run["job per unit"]), ("workers", per_run["workers"])))
     result.facts["grid_runs"] = runs
     result.facts["synthetic_report_runs"] = synthetic
     result.notes.append(
         f"Sweep machinery: the {runs:,}-run grid is the demo grid's data, eval, train and executor with a reference "
         "stage and 3 methods x 3 models x 11 budgets x 101 seeds; parse_grid alone and parse_grid + expand are "
         f"timed in interleaved rounds. Launching: harness.launch.launcher.launch() with run_job swapped for a trivial job "
-        f"(benchmarks.jobs.trivial_job: importable by submitit's subprocesses, it imports only harness.store.records), {LAUNCH_UNITS} units, "
-        "max_parallel 2. Report: a results directory of synthetic runs in the store's format (real grid expansion, "
-        "real compute records, metrics.jsonl for the training curves), read with harness.sweep.results_of and "
+        "(benchmarks.jobs.trivial_job: importable by submitit's subprocesses, it imports only harness.store.records "
+        f"and does a run's bookkeeping, lease, begin and finish, around no work): {LAUNCH_UNITS} units 2 at a time "
+        "with local worker processes (harness.launch.workers), with one submitit job per unit (as before the "
+        f"workers) and with the debug executor; and {MORE_UNITS} units in one local worker, whose units finish "
+        "one per-run overhead apart (the finish times are the units' status records). Report: a results directory "
+        "of synthetic runs in the store's format (real grid expansion, real compute records, metrics.jsonl for the "
+        "training curves), read with harness.sweep.results_of and "
         "written with harness.report.leaderboard.write_report (1,000 bootstrap replicates).")
     return result

@@ -1,11 +1,13 @@
 """Launch a grid's runs through submitit, skipping what is already done, references first.
 
 The units launched are the runs plus the reference-feature caches they read (harness.run.refcache);
-a unit starts once the units it requires (its reference run, its cache) are done. Local sweeps are
-throttled here (submitit's LocalExecutor starts every job at once): at most `max_parallel` jobs run,
-each with `cpus_per_job` threads. A failed run is recorded and does not stop the others; runs whose
-reference failed are recorded as failed unstarted. Runs are taken under leases (harness.store.lease), so
-concurrent launches of one grid run each run once.
+a unit starts once the units it requires (its reference run, its cache) are done. Local runs go to
+`max_parallel` long-lived worker processes (harness.launch.workers) that take run after run, each with
+`cpus_per_job` threads; a local run of several processes (tasks_per_job > 1) is a submitit job of its own,
+throttled here to `max_parallel` at a time (submitit's LocalExecutor starts every job at once). A failed
+run is recorded and does not stop the others; runs whose reference failed are recorded as failed
+unstarted. Runs are taken under leases (harness.store.lease), so concurrent launches of one grid run each
+run once.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from tqdm import tqdm
 
 from harness import codeversion
 from harness.grid.config import ExecutorConfig
+from harness.grid.runspec import CacheUnit, RunSpec, Unit
+from harness.launch import ladder, workers
 from harness.launch.slurm import TrainingJob, dependency_parameters, job_environment, make_slurm_executor
 from harness.models import model_profile
 from harness.run import refcache
@@ -39,30 +43,33 @@ class LaunchReport:
     queued: dict[str, str] = field(default_factory=dict)  # run id -> Slurm job id, left queued by a launch that did not wait
 
 
-def pending(specs: list[dict[str, Any]], results: Path) -> list[dict[str, Any]]:
-    """Specs that have no finished result under `results` (missing, failed, stale or interrupted)."""
+def pending(specs: list[Unit], results: Path) -> list[Unit]:
+    """Units that have no finished result under `results` (missing, failed, stale or interrupted)."""
     return [s for s in specs if not records.is_done(results, s)]
 
 
-def requirements(unit: dict[str, Any]) -> set[str]:
-    """Ids of the units that must be done before `unit` starts: its reference run and its feature cache."""
-    ref = unit.get("reference")
-    required = {ref["run_id"]} if ref and ref["kind"] == "run" else set()
+def requirements(unit: Unit) -> dict[str, str]:
+    """Ids of the units that must be done before `unit` starts, each with what it is: its reference run
+    and, for a run, its feature cache."""
+    required = dict.fromkeys(unit.reference.requires() if unit.reference is not None else (), "reference run")
     cache = refcache.cache_unit(unit)
-    return required | ({cache["run_id"]} if cache else set())
+    return required | ({cache.run_id: "feature cache"} if cache else {})
 
 
-def _compute(unit: dict[str, Any]) -> float:
+def _compute(unit: Unit) -> float:
     """C_paper of a run (0 for a cache), to start the largest runs first."""
-    return 0.0 if unit.get("kind") == refcache.KIND else model_profile(unit["model"])["gflops"] * unit["samples_seen"]
+    return model_profile(unit.model)["gflops"] * unit.samples_seen if isinstance(unit, RunSpec) else 0.0
 
 
-def make_executor(cfg: ExecutorConfig, folder: Path) -> submitit.Executor:
-    """submitit executor for `cfg.kind` ('local': subprocesses, 'debug': in this process, 'slurm': sbatch jobs)."""
+def make_executor(cfg: ExecutorConfig, folder: Path) -> submitit.Executor | workers.WorkerPool:
+    """submitit executor for `cfg.kind` ('local': a pool of worker processes, or a subprocess per run of
+    several processes; 'debug': in this process; 'slurm': sbatch jobs)."""
     if cfg.kind == "debug":
         return submitit.DebugExecutor(folder=folder)
     if cfg.kind == "slurm":
         return make_slurm_executor(cfg.slurm, folder)
+    if cfg.tasks_per_job == 1:
+        return workers.WorkerPool(folder, cfg.max_parallel, cfg.timeout_min)
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=cfg.timeout_min, tasks_per_node=cfg.tasks_per_job)
     return executor
@@ -82,19 +89,21 @@ class _FirstTaskOnly:
 class _Launch:
     """The state of one launch: units queued here, running here, and running in another process."""
 
-    def __init__(self, todo: list[dict[str, Any]], required: dict[str, set[str]], results: Path, log) -> None:
+    def __init__(self, todo: list[Unit], required: dict[str, dict[str, str]], results: Path, log,
+                 rungs: dict[str, ladder.Rung] | None = None) -> None:
         self.queue, self.running, self.elsewhere = list(todo), {}, {}
+        self.rungs = rungs or {}  # run id -> its place in a wsd budget ladder (harness.launch.ladder)
         self.required, self.results, self.log = required, results, log
         self.report = LaunchReport()
         self.code = codeversion.code_version()
         self.heartbeat = lease.Heartbeat()
 
-    def start(self, spec: dict[str, Any], executor: submitit.Executor, cfg: ExecutorConfig, show: bool, bar: tqdm,
+    def start(self, spec: Unit, executor: submitit.Executor, cfg: ExecutorConfig, show: bool, bar: tqdm,
               after: tuple[str, ...] = ()) -> None:
         """Take the run's lease and submit it (on Slurm, to start after jobs `after`, and owned by its Slurm
         job as well); a run another process holds is watched instead, and one finished since this launch
         looked is counted as done by others."""
-        run_id, rdir = spec["run_id"], records.run_dir(self.results, spec["run_id"])
+        run_id, rdir = spec.run_id, records.run_dir(self.results, spec.run_id)
         held = lease.acquire(rdir)
         if held is None:
             self.elsewhere[run_id] = spec
@@ -111,11 +120,13 @@ class _Launch:
                 self.log(f"  FAILED  {run_id}: {self.report.failed[run_id]}")
             return
         self.heartbeat.add(held)
-        function = _FirstTaskOnly(refcache.build_cache_job) if spec.get("kind") == refcache.KIND else _run_function(cfg)
+        function = _FirstTaskOnly(refcache.build_cache_job) if isinstance(spec, CacheUnit) else _run_function(cfg)
         threads = cfg.slurm.cpus_per_task or cfg.cpus_per_job if cfg.slurm else cfg.cpus_per_job
         if cfg.slurm:
             executor.update_parameters(**dependency_parameters(cfg.slurm, after))
-        job = executor.submit(function, spec, str(self.results), threads, show, held.token, self.code)
+        rung = self.rungs.get(run_id)
+        job = executor.submit(function, spec, str(self.results), threads, show, held.token, self.code,
+                              *([rung] if rung else []))
         if cfg.slurm:
             lease.hand_to_slurm(held, job.job_id)
         self.running[run_id] = (job, held)
@@ -172,7 +183,7 @@ def _run_function(cfg: ExecutorConfig):
     return TrainingJob(cfg.slurm.max_requeues, cfg.slurm.time_min) if cfg.slurm else run_job
 
 
-def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=tqdm.write,
+def launch(specs: list[Unit], results: Path, cfg: ExecutorConfig, log=tqdm.write,
            wait: bool = True) -> LaunchReport:
     """Run every spec (and every feature cache the specs read) that is not done; a unit starts once the
     units it requires are done. On Slurm a unit is submitted as soon as the units it requires are
@@ -184,27 +195,33 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
     so a reference stage does not leave cores idle. Among ready units, those that others require
     go first, then the largest compute first (so the sweep does not end on one long run). Each run is
     started under its lease (harness.store.lease): a run another `clipsteer run` works on is waited for, not
-    started twice, and taken over if that process dies.
+    started twice, and taken over if that process dies. The shorter budgets of a wsd ladder
+    (harness.launch.ladder) wait for its trunk and start from its checkpoints.
     """
     if not wait and cfg.slurm is None:
         raise ValueError("only a Slurm launch can leave its runs queued (wait=False): other jobs need this process")
     results = Path(results)
     units = refcache.cache_units(pending(specs, results)) + list(specs)  # only caches that a run still to do reads
-    required = {u["run_id"]: requirements(u) for u in units}
+    rungs = ladder.rungs(specs)
+    required = {u.run_id: requirements(u) | dict.fromkeys(ladder.trunk_of(rungs, u.run_id), "ladder trunk")
+                for u in units}
     needed = set().union(*required.values())
-    todo = sorted(pending(units, results), key=lambda u: (u["run_id"] not in needed, -_compute(u)))
-    run = _Launch(todo, required, results, log)
-    launching = {u["run_id"] for u in todo}
-    run.report.skipped = [u["run_id"] for u in units if u["run_id"] not in launching]
+    todo = sorted(pending(units, results), key=lambda u: (u.run_id not in needed, -_compute(u)))
+    run = _Launch(todo, required, results, log, rungs)
+    launching = {u.run_id for u in todo}
+    run.report.skipped = [u.run_id for u in units if u.run_id not in launching]
     log(f"{len(todo)} units to launch, {len(run.report.skipped)} already done")
     executor = make_executor(cfg, results / "submitit")
+    pooled = isinstance(executor, workers.WorkerPool)
+    slots = executor.slots if pooled else cfg.max_parallel
     show = cfg.kind == "debug"  # per-run training bars only in-process; local jobs log to submitit's folder
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=show or not todo, dynamic_ncols=True)
     try:
         while run.queue or run.running or run.elsewhere:
             submitted = 0
-            for spec, after in _ready(run, bar, scheduler=cfg.slurm is not None):
-                if len(run.running) >= cfg.max_parallel:
+            free = len(run.running) < slots  # _ready reads every queued unit: only worth it when one can start
+            for spec, after in _ready(run, bar, scheduler=cfg.slurm is not None) if free else []:
+                if len(run.running) >= slots:
                     break
                 run.queue.remove(spec)
                 run.start(spec, executor, cfg, show, bar, after)
@@ -214,14 +231,16 @@ def launch(specs: list[dict[str, Any]], results: Path, cfg: ExecutorConfig, log=
                 break
             run.collect(bar)
             if run.running or run.elsewhere:
-                time.sleep(0.5)
+                time.sleep(workers.POLL_S if pooled else 0.5)
     finally:
+        if pooled:
+            executor.close()
         run.heartbeat.close()
         bar.close()
     return run.report
 
 
-def _ready(run: _Launch, bar: tqdm, scheduler: bool = False) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+def _ready(run: _Launch, bar: tqdm, scheduler: bool = False) -> list[tuple[Unit, tuple[str, ...]]]:
     """Queued units that can be submitted now, each with the job ids it must wait for: none, or with
     `scheduler` (Slurm dependencies), those of requirements this launch submitted and that still run. A
     unit with a requirement that is neither done nor still queued or running (here or elsewhere) in this
@@ -229,11 +248,11 @@ def _ready(run: _Launch, bar: tqdm, scheduler: bool = False) -> list[tuple[dict[
     own record (done now, by others, or skipped as done before); a requirement outside this launch is
     looked up on disk."""
     report, results = run.report, run.results
-    waiting = {s["run_id"] for s in run.queue} | set(run.running) | set(run.elsewhere)
+    waiting = {s.run_id for s in run.queue} | set(run.running) | set(run.elsewhere)
     finished = set(report.done) | set(report.skipped) | set(report.by_others)
     ready = []
     for spec in list(run.queue):
-        unmet = run.required[spec["run_id"]] - finished
+        unmet = set(run.required[spec.run_id]) - finished
         submitted = {r for r in unmet if r in run.running} if scheduler else set()
         if (unmet - submitted) & waiting:
             continue
@@ -243,14 +262,13 @@ def _ready(run: _Launch, bar: tqdm, scheduler: bool = False) -> list[tuple[dict[
             ready.append((spec, tuple(sorted(run.running[r][0].job_id for r in submitted))))
         else:
             status = records.read_status(records.run_dir(results, missing[0])) or {}
-            what = "feature cache" if missing[0].startswith(f"{refcache.KIND}-") else "reference run"
-            reason = f"{what} {missing[0]} is {records.state(results, missing[0])}" + (
+            reason = f"{run.required[spec.run_id][missing[0]]} {missing[0]} is {records.state(results, missing[0])}" + (
                 f": {status['error']}" if status.get("error") else "")
-            records.fail_unstarted(records.run_dir(results, spec["run_id"]), spec, reason)
-            report.failed[spec["run_id"]] = reason
+            records.fail_unstarted(records.run_dir(results, spec.run_id), spec, reason)
+            report.failed[spec.run_id] = reason
             run.queue.remove(spec)
             bar.update(1)
-            run.log(f"  FAILED  {spec['run_id']}: {reason}")
+            run.log(f"  FAILED  {spec.run_id}: {reason}")
     return ready
 
 
