@@ -115,6 +115,7 @@ def machine(threads: int) -> dict[str, Any]:
     import torch
 
     import harness  # noqa: F401  (torchvision guard before open_clip)
+
     cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.processor())
     return {"cpu_count": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "open_clip": open_clip.__version__,

@@ -17,6 +17,7 @@ from harness.grid.config import ExecutorConfig, load_grid
 from harness.grid.runspec import MethodConfig
 from harness.grid.spec import expand
 from harness.launch import launcher
+from harness.report.leaderboard import write_report
 from harness.run.job import run_job
 from harness.run.train import checkpoint_files
 from harness.store import lease, records
@@ -137,6 +138,15 @@ def test_a_nan_loss_fails_that_run_with_step_and_parts_and_the_sweep_goes_on(spe
     table = records.results_table(tmp_path, [nan, fine])
     failed = table.set_index("run_id").loc["nan-run"]
     assert failed.status == "failed" and failed.error == report.failed["nan-run"]
+
+
+def test_a_sweep_whose_every_run_failed_still_gets_its_report(spec, tmp_path):
+    nan = replace(spec, train=replace(spec.train, lr=1e30), method=MethodConfig("clip"), run_id="nan-run")
+    assert list(launcher.launch([nan], tmp_path, DEBUG, log=quiet).failed) == ["nan-run"]
+    table = records.results_table(tmp_path, [nan])
+    assert table["average"].isna().all() and table["c_paper"].isna().all()
+    paths = write_report(table, tmp_path / "report", "all failed")
+    assert "failed: NonFiniteLoss" in paths["leaderboard_md"].read_text()
 
 
 def test_a_directory_holding_another_spec_is_never_reused(spec, tmp_path):

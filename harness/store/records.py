@@ -146,6 +146,10 @@ def reference_run_ids(specs: list[RunSpec]) -> set[str]:
     return {run_id for s in specs if s.reference is not None for run_id in s.reference.requires()}
 
 
+NUMERIC_COLUMNS = ("gflops_per_pair", *PARTS, "cache_share", "c_total", "c_spent", "trained_pool", "average",
+                   "wall_time_s")
+
+
 def results_table(results: Path, specs: list[RunSpec], cache_shares: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per spec (done or failed; never-started runs are left out), in the report schema.
 
@@ -178,7 +182,9 @@ def results_table(results: Path, specs: list[RunSpec], cache_shares: dict[str, f
                        **{f"task:{t}": v["main_metric"] for t, v in result["eval"]["tasks"].items()},
                        **_gain_columns(result))
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # a table of failed runs alone still has the report's numeric columns (all NaN)
+    return table.reindex(columns=[*table.columns, *(c for c in NUMERIC_COLUMNS if c not in table)])
 
 
 def _gain_columns(result: dict[str, Any]) -> dict[str, float]:
