@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLER ?= uv
 CONSTRAINTS ?= constraints-cpu.txt
-PYTEST_ARGS ?= -q
+# Tests run on both cores (pytest-xdist); a test file stays on one worker, so its module fixtures run once.
+PYTEST_ARGS ?= -q -n 2 --dist loadfile
 FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 CONSTRAINT_ARGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 

@@ -23,8 +23,9 @@ def test_larger_architectures_match_too(name, published):
 
 def test_tiny_presets_grow_and_count_flops_of_a_real_forward():
     flops = [model_profile(n)["gflops"] for n in ("tiny-s", "tiny-m", "tiny-l")]
-    assert set(TINY_PRESETS) == {"tiny-s", "tiny-m", "tiny-l"}
+    assert set(TINY_PRESETS) == {"tiny-s", "tiny-m", "tiny-l", "tiny16-s", "tiny16-m"}
     assert flops[0] < flops[1] < flops[2]
+    assert model_profile("tiny16-s")["gflops"] < min(model_profile("tiny16-m")["gflops"], flops[0])  # 4 patches, 1+1 layers
     # independent count: 2 FLOPs per multiply-add of every Linear/attention matmul in a real forward
     built = build_model("tiny-s")
     macs = 0
@@ -52,7 +53,7 @@ def test_preprocess_resizes_and_normalises_uint8_batches():
 
 
 def test_unknown_model_names_the_presets():
-    with pytest.raises(ValueError, match="unknown model 'tiny-xl'; presets: tiny-l, tiny-m, tiny-s, ViT-B-32"):
+    with pytest.raises(ValueError, match="unknown model 'tiny-xl'; presets: tiny-l, tiny-m, tiny-s, tiny16-m, tiny16-s, ViT-B-32"):
         check_model_name("tiny-xl")
 
 
