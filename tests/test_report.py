@@ -338,3 +338,14 @@ def test_runs_table_shows_the_misfit_as_disagreement_averaged_over_tasks(results
     done = [r for r in table if r[1] == "drrho" and not any(c.startswith("failed") for c in r)]
     assert len(done) == 3 and {r[column] for r in done} == {"30.0"}
     assert {r[column] for r in table if r not in done} == {"-"}
+
+
+def test_the_report_opens_with_the_verdict_at_equal_c_paper_and_c_total(results, tmp_path):
+    paths = write_report(results, tmp_path, "verdict")
+    text = paths["leaderboard_md"].read_text()
+    assert text.split("\n\n")[1] == "## Verdict"
+    savings = json.loads(paths["scaling_json"].read_text())["c_paper"]["savings"]
+    middle = savings[len(savings) // 2]
+    line = next(line for line in text.splitlines() if "at equal C_paper" in line)
+    assert line.startswith(f"- **drrho vs clip at equal C_paper: {middle['verdict']}.**")
+    assert f"needs {middle['ratio']:.2f}x clip's compute" in line and "at equal C_total" in text

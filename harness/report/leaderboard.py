@@ -206,7 +206,7 @@ def leaderboard_markdown(df: pd.DataFrame, title: str, analysis: dict[str, Any] 
     tasks = task_columns(board)
     is_ref = board["is_reference"].eq(True)
     named = _named(board)
-    parts = [f"# {title}", COMPUTE_NOTE]
+    parts = [f"# {title}", *(_verdict_markdown(analysis) if analysis else []), COMPUTE_NOTE]
     if _has(board, "gain"):
         parts.append(GAIN_NOTE)
     if is_ref.any():
@@ -221,6 +221,26 @@ def leaderboard_markdown(df: pd.DataFrame, title: str, analysis: dict[str, Any] 
         parts += [f"## Comparisons with {analysis['comparisons']['baseline']}",
                   *compare.comparisons_markdown(analysis["comparisons"]), *_analysis_markdown(analysis)]
     return "\n\n".join(parts) + "\n"
+
+
+def _verdict_markdown(analysis: dict[str, Any]) -> list[str]:
+    """The report's opening: for each method against the baseline, the compute ratio at equal C_paper and at
+    equal C_total for the middle target error, with its 95% interval and verdict; or why there is none."""
+    lines = []
+    for column, name in (("c_paper", "C_paper"), ("c_total", "C_total")):
+        savings = analysis.get(column, {}).get("savings", [])
+        for method in dict.fromkeys(row["method"] for row in savings):
+            rows = [row for row in savings if row["method"] == method]
+            row = rows[len(rows) // 2]
+            interval = "no interval" if row.get("ci") is None else f"95% CI [{row['ci'][0]:.2f}, {row['ci'][1]:.2f}]"
+            lines.append(f"- **{method} vs {row['baseline']} at equal {name}: {row['verdict']}.** To reach error "
+                         f"{row['target_error']:.3f}, {method} needs {row['ratio']:.2f}x {row['baseline']}'s compute "
+                         f"({interval}; below 1 saves compute).")
+    if not lines:
+        return []
+    return ["## Verdict", "From the scaling fits (error against compute on each configuration's frontier, seeds "
+            "averaged, bootstrap over seeds); per-configuration paired comparisons are under Comparisons.",
+            "\n".join(lines)]
 
 
 def scaling_analysis(df: pd.DataFrame, opts: FitOptions = FitOptions()) -> tuple[dict[str, Any], dict[str, list]]:
