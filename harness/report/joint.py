@@ -23,7 +23,7 @@ from threadpoolctl import ThreadpoolController
 from harness.errors import ConfigError
 from harness.report.configs import is_configuration_of
 from harness.report.fit import CI_LEVEL, DEFAULT_BOOT, MIN_BOOT_SHARE, FitError, _interval, points_from_results
-from harness.report.scaling import NO_VERDICT, interval_text, plain
+from harness.report.scaling import NO_VERDICT, interval_text, plain, read_numeric_csv
 
 LAW = "E = e0 + a / F^alpha + b / D^beta"
 PARAMS = ("e0", "a", "alpha", "b", "beta")
@@ -357,23 +357,7 @@ def joint_points(df: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
 def read_joint_csv(path: Path) -> pd.DataFrame:
     """Fit points from a CSV with columns method, gflops_per_pair, samples, error (rows of one method at one F and D
     are seeds of one configuration). Raises ConfigError naming the file and the column."""
-    path = Path(path)
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), "", f"cannot read as CSV: {exc}") from exc
-    missing = [c for c in CSV_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ConfigError(str(path), ", ".join(missing), f"missing column(s); a joint-fit CSV needs columns "
-                          f"{', '.join(CSV_COLUMNS)}, found {', '.join(map(str, frame.columns))}")
-    if frame.empty or frame["method"].isna().any():
-        raise ConfigError(str(path), "method", "no rows" if frame.empty else "a row has no method name")
-    for column in CSV_COLUMNS[1:]:
-        values = pd.to_numeric(frame[column], errors="coerce")
-        if values.isna().any():
-            row = int(np.flatnonzero(values.isna())[0])
-            raise ConfigError(str(path), column, f"row {row + 2} holds {frame[column].iloc[row]!r}, not a number")
-        frame[column] = values
+    frame = read_numeric_csv(path, CSV_COLUMNS, "joint-fit", allow_empty=False)
     method = frame["method"].astype(str)
     return pd.DataFrame({"method": method, "config": method + "@" + frame["gflops_per_pair"].astype(str) + "@"
                          + frame["samples"].astype(str), "flops": frame["gflops_per_pair"],

@@ -46,23 +46,25 @@ class FitOptions:
                 "seed": self.seed}
 
 
-def read_points_csv(path: Path) -> pd.DataFrame:
-    """Fit points from a plain CSV with columns method, compute, error (one row per run; rows of one method
-    at one compute are seeds of one configuration). Raises ConfigError naming the file and the column."""
+def read_numeric_csv(path: Path, columns: tuple[str, ...], kind: str, allow_empty: bool = True) -> pd.DataFrame:
+    """A CSV with `columns`: 'method' named on every row, the others numbers (empty cells too when `allow_empty`).
+    Raises ConfigError naming the file, the column and the row; `kind` names the CSV in the messages."""
     path = Path(path)
     try:
         frame = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), "", f"cannot read as CSV: {exc}") from exc
-    missing = [c for c in CSV_COLUMNS if c not in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ConfigError(str(path), ", ".join(missing), f"missing column(s); a points CSV needs columns "
-                          f"{', '.join(CSV_COLUMNS)}, found {', '.join(map(str, frame.columns))}")
+        raise ConfigError(str(path), ", ".join(missing), f"missing column(s); a {kind} CSV needs columns "
+                          f"{', '.join(columns)}, found {', '.join(map(str, frame.columns))}")
     if frame.empty:
         raise ConfigError(str(path), "", "no rows")
-    for column in ("compute", "error"):
+    for column in columns:
+        if column == "method":
+            continue
         values = pd.to_numeric(frame[column], errors="coerce")
-        bad = values.isna() & frame[column].notna()
+        bad = values.isna() & (frame[column].notna() if allow_empty else True)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise ConfigError(str(path), column, f"row {row + 2} holds {frame[column].iloc[row]!r}, not a number")
@@ -70,6 +72,13 @@ def read_points_csv(path: Path) -> pd.DataFrame:
     if frame["method"].isna().any():
         row = int(np.flatnonzero(frame["method"].isna())[0])
         raise ConfigError(str(path), "method", f"row {row + 2} has no method name")
+    return frame
+
+
+def read_points_csv(path: Path) -> pd.DataFrame:
+    """Fit points from a plain CSV with columns method, compute, error (one row per run; rows of one method
+    at one compute are seeds of one configuration). Raises ConfigError naming the file and the column."""
+    frame = read_numeric_csv(path, CSV_COLUMNS, "points")
     method = frame["method"].astype(str)
     return pd.DataFrame({"method": method, "config": method + "@" + frame["compute"].astype(str),
                          "compute": frame["compute"], "error": frame["error"]})
