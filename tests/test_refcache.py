@@ -174,7 +174,7 @@ def test_cache_ref_builds_each_cache_once(tmp_path, clipsteer):
     caches = sorted(p.name for p in (results / "runs").iterdir() if p.name.startswith("refcache-"))
     assert len(caches) == 1  # two runs, one cache
     built = (results / "runs" / caches[0] / "result.json").stat().st_mtime_ns
-    again = subprocess.run(cli, capture_output=True, text=True)
+    again = clipsteer(*cli)
     assert again.returncode == 0 and "0 units to launch, 1 already done" in again.stdout + again.stderr
     assert (results / "runs" / caches[0] / "result.json").stat().st_mtime_ns == built
 
