@@ -14,6 +14,7 @@ from harness.grid import config
 from harness.grid.slurm_config import SlurmConfig
 from harness.run.train import TrainConfig
 from harness.store.identity import IN_ID_UNLESS_DEFAULT, NOT_IN_ID
+from methods import get_method
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"data": PoolConfig, "train": TrainConfig, "executor": config.ExecutorConfig,
@@ -66,3 +67,24 @@ def test_every_page_the_readme_links_exists():
     assert [link for link in links if not (ROOT / link).exists()] == []
     linked = {link for link in links if link.startswith("docs/")}
     assert {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")} <= linked
+
+
+def test_the_readmes_add_a_method_recipe_runs_as_a_method():
+    import torch
+    import torch.nn.functional as F
+
+    from methods import Features, Method, Progress
+
+    readme = (ROOT / "README.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "class MarginClip" in block)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    cls = namespace["MarginClip"]
+    assert issubclass(cls, Method) and cls.reference == "batch"
+    g = torch.Generator().manual_seed(0)
+    image, text = (F.normalize(torch.randn(6, 8, generator=g), dim=-1) for _ in range(2))
+    feats, ref = Features(image, text, torch.tensor(10.0)), Features(image.flip(0), text.flip(0))
+    out = cls({"weight": 0.0}, 6).loss(feats, ref, torch.arange(6), Progress(0, 0.0))
+    plain = get_method("clip")({}, 6).loss(feats, None, torch.arange(6), Progress(0, 0.0))
+    assert torch.allclose(out.loss, plain.loss)  # weight 0: plain CLIP
+    assert not torch.allclose(cls({}, 6).loss(feats, ref, torch.arange(6), Progress(0, 0.0)).loss, plain.loss)
