@@ -1,7 +1,10 @@
 """Choose drrho's tau for the demo on a validation split, never on the test tasks.
 
-    python -m benchmarks.demo_design [--grid grids/demo.yaml] [--taus 0.01 0.03 0.1 0.3] [--seeds 0 1 2]
+    python -m benchmarks.demo_design [--grid grids/demo.yaml] [--stage S] [--model M] [--samples N]
+                                     [--taus 0.01 0.03 0.1 0.3 1.0] [--seeds 0 1 2]
                                      [--work /tmp/demo_tau] [--out results/demo_design] [--score-only]
+
+results/demo_design/tau_selection.md came from `python -m benchmarks.demo_design --samples 40960` (tiny16-s).
 
 1. Train. A grid is written from the demo grid (its data, tasks, training defaults, executor and reference
    stage) with one stage: clip and drrho at each candidate tau, on one model and budget of a demo stage
@@ -10,7 +13,8 @@
 2. Score. Every trained model (its model.pt, loaded through open_clip's factory) is scored zero-shot, through
    harness.eval's clip_benchmark metrics and the test tasks' own prompts, on two validation tasks built from
    training-split images that are not in the pool:
-   - val_fashion_mnist: 5,000 Fashion-MNIST training images outside the pool's `per_source` draw;
+   - val_fashion_mnist: 5,000 Fashion-MNIST training images that are not in the pool (compared image by image
+     with the pool's own images, so an exact duplicate of a pool image is left out too);
    - val_shapes_retrieval: generated training shapes drawn after the pool's `shapes_count` (held out), in 5
      disjoint sets of one shape per (shape, colour, size): 60 images and 120 captions each, built as the
      shapes_retrieval test task is; the score is the mean over the 5 sets.
@@ -56,7 +60,8 @@ DEFAULT_TAUS = (0.01, 0.03, 0.1, 0.3, 1.0)
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.demo_design", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", type=Path, default=Path("grids/demo.yaml"), help="the demo grid (default %(default)s)")
+    parser.add_argument("--grid", type=Path, default=Path("grids/demo.yaml"),
+                        help="the demo grid (default %(default)s)")
     parser.add_argument("--stage", help="the demo stage whose model, budget, lr and reference the candidates copy "
                         "(default: the last stage with drrho)")
     parser.add_argument("--model", help="model of the candidates (default: the stage's first)")
@@ -101,11 +106,31 @@ def train_candidates(args: argparse.Namespace) -> None:
         raise SystemExit(f"clipsteer run {grid} exited with {code}")
 
 
+def _build_pool(cfg: Any) -> Any:
+    try:
+        from harness.data.build import build_pool
+    except ImportError:  # before the pool's builder had its own module
+        from harness.data.pool import build_pool
+    return build_pool(cfg)
+
+
 def register_validation(data: dict[str, Any]) -> None:
     """Register the two validation tasks for the pool `data` (a grid's data mapping) with harness.eval."""
-    from harness.data.pool import PoolConfig, _rows, as_image_tensor
-    from harness.data.sources import SHAPE_CLASSES, SHAPE_COLOURS, SHAPE_SIZES, fashion_mnist, shapes
-    from harness.eval.evaluate import IMAGE_SIZE, TASKS, ClassificationData, RetrievalData, register
+    from harness.data.pool import PoolConfig, as_image_tensor
+    from harness.data.sources import (
+        SHAPE_CLASSES,
+        SHAPE_COLOURS,
+        SHAPE_SIZES,
+        fashion_mnist,
+        shapes,
+    )
+    from harness.eval.evaluate import (
+        IMAGE_SIZE,
+        TASKS,
+        ClassificationData,
+        RetrievalData,
+        register,
+    )
 
     cfg = PoolConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
     if VAL_FASHION in TASKS:
@@ -113,11 +138,12 @@ def register_validation(data: dict[str, Any]) -> None:
 
     @register(VAL_FASHION, "classification", TASKS["fashion_mnist"].templates)
     def _val_fashion() -> ClassificationData:
-        train = fashion_mnist()[0]
-        held_out = np.setdiff1d(np.arange(len(train)), _rows(train, "fashion_mnist", cfg))
+        train, pool = fashion_mnist()[0], _build_pool(cfg)
+        in_pool = {bytes(x) for x in pool.images[pool.source == pool.source_names.index("fashion_mnist")].numpy()}
+        images = as_image_tensor(train.images, IMAGE_SIZE)  # as the pool stores them
+        held_out = np.array([i for i, x in enumerate(images.numpy()) if bytes(x) not in in_pool])
         rows = np.sort(np.random.default_rng(12345).choice(held_out, VAL_FASHION_COUNT, replace=False))
-        return ClassificationData(as_image_tensor(train.images[rows], IMAGE_SIZE),
-                                  torch.from_numpy(train.labels[rows].copy()), train.classnames)
+        return ClassificationData(images[rows], torch.from_numpy(train.labels[rows].copy()), train.classnames)
 
     def shapes_set(j: int) -> RetrievalData:
         longer = shapes(train_count=cfg.shapes_count + VAL_SHAPES_EXTRA)[0]
@@ -185,14 +211,15 @@ def summarise(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float |
 def write(out: Path, rows: list[dict[str, Any]], table: list[dict[str, Any]], chosen: float | None,
           work: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# drrho's tau for the demo, chosen on validation images", "",
-             f"Runs: `{work}` (written by `python -m benchmarks.demo_design`). Validation: {VAL_FASHION_COUNT:,} "
-             "Fashion-MNIST training images outside the pool (classification) and 5 sets of 60 held-out generated "
-             "training shapes (retrieval within each set, as the shapes_retrieval test task; mean of the sets); the digits source has no images outside the pool. "
-             "Scores in %, mean ± sample std over seeds. The test average is shown for the record only; "
-             "tau is chosen on the validation average.", "",
-             "| method | tau | model | samples seen | seeds | val fashion_mnist | val shapes_retrieval "
-             "| val average | test average |", "|---|---|---|---|---|---|---|---|---|"]
+    intro = (f"Runs: `{work}` (written by `python -m benchmarks.demo_design`). Validation: {VAL_FASHION_COUNT:,} "
+             f"Fashion-MNIST training images outside the pool (classification) and {VAL_SHAPES_SETS} sets of 60 "
+             "held-out generated training shapes (retrieval within each set, as the shapes_retrieval test task; mean "
+             "of the sets); the digits source has no images outside the pool. Scores in %, mean ± sample std over "
+             "seeds. The test average is shown for the record only; tau is chosen on the validation average.")
+    header = ("| method | tau | model | samples seen | seeds | val fashion_mnist | val shapes_retrieval "
+              "| val average | test average |")
+    lines = ["# drrho's tau for the demo, chosen on validation images", "", intro, "", header,
+             "|---|---|---|---|---|---|---|---|---|"]
     for t in table:
         lines.append(f"| {t['method']} | {t['tau'] if t['tau'] is not None else '-'} | {t['model']} | "
                      f"{t['samples_seen']:,} | {t['seeds']} | {t[VAL_FASHION]:.1f} | {t[VAL_SHAPES]:.1f} | "
@@ -229,9 +256,9 @@ def check_frontier(results: Path, out: Path) -> bool:
         sizes = [model_profile(m)["gflops"] for m in on["model"]]
         verdicts[method] = bool(on["model"].nunique() >= 2 and sizes == sorted(sizes))
         rows += [{"method": method, **r} for r in means.to_dict("records")]
-    lines = [f"# Compute frontier of `{results}`", "",
-             "Mean over seeds (± sample std) of the average zero-shot score; `*` marks the points on each method's "
-             "compute frontier (error = 1 - average against C_paper).", "",
+    intro = ("Mean over seeds (± sample std) of the average zero-shot score; `*` marks the points on each method's "
+             "compute frontier (error = 1 - average against C_paper).")
+    lines = [f"# Compute frontier of `{results}`", "", intro, "",
              "| method | model | samples seen | C_paper (GFLOPs) | seeds | average (%) | frontier | wall time (s) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
