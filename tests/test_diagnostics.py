@@ -7,18 +7,23 @@ import math
 import numpy as np
 import pytest
 import torch
-
-import harness  # noqa: F401  (its torchvision guard must load before open_clip)
 from open_clip.loss import ClipLoss  # noqa: E402
 
+import harness  # noqa: F401  (its torchvision guard must load before open_clip)
 from harness.data.build import build_pool
 from harness.data.pool import PoolConfig
 from harness.data.sources import digits
 from harness.eval.evaluate import class_logits, evaluate
 from harness.eval.tasks import TASKS
 from harness.models import build_model, encode
-from harness.run.diagnostics import (heldout_pool, misfit, per_sample_loss, reducible_loss, reference_scores,
-                                     task_misfits)
+from harness.run.diagnostics import (
+    heldout_pool,
+    misfit,
+    per_sample_loss,
+    reducible_loss,
+    reference_scores,
+    task_misfits,
+)
 from harness.run.reference import CheckpointReference
 from harness.store.records import _gain_columns
 

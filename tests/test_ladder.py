@@ -21,11 +21,20 @@ from harness.grid.spec import expand
 from harness.launch import launcher
 from harness.launch.ladder import rungs
 from harness.models import build_model
-from harness.run.branch import BRANCH, Rung, prepare, spent
+from harness.run.branch import Rung, prepare, spent
 from harness.run.reference import OnlineReference
-from harness.run.train import (BRANCH_POINTS, CHECKPOINTS, FINAL_MODEL, METRICS, TrainConfig, checkpoint_files,
-                               checkpoint_step, train)
+from harness.run.train import (
+    BRANCH_POINTS,
+    CHECKPOINTS,
+    FINAL_MODEL,
+    METRICS,
+    TrainConfig,
+    checkpoint_files,
+    checkpoint_step,
+    train,
+)
 from harness.store import records
+from harness.store.rundir import RunDir
 from methods import get_method
 
 GRID = """
@@ -223,6 +232,6 @@ def test_a_ladder_killed_anywhere_completes_on_the_next_launch_bit_identical(spe
     branch_dir = records.run_dir(tmp_path, short.run_id)
     assert_same_run(branch_dir, alone)
     assert io.read_json(branch_dir / "eval.json") == io.read_json(alone / "eval.json")
-    assert io.read_json(branch_dir / BRANCH) == {"trunk": long.run_id, "step": BRANCH_STEP}
+    assert io.read_json(RunDir(branch_dir).branch) == {"trunk": long.run_id, "step": BRANCH_STEP}
     assert io.read_json(rdir / "result.json")["train"]["resumed_from_step"] == resumed_at
     assert len(checkpoint_files(branch_dir)) <= 2 and (branch_dir / CHECKPOINTS).is_dir()

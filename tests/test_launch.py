@@ -1,7 +1,7 @@
 """The launcher's bookkeeping, with submitit's DebugExecutor and stand-in jobs."""
-import pytest
-
 from dataclasses import replace
+
+import pytest
 
 from harness import io
 from harness.grid.config import ExecutorConfig

@@ -7,11 +7,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.colors import to_rgb
 from matplotlib.text import Text
+from PIL import Image
 from scipy import stats
 
 from harness.report.fit import fit_methods

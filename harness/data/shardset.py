@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 from harness.data.lazy import LazyShardPool
 from harness.data.pool import PoolConfig
 from harness.data.shards.manifest import MANIFEST

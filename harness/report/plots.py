@@ -27,6 +27,7 @@ from scipy import stats
 from harness.io import read_jsonl, save_with
 from harness.report.configs import with_configs
 from harness.report.fit import CI_LEVEL, MIN_BOOT_SHARE, PowerLaw, frontier_mask, points_from_results
+from harness.store.rundir import RunDir
 
 COMPUTE_AXES = {"c_paper": "C_paper", "c_total": "C_total"}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
@@ -460,7 +461,7 @@ def training_curves_figure(df: pd.DataFrame, results_dir: Path, title: str,
     """A panel per logged key against samples seen, a line per done run coloured by configuration and styled by
     model size, to see how the objective, the temperature the loss used and batch noise evolve."""
     runs = _done_runs(df)
-    logs = {row.run_id: read_metrics(Path(results_dir) / "runs" / str(row.run_id) / "metrics.jsonl")
+    logs = {row.run_id: read_metrics(RunDir.of(results_dir, str(row.run_id)).metrics)
             for row in runs.itertuples()}
     curves = {key: {run: points for run, log in logs.items() if len(points := _series(log, key))} for key in keys}
     present = [key for key in keys if curves[key]]

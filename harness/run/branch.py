@@ -22,7 +22,6 @@ from harness import io
 from harness.run.train import BRANCH_POINTS, CHECKPOINTS, KEPT_INDICES, METRICS, checkpoint_files
 from harness.store.rundir import RunDir
 
-BRANCH = RunDir.branch.name
 PER_STEP = ("c_paper", "learner_scoring", "reference_forward")  # compute parts spent in proportion to steps trained
 
 
@@ -40,7 +39,7 @@ def prepare(rdir: Path, trunk_dir: Path | None, step: int) -> dict[str, Any] | N
     """Seed run directory `rdir` from the checkpoint trunk `trunk_dir` kept after `step` steps, unless `rdir`
     holds checkpoints of its own (a resumed run goes on from those). Returns the branch record
     {"trunk", "step"} of a run that branched, None for a run that trains alone."""
-    rdir, record = Path(rdir), Path(rdir) / BRANCH
+    rdir, record = Path(rdir), RunDir(rdir).branch
     if checkpoint_files(rdir):
         return io.read_json(record) if record.exists() else None
     point = None if trunk_dir is None else branch_point(trunk_dir, step)
