@@ -12,8 +12,12 @@ CONSTRAINT_ARGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
 .PHONY: demo test env data browser
 
+# The demo trains into results/local/demo (not committed); results/demo is the committed copy to compare with.
+# Maintainers regenerate the committed copy with `make demo DEMO_RESULTS=results/demo`.
+DEMO_RESULTS ?= results/local/demo
+
 demo: env data
-	$(VENV)/bin/clipsteer run grids/demo.yaml
+	$(VENV)/bin/clipsteer run grids/demo.yaml --results $(DEMO_RESULTS)
 
 test: env data browser
 	$(PY) -m pytest $(PYTEST_ARGS)

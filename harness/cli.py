@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--all", action="store_true",
                         help="also show runs of specs the grid file no longer names (an edited grid), marked "
                              "'(earlier spec)'; they are left out by default")
+    report.add_argument("--out", type=Path, default=None,
+                        help="write the report into this directory instead of RESULTS (the runs are read from RESULTS)")
     report.set_defaults(func=_cmd_report)
 
     shards = sub.add_parser("make-shards", help="write a grid's pool or an image folder as webdataset tar shards",
@@ -285,7 +287,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from harness import sweep
 
-    for path in sweep.report(args.results, include_earlier=args.all).values():
+    for path in sweep.report(args.results, include_earlier=args.all, out=args.out).values():
         print(f"wrote {path}")
     return 0
 

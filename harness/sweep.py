@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import io
+from harness import io, provenance
 from harness.errors import ConfigError
 from harness.grid.config import ExecutorConfig, GridConfig
 from harness.grid.runspec import RunSpec
@@ -82,10 +82,9 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig, wait: bool = 
 EARLIER = " (earlier spec)"
 
 
-def results_of(results: Path, include_earlier: bool = False) -> tuple[str, pd.DataFrame]:
-    """The grid name and results table of the sweep whose runs live in `results` (with each run's method
-    parameters as key-sorted JSON in column PARAMS); with `include_earlier`, also the runs of specs the grid
-    no longer names (their stage marked EARLIER)."""
+def _saved_specs(results: Path, include_earlier: bool) -> tuple[str, list[RunSpec]]:
+    """The grid name and specs recorded in `results` (with `include_earlier`, also the runs of specs the grid no
+    longer names, their stage marked EARLIER)."""
     path = Path(results) / SPECS
     if not Path(results).is_dir():
         raise ConfigError(str(results), "", "no such directory")
@@ -95,16 +94,32 @@ def results_of(results: Path, include_earlier: bool = False) -> tuple[str, pd.Da
     specs = [RunSpec.from_json(s) for s in saved["specs"]]
     if include_earlier:
         specs = specs + [replace(s, stage=s.stage + EARLIER) for s in orphans(specs, Path(results))]
+    return saved["grid"], specs
+
+
+def _table(results: Path, specs: list[RunSpec]) -> pd.DataFrame:
+    """The results table of `specs` with each run's method parameters as key-sorted JSON in column PARAMS."""
     table = records.results_table(Path(results), specs, refcache.cache_shares(specs, Path(results)))
     params = {s.run_id: json.dumps(s.method.params, sort_keys=True) for s in specs}
-    return saved["grid"], table.assign(**{PARAMS: table["run_id"].map(params)}) if len(table) else table
+    return table.assign(**{PARAMS: table["run_id"].map(params)}) if len(table) else table
 
 
-def report(results: Path, include_earlier: bool = False) -> dict[str, Path]:
-    """Write leaderboard, fit and plots for the grid whose runs live in `results` (with `include_earlier`,
-    also the runs of earlier versions of the grid file, marked as such)."""
-    name, table = results_of(results, include_earlier)
-    return write_report(table, Path(results), title=f"clipsteer: {name}", runs_dir=Path(results))
+def results_of(results: Path, include_earlier: bool = False) -> tuple[str, pd.DataFrame]:
+    """The grid name and results table of the sweep whose runs live in `results` (with each run's method
+    parameters as key-sorted JSON in column PARAMS); with `include_earlier`, also the runs of specs the grid
+    no longer names (their stage marked EARLIER)."""
+    name, specs = _saved_specs(results, include_earlier)
+    return name, _table(results, specs)
+
+
+def report(results: Path, include_earlier: bool = False, out: Path | None = None) -> dict[str, Path]:
+    """Write leaderboard, fit, plots and how the runs were made (harness.provenance) for the grid whose runs live
+    in `results`, into `out` (default: `results` itself); with `include_earlier`, also the runs of earlier
+    versions of the grid file, marked as such."""
+    name, specs = _saved_specs(results, include_earlier)
+    made = provenance.summarise(records.provenances(Path(results), specs))
+    return write_report(_table(results, specs), Path(out or results), title=f"clipsteer: {name}",
+                        runs_dir=Path(results), made=made)
 
 
 def status(grid: GridConfig, results: Path) -> tuple[pd.DataFrame, list[RunSpec]]:

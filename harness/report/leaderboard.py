@@ -31,6 +31,9 @@ GAIN_NOTE = (
     "classification test images on which the run's and its reference's zero-shot classes differ, averaged over "
     "tasks; per task, with the cross-entropy form, in leaderboard.csv (disagree:<task>, misfit_ce:<task>)."
 )
+MADE_NOTE = ("From the runs' result.json (provenance): the software, the code (git commit, whether harness/ or "
+             "methods/ differed from it, and the digest of their sources), the hardware and the dates the runs "
+             "finished; a field the runs disagree on lists every value.")
 TEXT_COLUMNS = ("stage", "method", "model", "reference")
 SAVING_NOTE = "verdict: better when the whole 95% interval lies below 1, worse when wholly above"
 PLOTS = {"c_paper": "scaling_law", "c_total": "scaling_law_c_total"}
@@ -220,7 +223,15 @@ def leaderboard_markdown(df: pd.DataFrame, title: str, analysis: dict[str, Any] 
     if analysis:
         parts += [f"## Comparisons with {analysis['comparisons']['baseline']}",
                   *compare.comparisons_markdown(analysis["comparisons"]), *_analysis_markdown(analysis)]
+        if analysis.get("provenance"):
+            parts += ["## How these were made", MADE_NOTE, made_frame(analysis["provenance"]).to_markdown(index=False)]
     return "\n\n".join(parts) + "\n"
+
+
+def made_frame(made: dict[str, Any]) -> pd.DataFrame:
+    """The provenance summary as a two-column table (what, value), several values joined by commas."""
+    return pd.DataFrame({"what": list(made), "value": [
+        ", ".join(map(str, v)) if isinstance(v, list) else str(v) for v in made.values()]})
 
 
 def _verdict_markdown(analysis: dict[str, Any]) -> list[str]:
@@ -339,12 +350,16 @@ def html_page(df: pd.DataFrame, title: str, analysis: dict[str, Any], images: li
             tables.append(html.Table(f"Compute-saving ratios ({label})", savings_frame(analysis[column])))
     if analysis["data_efficiency"]["savings"]:
         tables.append(html.Table("Data efficiency", savings_frame(analysis["data_efficiency"])))
+    if analysis.get("provenance"):
+        tables.append(html.Table("How these were made", made_frame(analysis["provenance"]), MADE_NOTE))
     pictures = [html.Image(p.stem.replace("_", " "), p.read_bytes(), "image/png") for p in images]
     return html.render_html(title, COMPUTE_NOTE, tables, pictures)
 
 
-def write_report(df: pd.DataFrame, out_dir: Path, title: str, runs_dir: Path | None = None) -> dict[str, Path]:
-    """Write leaderboard.csv/.md/.html, scaling.json and the plots (PNG and SVG) under out_dir, atomically.
+def write_report(df: pd.DataFrame, out_dir: Path, title: str, runs_dir: Path | None = None,
+                 made: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write leaderboard.csv/.md/.html, scaling.json and the plots (PNG and SVG) under out_dir, atomically; `made`
+    (harness.provenance.summarise) goes in every document as "How these were made".
 
     Plots: error vs C_paper (as the paper plots it) and vs C_total, data efficiency, per-task gain over clip
     (when clip runs match), the weak-to-strong gain (when runs have references) and training curves (read from
@@ -352,6 +367,8 @@ def write_report(df: pd.DataFrame, out_dir: Path, title: str, runs_dir: Path | N
     """
     out_dir = Path(out_dir)
     analysis, fits = scaling_analysis(df)
+    if made:
+        analysis["provenance"] = made
     figures = {PLOTS[column]: plots.scaling_figure(df, fits[column], title, column) for column in COMPUTE_AXES}
     figures["data_efficiency"] = plots.data_efficiency_figure(df, title)
     try:

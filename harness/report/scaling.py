@@ -46,6 +46,9 @@ class FitOptions:
                 "seed": self.seed}
 
 
+LEADERBOARD_MARKS = {"run_id", "status", "c_paper", "average"}  # columns every leaderboard.csv has
+
+
 def read_numeric_csv(path: Path, columns: tuple[str, ...], kind: str, allow_empty: bool = True) -> pd.DataFrame:
     """A CSV with `columns`: 'method' named on every row, the others numbers (empty cells too when `allow_empty`).
     Raises ConfigError naming the file, the column and the row; `kind` names the CSV in the messages."""
@@ -54,6 +57,10 @@ def read_numeric_csv(path: Path, columns: tuple[str, ...], kind: str, allow_empt
         frame = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), "", f"cannot read as CSV: {exc}") from exc
+    if LEADERBOARD_MARKS <= set(frame.columns):
+        raise ConfigError(str(path), "", f"this is a leaderboard CSV written by `clipsteer report` (its 'error' column "
+                          "holds failure messages, not errors): pass its results directory instead, e.g. "
+                          f"`clipsteer fit {path.parent}`, or a {kind} CSV with columns {', '.join(columns)}")
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ConfigError(str(path), ", ".join(missing), f"missing column(s); a {kind} CSV needs columns "

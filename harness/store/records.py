@@ -15,6 +15,7 @@ import pandas as pd
 
 from harness import io
 from harness.grid.runspec import RunSpec, Unit, identity
+from harness.provenance import provenance
 from harness.run.compute import PARTS, c_total
 from harness.store import lease
 from harness.store.rundir import RESULT_FORMAT, RunDir
@@ -100,9 +101,10 @@ def fail_unstarted(rdir: Path, spec: Unit, reason: str) -> None:
 
 
 def finish(rdir: Path, result: dict[str, Any]) -> None:
-    """Record a finished run: result.json (from here on the run is done), then a 'done' status."""
+    """Record a finished run: result.json with how it was made (harness.provenance; from here on the run is
+    done), then a 'done' status."""
     unit = RunDir(rdir)
-    io.write_json(unit.result, {**result, "format": RESULT_FORMAT})
+    io.write_json(unit.result, {**result, "format": RESULT_FORMAT, "provenance": provenance()})
     io.write_json(unit.status, {"state": "done", "finished": time.time()})
 
 
@@ -139,6 +141,17 @@ def recorded(rdir: Path, spec: Unit, work: Callable[[], dict[str, Any]],
         if held is not None:
             lease.release(held)
     return result
+
+
+def provenances(results: Path, specs: list[RunSpec]) -> list[dict[str, Any]]:
+    """The provenance records (harness.provenance) of the finished runs of `specs`; results older than provenance
+    have none."""
+    found = []
+    for spec in specs:
+        path = RunDir.of(results, spec.run_id).result
+        if path.is_file() and "provenance" in (result := io.read_json(path)):
+            found.append(result["provenance"])
+    return found
 
 
 def reference_run_ids(specs: list[RunSpec]) -> set[str]:
