@@ -29,6 +29,7 @@ from harness.models import model_profile
 from harness.run import refcache
 from harness.run.job import run_job
 from harness.store import lease, records
+from harness.store.rundir import RunDir
 
 
 @dataclass
@@ -43,9 +44,27 @@ class LaunchReport:
     queued: dict[str, str] = field(default_factory=dict)  # run id -> Slurm job id, left queued by a launch that did not wait
 
 
-def pending(specs: list[Unit], results: Path) -> list[Unit]:
-    """Units that have no finished result under `results` (missing, failed, stale or interrupted)."""
-    return [s for s in specs if not records.is_done(results, s)]
+# What a unit to do reads from each kind of unit it requires, beyond its record (harness.store.rundir)
+_READS: dict[str, Callable[[RunDir], bool]] = {
+    "reference run": lambda d: d.final_model.is_file(),
+    "feature cache": lambda d: d.feature_shards.is_dir() or d.feature_table.is_file(),
+    "ladder trunk": lambda d: d.branch_points.is_dir()}
+
+
+def pending(specs: list[Unit], results: Path, required: dict[str, dict[str, str]] | None = None) -> list[Unit]:
+    """Units that have no finished result under `results` (missing, failed, stale or interrupted), and the done
+    units whose files a unit to do reads are gone (`required`: id -> {required id: kind}, by default
+    `requirements`): a committed results directory keeps records, not weights or features, so such a unit
+    trains again under the same id."""
+    todo = {s.run_id for s in specs if not records.is_done(results, s)}
+    required = required if required is not None else {s.run_id: requirements(s) for s in specs}
+    known, grew = {s.run_id for s in specs}, True
+    while grew:
+        gone = {need for run_id in todo for need, kind in required.get(run_id, {}).items()
+                if need in known and need not in todo and not _READS[kind](RunDir.of(results, need))}
+        todo |= gone
+        grew = bool(gone)
+    return [s for s in specs if s.run_id in todo]
 
 
 def requirements(unit: Unit) -> dict[str, str]:
@@ -110,6 +129,8 @@ class _Launch:
             self.log(f"  running elsewhere {run_id} ({lease.describe(lease.read(rdir))}): waiting for it")
             return
         now = records.state(self.results, run_id, spec)
+        if now == "done" and not self._readable(run_id):
+            now = "retrain"  # done, but the files that runs to do read from it are gone
         if now in ("done", "conflict"):
             lease.release(held)
             bar.update(1)
@@ -131,6 +152,11 @@ class _Launch:
             lease.hand_to_slurm(held, job.job_id)
         self.running[run_id] = (job, held)
         self.log(f"  started {run_id} (job {job.job_id}" + (f", after job {', '.join(after)})" if after else ")"))
+
+    def _readable(self, run_id: str) -> bool:
+        """Whether unit `run_id` still has the files that the units requiring it read (weights, features...)."""
+        kinds = {kind for needs in self.required.values() for need, kind in needs.items() if need == run_id}
+        return all(_READS[kind](RunDir.of(self.results, run_id)) for kind in kinds)
 
     def collect(self, bar: tqdm) -> None:
         """Record the runs that finished here, and those that another process finished, failed or left."""
@@ -206,7 +232,7 @@ def launch(specs: list[Unit], results: Path, cfg: ExecutorConfig, log=tqdm.write
     required = {u.run_id: requirements(u) | dict.fromkeys(ladder.trunk_of(rungs, u.run_id), "ladder trunk")
                 for u in units}
     needed = set().union(*required.values())
-    todo = sorted(pending(units, results), key=lambda u: (u.run_id not in needed, -_compute(u)))
+    todo = sorted(pending(units, results, required), key=lambda u: (u.run_id not in needed, -_compute(u)))
     run = _Launch(todo, required, results, log, rungs)
     launching = {u.run_id for u in todo}
     run.report.skipped = [u.run_id for u in units if u.run_id not in launching]
