@@ -28,6 +28,7 @@ from harness.report.plots import (
     task_delta_heatmap,
     training_curves_figure,
 )
+from harness.report.w2s import misfit_figure
 
 TASKS = ["task:digits", "task:shapes"]
 
@@ -338,6 +339,9 @@ def _long_names() -> pd.DataFrame:
     table.loc[runs, "reference"] = np.where(table.loc[runs, "seed"].eq(0), refs["run_id"][0], refs["run_id"][1])
     table.loc[runs, "gain"] = np.linspace(-0.2, 0.1, runs.sum())
     table.loc[runs, "reducible_var"] = np.linspace(0.1, 6.0, runs.sum())
+    table.loc[runs, "gain:digits"] = np.linspace(-0.1, 0.2, runs.sum())
+    table.loc[runs, "disagree:digits"] = np.linspace(0.05, 0.4, runs.sum())
+    table.loc[runs, "misfit_ce:digits"] = np.linspace(0.5, 2.0, runs.sum())
     return pd.concat([refs, table], ignore_index=True)
 
 
@@ -354,6 +358,7 @@ def _figures(tmp_path) -> dict[str, object]:
             "efficiency": data_efficiency_figure(table, "A sweep with a rather long title"),
             "heatmap": task_delta_heatmap(table, "A sweep with a rather long title"),
             "gain": gain_figure(table, "A sweep with a rather long title"),
+            "misfit": misfit_figure(table, "A sweep with a rather long title"),
             "curves": training_curves_figure(table, tmp_path, "A sweep with a rather long title"),
             "message": data_efficiency_figure(one[one["samples_seen"].eq(1000)], "Nothing to draw at all")}
 

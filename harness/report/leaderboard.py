@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from harness.io import write_json, write_text
-from harness.report import compare, html, joint_plots, plots
+from harness.report import compare, html, joint_plots, plots, w2s
 from harness.report.configs import NONE, with_configs
 from harness.report.fit import points_from_results
 from harness.report.plots import COMPUTE_AXES, reference_labels, task_columns
@@ -223,6 +223,8 @@ def leaderboard_markdown(df: pd.DataFrame, title: str, analysis: dict[str, Any] 
     if analysis:
         parts += [f"## Comparisons with {analysis['comparisons']['baseline']}",
                   *compare.comparisons_markdown(analysis["comparisons"]), *_analysis_markdown(analysis)]
+        if "weak_to_strong" in analysis:
+            parts += w2s.predictors_markdown(analysis["weak_to_strong"])
         if analysis.get("provenance"):
             parts += ["## How these were made", MADE_NOTE, made_frame(analysis["provenance"]).to_markdown(index=False)]
     return "\n\n".join(parts) + "\n"
@@ -263,6 +265,8 @@ def scaling_analysis(df: pd.DataFrame, opts: FitOptions = FitOptions()) -> tuple
         doc[column], fits[column] = analyse(points_from_results(df, column), dataclasses.replace(opts, compute_col=column))
     doc["data_efficiency"] = data_savings(df, opts)
     doc["comparisons"] = compare.compare(df, opts.baseline)
+    if _has(df, "gain"):
+        doc["weak_to_strong"] = w2s.predictors(df)
     return doc, fits
 
 
@@ -350,6 +354,9 @@ def html_page(df: pd.DataFrame, title: str, analysis: dict[str, Any], images: li
             tables.append(html.Table(f"Compute-saving ratios ({label})", savings_frame(analysis[column])))
     if analysis["data_efficiency"]["savings"]:
         tables.append(html.Table("Data efficiency", savings_frame(analysis["data_efficiency"])))
+    if analysis.get("weak_to_strong", {}).get("rows"):
+        tables.append(html.Table("What predicts the weak-to-strong gain", w2s.predictors_frame(analysis["weak_to_strong"]),
+                                 w2s.predictors_markdown(analysis["weak_to_strong"])[1]))
     if analysis.get("provenance"):
         tables.append(html.Table("How these were made", made_frame(analysis["provenance"]), MADE_NOTE))
     pictures = [html.Image(p.stem.replace("_", " "), p.read_bytes(), "image/png") for p in images]
@@ -377,6 +384,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, title: str, runs_dir: Path | N
         pass  # no clip runs to compare with: the heatmap has no rows
     if _has(df, "gain"):
         figures["weak_to_strong_gain"] = plots.gain_figure(df, title)
+        figures["weak_to_strong_misfit"] = w2s.misfit_figure(df, title)
     if runs_dir is not None:
         figures["training_curves"] = plots.training_curves_figure(df, runs_dir, title)
     joint_doc, joint_figures = joint_plots.joint_report(df, title)
