@@ -41,7 +41,8 @@ def run_points(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     runs = runs.dropna(subset=["gain"])
     tasks = [str(c).split(":", 1)[1] for c in runs.columns if str(c).startswith("disagree:")]
-    class_gain = runs[[f"gain:{t}" for t in tasks]].mean(axis=1) if tasks else pd.Series(np.nan, index=runs.index)
+    gains = [f"gain:{t}" for t in tasks if f"gain:{t}" in runs]
+    class_gain = runs[gains].mean(axis=1) if gains else pd.Series(np.nan, index=runs.index)
     return pd.DataFrame({"label": runs["label"], "reference": runs["reference"].astype(str), "gain": 100 * runs["gain"],
                          "class_gain": 100 * class_gain, "reducible_var": runs["reducible_var"],
                          "disagreement": 100 * _mean_of(runs, "disagree"), "misfit_ce": _mean_of(runs, "misfit_ce")})
