@@ -48,6 +48,13 @@ def check_model_name(name: str) -> None:
         raise ValueError(f"model {name!r} is a captioning (CoCa) model; clipsteer trains contrastive CLIP models")
 
 
+def resolve_device(device: str) -> str:
+    """The torch device a run's `device` setting names: "auto" is cuda when a GPU is visible, else cpu."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @dataclass
 class BuiltModel:
     """An open_clip model with its tokenizer and the batched preprocessing it expects."""

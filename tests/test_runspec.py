@@ -24,7 +24,7 @@ from harness.run.reference import (
 )
 from harness.run.train import TrainConfig
 from harness.store import records
-from harness.store.identity import IN_ID, IN_ID_UNLESS_DEFAULT, NOT_IN_ID, identity_of
+from harness.store.identity import IN_ID, IN_ID_UNLESS_DEFAULT, NOT_IN_ID, identity_of, in_id_as
 from harness.store.rundir import RESULT_FORMAT, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,3 +137,16 @@ def test_the_fields_outside_the_id_are_marked_on_the_configs():
     kept = identity_of(TrainConfig, dataclasses.asdict(TrainConfig(precision="bf16")))
     assert kept["precision"] == "bf16" and "schedule" not in kept and "log_every" not in kept
     assert identity_of(TrainConfig, {"unknown": 1}) == {"unknown": 1}
+    assert _marked(TrainConfig, in_id_as("cpu")) == {"device"}
+
+
+def test_the_device_defaults_to_auto_and_stays_out_of_the_id_without_renaming_a_stored_run():
+    assert TrainConfig().device == "auto"
+    ids = {d: identity_of(TrainConfig, dataclasses.asdict(TrainConfig(device=d)))["device"]
+           for d in ("auto", "cpu", "cuda")}
+    assert ids == {"auto": "cpu", "cpu": "cpu", "cuda": "cpu"}  # hashed as every stored run's "cpu"
+    spec = expand(load_grid(ROOT / "grids" / "demo.yaml"))[0]
+    stored = {**spec.to_json(), "train": {**spec.to_json()["train"], "device": "cpu"}}  # as stored before "auto"
+    assert spec.train.device == "auto" and identity(stored) == identity(spec.to_json())
+    with pytest.raises(ValueError, match="device must be one of"):
+        TrainConfig(device="gpu")

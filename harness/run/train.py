@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness import faults, io
-from harness.models import BuiltModel, encode
+from harness.models import BuiltModel, encode, resolve_device
 from harness.run import distributed
 from harness.run.schedule import DEFAULT_COOLDOWN, DEFAULT_SCHEDULE, check_schedule, lr_at
-from harness.store.identity import IN_ID_UNLESS_DEFAULT, NOT_IN_ID
+from harness.store.identity import IN_ID_UNLESS_DEFAULT, NOT_IN_ID, in_id_as
 from harness.store.rundir import RunDir
 from methods import Features, Method, Progress
 
@@ -36,6 +36,7 @@ FINAL_MODEL = RunDir.final_model.name
 METRICS = RunDir.metrics.name
 KEPT_INDICES = RunDir.kept_indices.name
 PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ class TrainConfig:
     checkpoint_every: int = field(default=0, metadata=NOT_IN_ID)
     checkpoint_minutes: float = field(default=10.0, metadata=NOT_IN_ID)
     log_every: int = field(default=10, metadata=NOT_IN_ID)
-    device: str = "cpu"
+    # "auto": cuda when available, else cpu (resolved when the run starts, recorded in result.json); a speed
+    # option out of the id, hashed as "cpu", the device of every run stored before it could change
+    device: str = field(default="auto", metadata=in_id_as("cpu"))
     # "auto": bf16 autocast on cuda, fp32 on cpu; or "fp32" / "bf16" everywhere
     precision: str = field(default="auto", metadata=IN_ID_UNLESS_DEFAULT)
     compile: bool = field(default=False, metadata=NOT_IN_ID)  # torch.compile the model (same math; faster on GPUs)
@@ -87,8 +90,8 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 2 (contrastive losses need negatives)")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("beta1 and beta2 must be in [0, 1)")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check_schedule(self.schedule, self.cooldown)
@@ -187,6 +190,7 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
         raise ValueError(f"method {method.name!r} needs a reference model")
     world.check_divides(cfg.batch_size, "batch_size")
     run_dir = Path(run_dir)
+    cfg = replace(cfg, device=resolve_device(cfg.device))
     device, model = cfg.device, _prepare(built.model, cfg)
     total = samples_seen // cfg.batch_size
     pool = _static_selection(method, pool, reference, seed, run_dir, cfg.batch_size, world)
