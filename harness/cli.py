@@ -175,9 +175,9 @@ def _grid_and_executor(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    grid, executor = _grid_and_executor(args)  # before the sweep's heavy imports: a bad grid is refused at once
     from harness import sweep
 
-    grid, executor = _grid_and_executor(args)
     results = args.results or Path("results") / grid.name
     if args.dry_run:
         from harness.launch.estimate import throughput
@@ -197,9 +197,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache_ref(args: argparse.Namespace) -> int:
+    grid, executor = _grid_and_executor(args)
     from harness import sweep
 
-    grid, executor = _grid_and_executor(args)
     outcome = sweep.cache_references(grid, args.results or Path("results") / grid.name, executor)
     for run_id, reason in outcome.failed.items():
         print(f"failed: {run_id}: {reason}", file=sys.stderr)
@@ -207,7 +207,8 @@ def _cmd_cache_ref(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from harness.models import model_profile, preset_names
+    from harness.models import model_profile
+    from harness.presets import preset_names
 
     print(f"{'model':<12} {'params (M)':>11} {'GFLOPs/pair':>12} {'image':>9} {'text':>9}")
     for name in preset_names():
@@ -321,11 +322,12 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from harness import sweep
     from harness.grid.config import load_grid
-    from harness.launch.status import summary
 
     grid = load_grid(args.grid)
+    from harness import sweep
+    from harness.launch.status import summary
+
     results = args.results or Path("results") / grid.name
     table, earlier = sweep.status(grid, results)
     print(f"grid {grid.name} ({results}): {summary(table)}")

@@ -13,18 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import open_clip
-import torch
 import yaml
-from safetensors import safe_open
 
-from harness.data.pool import EMBEDDED_FIELDS, PoolConfig
+from harness.data.poolconfig import EMBEDDED_FIELDS, PoolConfig
 from harness.errors import ConfigError, check_int, did_you_mean
-from harness.eval.tasks import MissingData, UnknownTask, check_data, resolve
-from harness.grid.runspec import MethodConfig
 from harness.grid.slurm_config import SlurmConfig, parse_slurm
-from harness.models import check_model_name, preset_names
-from harness.run.train import TrainConfig
+from harness.presets import check_model_name, preset_names
+from harness.run.trainconfig import TrainConfig
 from methods import REGISTRY, get_method, needs_reference
 
 EXECUTORS = ("local", "debug", "slurm")
@@ -34,6 +29,14 @@ STAGE_KEYS = {"name", "methods", "models", "samples_seen", "seeds", "reference",
 # tag; in a run spec, a RunReference, CheckpointReference or PretrainedReference (harness.run.reference)
 REFERENCE_KEYS = {"stage", "checkpoint", "pretrained"}
 REFERENCE_FEATURES = ("online", "cached")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """A method by registry name, and its parameters (in a run spec: all of them, defaults resolved)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,14 +126,15 @@ def parse_grid(raw: Any, src: str, default_name: str = "grid") -> GridConfig:
     _check_train(train, src, "train")
     eval_cfg = _mapping(top.get("eval", {}), src, "eval")
     _known_keys(eval_cfg, {"tasks"}, src, "eval")
-    tasks = _check_tasks(tuple(_string(t, src, f"eval.tasks[{i}]")
-                               for i, t in enumerate(_list(eval_cfg.get("tasks", []), src, "eval.tasks"))), src)
+    names = tuple(_string(t, src, f"eval.tasks[{i}]")
+                  for i, t in enumerate(_list(eval_cfg.get("tasks", []), src, "eval.tasks")))
     executor = _executor(top.get("executor", {}), src)
     stages_raw = _list(top["stages"], src, "stages")
     if not stages_raw:
         raise ConfigError(src, "stages", "at least one stage is required")
     stages = tuple(_stage(s, src, f"stages[{i}]", data, train) for i, s in enumerate(stages_raw))
     _check_stage_references(stages, src)
+    tasks = _check_tasks(names, src)
     return GridConfig(name=name, source=src, data=data, eval_tasks=tasks, train=train, executor=executor,
                       stages=stages, description=str(top.get("description", "")))
 
@@ -173,7 +177,7 @@ def _method(raw: Any, src: str, key: str) -> MethodConfig:
     if name not in REGISTRY:
         raise ConfigError(src, key, f"unknown method {name!r}{did_you_mean(name, REGISTRY)}; registered: {', '.join(sorted(REGISTRY))}")
     try:
-        get_method(name)(params, num_indices=1)
+        get_method(name).check(params)
     except ValueError as e:
         raise ConfigError(src, key, str(e)) from None
     return MethodConfig(name=name, params=params)
@@ -212,6 +216,8 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
             raise ConfigError(src, f"{key}.model", f"required with '{kinds[0]}'")
         _model(m["model"], src, f"{key}.model")
     if "pretrained" in m:
+        import open_clip  # a pretrained reference's tags: only then is open_clip worth its import time
+
         tags = open_clip.list_pretrained_tags_by_model(m["model"])
         if m["pretrained"] not in tags:
             raise ConfigError(src, f"{key}.pretrained", f"open_clip has no pretrained tag {m['pretrained']!r} for "
@@ -236,6 +242,9 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
 def _check_readable_checkpoint(path: Path, src: str, key: str) -> None:
     """Refuse a reference checkpoint that cannot be opened as safetensors or as a weights-only torch file
     (memory-mapped, so a large checkpoint is not read into memory here)."""
+    import torch  # only a grid naming a checkpoint pays for torch here
+    from safetensors import safe_open
+
     try:
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt"):
@@ -313,7 +322,10 @@ def _check_train(train: dict, src: str, key: str) -> None:
 
 def _check_tasks(tasks: tuple[str, ...], src: str) -> tuple[str, ...]:
     """The grid's tasks with task set names expanded (a task listed twice is kept once), through the evaluation
-    registry. Every name must be known, and every on-disk task's data must be there now, not after hours of training."""
+    registry. Every name must be known, and every on-disk task's data must be there now, not after hours of training.
+    The registry loads torch and clip_benchmark, so parse_grid checks the tasks after everything else."""
+    from harness.eval.tasks import MissingData, UnknownTask, check_data, resolve
+
     try:
         expanded = resolve(tasks)
         check_data(expanded)

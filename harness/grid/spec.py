@@ -16,8 +16,8 @@ from harness import io
 from harness.data.shardset import absolute_shards, shard_set
 from harness.errors import ConfigError
 from harness.eval.evaluate import SUITE_VERSION
-from harness.grid.config import GridConfig, ReferenceConfig, StageConfig, pool_config
-from harness.grid.runspec import MethodConfig, RunSpec, identity
+from harness.grid.config import GridConfig, MethodConfig, ReferenceConfig, StageConfig, pool_config
+from harness.grid.runspec import RunSpec, identity
 from harness.run.refcache import check_cache
 from harness.run.reference import CheckpointReference, PretrainedReference, Reference, RunReference
 from harness.run.train import TrainConfig

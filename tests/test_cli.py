@@ -1,0 +1,62 @@
+"""The command line answers at once: importing it, the grid validator and the method registry loads no torch
+(checked in a fresh interpreter), so --help and a grid's validation errors come before any heavy import."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "open_clip", "torchvision", "clip_benchmark", "pandas")
+
+
+def _heavy_loaded(code: str) -> dict:
+    """Run `code` in a fresh interpreter; the heavy modules it left in sys.modules, and what it printed last."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_importing_the_cli_and_the_grid_validator_loads_no_torch():
+    assert _heavy_loaded("import harness.cli, harness.grid.config, harness.presets, methods") == []
+
+
+def test_help_and_a_validation_error_load_no_torch(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages: [{name: s, methods: [{name: drrho, tau: -1.0}], models: [tiny-s], samples_seen: [256],"
+                   " reference: {pretrained: x, model: tiny-s}}]\ntrain: {lr: 0.002}\n")
+    code = f"""
+import contextlib, io
+from harness.cli import main
+from harness.errors import ConfigError
+from harness.grid.config import load_grid
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main(["run", "--help"])
+    except SystemExit:
+        pass
+try:
+    load_grid({str(bad)!r})
+except ConfigError as e:
+    assert "tau and eps must be finite and > 0" in str(e), e
+else:
+    raise AssertionError("the bad method parameter was accepted")
+"""
+    assert _heavy_loaded(code) == []
+
+
+def test_a_method_loads_torch_at_its_first_use_and_computes_as_before():
+    code = """
+import math, sys
+from methods import Features, Progress, get_method
+clip = get_method("clip")({}, num_indices=4)
+assert "torch" not in sys.modules
+import torch
+feats = Features(torch.eye(4), torch.eye(4), torch.tensor(1.0))
+loss = clip.loss(feats, None, torch.arange(4), Progress(0, 0.0)).loss
+expected = -math.log(math.e / (math.e + 3))
+assert abs(float(loss) - expected) < 1e-6, (float(loss), expected)
+"""
+    assert _heavy_loaded(code) == ["torch"]
