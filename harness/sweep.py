@@ -10,6 +10,7 @@ import pandas as pd
 from harness import io
 from harness.errors import ConfigError
 from harness.grid.config import ExecutorConfig, GridConfig
+from harness.grid.describe import resolved
 from harness.grid.runspec import RunSpec
 from harness.grid.spec import expand
 from harness.launch import estimate
@@ -44,12 +45,13 @@ def plan(grid: GridConfig, results: Path, executor: ExecutorConfig | None = None
              f"(executor {executor.kind}, results {results})"]
     for unit in caches:
         lines.append(f"  {unit.run_id}  reference-feature cache of the pool  "
-                     f"{est.gflops[unit.run_id]:.3g} GFLOPs  ~{est.gpu_hours[unit.run_id]:.3g} GPU-h")
+                     f"{est.gflops[unit.run_id]:.3g} GFLOPs  {est.cost(unit.run_id)}")
     for spec in todo:
         rid, c_paper = spec.run_id, model_profile(spec.model)["gflops"] * spec.samples_seen
         lines.append(f"  {rid}  C_paper={c_paper:.3g} GFLOPs  C_total={est.gflops[rid]:.3g} GFLOPs  "
-                     f"~{est.gpu_hours[rid]:.3g} GPU-h")
+                     f"{est.cost(rid)}")
     lines.extend(estimate.summary(est, executor))
+    lines.extend(resolved(grid, executor))
     if executor.slurm is not None:
         lines.append("each run is one sbatch job; the script submitit submits for it:")
         lines.extend("  " + line for line in sbatch_script(executor.slurm, results / "submitit").splitlines())
