@@ -6,7 +6,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from harness.errors import ConfigError
+from harness import __version__
+from harness.errors import ConfigError, did_you_mean
 
 EXIT_BAD_INPUT = 2
 
@@ -14,7 +15,9 @@ EXIT_BAD_INPUT = 2
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `clipsteer` console script and `python -m harness`."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's own usage, and the flag meant
+        _unrecognized(args.parser, extra)
     try:
         return args.func(args)
     except ConfigError as e:
@@ -22,11 +25,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
+def _unrecognized(sub: argparse.ArgumentParser, extra: list[str]) -> None:
+    """Exit 2 with `sub`'s usage, naming the arguments it does not take and the flag closest to the first."""
+    flags = [o for action in sub._actions for o in action.option_strings]
+    first = next((e.split("=", 1)[0] for e in extra if e.startswith("-")), None)
+    hint = did_you_mean(first, flags) if first else ""
+    sub.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clipsteer",
         description="Train CLIP models with and without a reference model, sweep grids of runs, "
                     "and report leaderboards and scaling-law fits.")
+    parser.add_argument("--version", action="version", version=f"clipsteer {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="launch the runs of a grid file that are not done yet, then write the report",
@@ -50,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="Slurm only: submit the missing runs (a stage's jobs wait in the queue for the jobs of the "
                           "stage they read: afterok dependencies) and exit, leaving them queued; run again later to "
                           "collect them and write the report")
-    run.set_defaults(func=_cmd_run)
+    run.set_defaults(func=_cmd_run, parser=run)
 
     cache = sub.add_parser("cache-ref", help="compute the reference-feature caches a grid's runs read",
                            description="Compute, once per (reference, pool), the reference model's image and text "
@@ -62,12 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
     cache.add_argument("--executor", choices=["local", "debug"], default=None,
                        help="override the grid's executor: local (subprocesses) or debug (in this process)")
-    cache.set_defaults(func=_cmd_cache_ref)
+    cache.set_defaults(func=_cmd_cache_ref, parser=cache)
 
     models = sub.add_parser("models", help="list model presets with parameters and forward GFLOPs per pair",
                             description="List every model preset: parameters (millions) and forward GFLOPs per "
                                         "image-text pair, counted with torch's FlopCounterMode.")
-    models.set_defaults(func=_cmd_models)
+    models.set_defaults(func=_cmd_models, parser=models)
 
     report = sub.add_parser("report", help="rewrite the leaderboard, fits and plots of a results directory",
                             description="Rebuild leaderboard.csv/.md/.html, scaling.json (fits with bootstrap "
@@ -78,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--all", action="store_true",
                         help="also show runs of specs the grid file no longer names (an edited grid), marked "
                              "'(earlier spec)'; they are left out by default")
-    report.set_defaults(func=_cmd_report)
+    report.set_defaults(func=_cmd_report, parser=report)
 
     shards = sub.add_parser("make-shards", help="write a grid's pool or an image folder as webdataset tar shards",
                             description="Write deterministic webdataset shards (<key>.png/.txt/.json per sample, a "
@@ -98,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     shards.add_argument("--image-format", choices=["png", "npy"], default="png",
                         help="how images are stored: png (default; any image tool reads it) or npy (uint8 arrays: "
                              "about 2.5x the bytes at 32 px, a tenth of the decoding time)")
-    shards.set_defaults(func=_cmd_make_shards)
+    shards.set_defaults(func=_cmd_make_shards, parser=shards)
 
     status = sub.add_parser("status", help="show where every run of a grid stands",
                             description="List every run of GRID (and the feature caches it reads) with its state: "
@@ -109,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
                                         "for earlier versions of the grid file. Writes nothing.")
     status.add_argument("grid", type=Path, help="grid file (YAML)")
     status.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
-    status.set_defaults(func=_cmd_status)
+    status.set_defaults(func=_cmd_status, parser=status)
 
     fit = sub.add_parser(
         "fit", help="fit scaling laws with bootstrap intervals, held-out checks and compute-saving ratios",
@@ -141,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="target errors for the saving ratios (default: three inside both fits' ranges)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     fit.add_argument("--json", action="store_true", help="print the analysis as JSON")
-    fit.set_defaults(func=_cmd_fit)
+    fit.set_defaults(func=_cmd_fit, parser=fit)
 
     compare = sub.add_parser(
         "compare", help="paired comparisons of every method configuration against a baseline, with verdicts",
@@ -155,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("results", type=Path, help="results directory of a grid, e.g. results/demo")
     compare.add_argument("--baseline", default="clip", help="method every other one is compared with (default clip)")
     compare.add_argument("--json", action="store_true", help="print the comparisons as JSON")
-    compare.set_defaults(func=_cmd_compare)
+    compare.set_defaults(func=_cmd_compare, parser=compare)
     return parser
 
 

@@ -60,3 +60,36 @@ expected = -math.log(math.e / (math.e + 3))
 assert abs(float(loss) - expected) < 1e-6, (float(loss), expected)
 """
     assert _heavy_loaded(code) == ["torch"]
+
+
+def test_version_and_a_bad_flag_gets_the_subcommand_usage_and_the_flag_meant(capsys):
+    import pytest
+
+    import harness
+    from harness.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"clipsteer {harness.__version__}\n"
+    with pytest.raises(SystemExit) as done:
+        main(["run", "grids/demo.yaml", "--dryrun"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith("usage: clipsteer run ")
+    assert "clipsteer run: error: unrecognized arguments: --dryrun (did you mean '--dry-run'?)" in err
+    with pytest.raises(SystemExit):
+        main(["status", "grids/demo.yaml", "--resutls=x"])
+    assert "unrecognized arguments: --resutls=x (did you mean '--results'?)" in capsys.readouterr().err
+
+
+def test_did_you_mean_for_a_grid_file_name_and_key_synonyms(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["run", "grids/demo.yml", "--dry-run"]) == 2
+    assert "grids/demo.yml: no such grid file (did you mean 'grids/demo.yaml'?)" in capsys.readouterr().err
+    for key, meant, section in (("learning_rate", "lr", "train"), ("wd", "weight_decay", "train"),
+                                ("bs", "batch_size", "train"), ("type", "kind", "executor"),
+                                ("workers", "max_parallel", "executor")):
+        grid = tmp_path / "g.yaml"
+        grid.write_text(f"{section}: {{{key}: 1}}\nstages: []\n")
+        assert main(["run", str(grid), "--dry-run"]) == 2
+        assert f"{section}.{key}: unknown key (did you mean '{meant}'?)" in capsys.readouterr().err

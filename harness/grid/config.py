@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from harness.data.poolconfig import EMBEDDED_FIELDS, PoolConfig
-from harness.errors import ConfigError, check_int, did_you_mean
+from harness.errors import ConfigError, check_int, closest, did_you_mean
 from harness.grid.slurm_config import SlurmConfig, parse_slurm
 from harness.presets import check_model_name, preset_names
 from harness.run.trainconfig import TrainConfig
@@ -100,7 +100,9 @@ def load_grid(path: str | Path) -> GridConfig:
     path = Path(path)
     src = str(path)
     if not path.is_file():
-        raise ConfigError(src, "", "no such grid file")
+        match = closest(path.name, [p.name for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else [])
+        hint = f" (did you mean {str(path.parent / match)!r}?)" if match else ""
+        raise ConfigError(src, "", f"no such grid file{hint}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
