@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "(stage by stage, through submitit), then write the leaderboard, the scaling fit "
                                      "and the plot. Exit code 0: all runs done; 1: some failed; 2: bad input.")
     run.add_argument("grid", type=Path, help="grid file (YAML), e.g. grids/demo.yaml")
-    run.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
+    run.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid file name>, refused when it holds another grid's runs)")
     run.add_argument("--dry-run", action="store_true",
                      help="validate and list the runs that would launch, the resources each asks for and an estimate "
                           "of their GPU-hours; write nothing")
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "builds them ahead (their reference runs must be done). Exit code 0: built "
                                        "or already there; 1: some failed; 2: bad input.")
     cache.add_argument("grid", type=Path, help="grid file (YAML)")
-    cache.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
+    cache.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid file name>, refused when it holds another grid's runs)")
     cache.add_argument("--executor", choices=["local", "debug"], default=None,
                        help="override the grid's executor: local (subprocesses) or debug (in this process)")
     cache.set_defaults(func=_cmd_cache_ref, parser=cache)
@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
                                         "with how often it was started and requeued. Also counts the runs stored "
                                         "for earlier versions of the grid file. Writes nothing.")
     status.add_argument("grid", type=Path, help="grid file (YAML)")
-    status.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
+    status.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid file name>, refused when it holds another grid's runs)")
     status.set_defaults(func=_cmd_status, parser=status)
 
     fit = sub.add_parser(
@@ -189,8 +189,9 @@ def _grid_and_executor(args: argparse.Namespace):
 def _cmd_run(args: argparse.Namespace) -> int:
     grid, executor = _grid_and_executor(args)  # before the sweep's heavy imports: a bad grid is refused at once
     from harness import sweep
+    from harness.grid.results import results_dir
 
-    results = args.results or Path("results") / grid.name
+    results = results_dir(grid, args.results)
     if args.dry_run:
         from harness.launch.estimate import throughput
 
@@ -211,8 +212,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_cache_ref(args: argparse.Namespace) -> int:
     grid, executor = _grid_and_executor(args)
     from harness import sweep
+    from harness.grid.results import results_dir
 
-    outcome = sweep.cache_references(grid, args.results or Path("results") / grid.name, executor)
+    outcome = sweep.cache_references(grid, results_dir(grid, args.results), executor)
     for run_id, reason in outcome.failed.items():
         print(f"failed: {run_id}: {reason}", file=sys.stderr)
     return 1 if outcome.failed else 0
@@ -338,9 +340,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.grid)
     from harness import sweep
+    from harness.grid.results import results_dir
     from harness.launch.status import summary
 
-    results = args.results or Path("results") / grid.name
+    results = results_dir(grid, args.results)
     table, earlier = sweep.status(grid, results)
     print(f"grid {grid.name} ({results}): {summary(table)}")
     with _wide_tables():

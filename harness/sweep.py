@@ -11,6 +11,7 @@ from harness import io
 from harness.errors import ConfigError
 from harness.grid.config import ExecutorConfig, GridConfig
 from harness.grid.describe import resolved
+from harness.grid.results import SPECS
 from harness.grid.runspec import RunSpec
 from harness.grid.spec import expand
 from harness.launch import estimate
@@ -22,8 +23,6 @@ from harness.report.configs import PARAMS
 from harness.report.leaderboard import write_report
 from harness.run import refcache
 from harness.store import records
-
-SPECS = "specs.json"
 
 
 @dataclass

@@ -93,3 +93,37 @@ def test_did_you_mean_for_a_grid_file_name_and_key_synonyms(tmp_path, capsys):
         grid.write_text(f"{section}: {{{key}: 1}}\nstages: []\n")
         assert main(["run", str(grid), "--dry-run"]) == 2
         assert f"{section}.{key}: unknown key (did you mean '{meant}'?)" in capsys.readouterr().err
+
+
+SMALL = """name: demo
+data: {sources: [shapes], shapes_count: 256}
+eval: {tasks: [shapes_retrieval]}
+train: {batch_size: 32}
+stages: [{name: s, methods: [clip], models: [tiny-s], samples_seen: [64]}]
+"""
+
+
+def test_the_results_directory_comes_from_the_grid_file_and_is_never_another_grids(tmp_path, monkeypatch, capsys):
+    import json
+
+    from harness.cli import main
+    from harness.grid.config import load_grid
+    from harness.grid.results import SPECS, results_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grids").mkdir()
+    for stem in ("demo", "demo_lr"):  # a copy of the demo with its name unchanged
+        (tmp_path / "grids" / f"{stem}.yaml").write_text(SMALL)
+    demo, copy = load_grid("grids/demo.yaml"), load_grid("grids/demo_lr.yaml")
+    assert copy.name == "demo" and results_dir(demo, None) == Path("results/demo")
+    assert results_dir(copy, None) == Path("results/demo_lr")
+    (tmp_path / "results" / "demo").mkdir(parents=True)
+    (tmp_path / "results" / "demo" / SPECS).write_text(json.dumps({"grid": "demo", "source": "grids/demo.yaml"}))
+    assert results_dir(demo, None) == Path("results/demo")  # its own runs
+    (tmp_path / "grids" / "demo_lr.yaml").rename(tmp_path / "demo.yaml")  # another file, the same stem
+    assert main(["status", "demo.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "demo.yaml: its results directory results/demo holds the runs of another grid file, grids/demo.yaml" in err
+    assert main(["run", "demo.yaml", "--dry-run"]) == 2
+    assert main(["run", "demo.yaml", "--dry-run", "--results", "results/demo"]) == 0  # on purpose
+    assert "grid demo: 1 runs, 0 done, 1 to launch" in capsys.readouterr().out
