@@ -41,7 +41,7 @@ def run(settings: Settings, out: Path) -> GroupResult:
         times = interleave(cases, rounds, warmup_rounds=1)
     result = GroupResult()
     for name, values in times.items():
-        goal = QUICK if name.startswith(("status", "run grids")) else AT_ONCE
+        goal = AT_ONCE if name.endswith("--help") or name in ("--help", "validation error") else QUICK
         result.measurements.append(Result(f"clipsteer {name}, cold process", "s", values, goal))
     result.notes.append(
         f"CLI: each command a fresh `python -m harness` process from the repository root (interpreter start "

@@ -22,7 +22,9 @@ from harness.models import model_profile
 from harness.report.configs import PARAMS
 from harness.report.leaderboard import write_report
 from harness.run import refcache
+from harness.run.reference import RunReference
 from harness.store import records
+from harness.store.rundir import RunDir
 
 
 @dataclass
@@ -60,6 +62,7 @@ def plan(grid: GridConfig, results: Path, executor: ExecutorConfig | None = None
 def cache_references(grid: GridConfig, results: Path, executor: ExecutorConfig) -> LaunchReport:
     """Build the reference-feature caches that `grid`'s runs read and that are not built yet."""
     specs = expand(grid)
+    check_borrowed(grid, specs)
     units = refcache.cache_units(specs)
     if not units:
         named = any(s.reference is not None and s.reference.cache is not None for s in specs)
@@ -74,10 +77,21 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig, wait: bool = 
     (Slurm) submit what is missing, each stage held by the scheduler until the one it reads is done, and
     return with them queued (no report: `clipsteer run` again, or `clipsteer report`, writes it later)."""
     specs = expand(grid)
+    check_borrowed(grid, specs)
     results = Path(results)
     io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": [s.to_json() for s in specs]})
     outcome = launch(specs, results, executor, wait=wait)
     return SweepOutcome(launch=outcome, report_paths=report(results) if wait else {})
+
+
+def check_borrowed(grid: GridConfig, specs: list[RunSpec]) -> None:
+    """Refuse to launch runs whose reference is another grid's run that is not done (it is not this sweep's to
+    train): a ConfigError naming the run and its directory."""
+    for spec in specs:
+        ref = spec.reference
+        if isinstance(ref, RunReference) and ref.at is not None and RunDir(Path(ref.at)).state() != "done":
+            raise ConfigError(grid.source, f"stage {spec.stage}: reference", f"the borrowed reference run {ref.at} "
+                              f"is {RunDir(Path(ref.at)).state()}: run the grid it belongs to first")
 
 
 EARLIER = " (earlier spec)"

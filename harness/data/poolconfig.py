@@ -6,8 +6,10 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from harness.data.sources import SHAPES_TRAIN_COUNT, SOURCE_NAMES
 from harness.store.identity import IN_ID_UNLESS_DEFAULT, NOT_IN_ID
+
+SOURCE_NAMES = ("fashion_mnist", "digits", "shapes")  # the embedded sources (harness.data.sources)
+SHAPES_TRAIN_COUNT = 5000  # generated shapes in the training split, by default
 
 SUBSETS = ("all", "clean")
 # The fields that describe an embedded pool; a shard-set pool leaves them at their defaults.

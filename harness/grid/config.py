@@ -59,6 +59,7 @@ class ReferenceConfig:
     the sweep, or an explicit directory). harness.grid.spec turns it into the spec's Reference."""
 
     stage: str | None = None
+    grid: str | None = None  # with `stage`: that stage of another grid file beside this one (its run is borrowed)
     checkpoint: str | None = None
     pretrained: str | None = None
     model: str | None = None
@@ -207,10 +208,14 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
     if isinstance(raw, str):
         return ReferenceConfig(stage=raw)
     m = _mapping(raw, src, key)
-    _known_keys(m, REFERENCE_KEYS | {"model", "features", "cache"}, src, key)
+    _known_keys(m, REFERENCE_KEYS | {"grid", "model", "features", "cache"}, src, key)
     kinds = [k for k in REFERENCE_KEYS if k in m]
     if len(kinds) != 1:
         raise ConfigError(src, key, "give exactly one of 'stage', 'checkpoint' (with 'model') or 'pretrained' (with 'model')")
+    if "grid" in m:
+        if kinds[0] != "stage":
+            raise ConfigError(src, f"{key}.grid", "names the grid of a 'stage' (another grid's reference run)")
+        other_grid_file(src, _string(m["grid"], src, f"{key}.grid"), f"{key}.grid")
     if kinds[0] == "stage" and "model" in m:
         raise ConfigError(src, f"{key}.model", "not allowed with 'stage': the model is the reference run's own")
     if kinds[0] != "stage":
@@ -241,6 +246,21 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
     return ReferenceConfig(features=features, **{k: _string(v, src, f"{key}.{k}") for k, v in m.items() if k != "features"})
 
 
+def other_grid_file(src: str, name: str, key: str) -> Path:
+    """The grid file `name` names beside grid file `src` (name.yaml or name.yml); ConfigError when there is none,
+    both, or it is `src` itself."""
+    folder = Path(src).parent
+    found = [p for p in (folder / f"{name}.yaml", folder / f"{name}.yml") if p.is_file()]
+    if not found:
+        others = [p.stem for p in folder.glob("*.y*ml")]
+        raise ConfigError(src, key, f"no grid file {name}.yaml in {folder}{did_you_mean(name, others)}")
+    if len(found) > 1:
+        raise ConfigError(src, key, f"ambiguous: both {found[0]} and {found[1]} exist")
+    if found[0].resolve() == Path(src).resolve():
+        raise ConfigError(src, key, "names this grid itself; use 'stage' alone for one of its own stages")
+    return found[0]
+
+
 def _check_readable_checkpoint(path: Path, src: str, key: str) -> None:
     """Refuse a reference checkpoint that cannot be opened as safetensors or as a weights-only torch file
     (memory-mapped, so a large checkpoint is not read into memory here)."""
@@ -264,7 +284,7 @@ def _check_stage_references(stages: tuple[StageConfig, ...], src: str) -> None:
         if stage.name in seen:
             raise ConfigError(src, f"stages[{i}].name", f"duplicate stage name {stage.name!r}")
         ref = stage.reference
-        if ref is not None and ref.stage is not None:
+        if ref is not None and ref.stage is not None and ref.grid is None:
             key = f"stages[{i}].reference"
             if ref.stage == stage.name:
                 raise ConfigError(src, key, f"stage {stage.name!r} cannot be its own reference")
