@@ -184,6 +184,7 @@ def test_a_reference_borrowed_from_another_grid_keeps_the_ids_and_must_be_done(t
     ref = b[0].reference
     assert ref.run_id == own[0].run_id != a[0].run_id and ref.requires() == set()
     assert ref.at == str((tmp_path / "results" / "a" / "runs" / a[0].run_id).resolve())
+    assert ref.label() == f"a/{a[0].run_id}" and own[1].reference.label() == own[0].run_id
     assert refcache.cache_units(b)[0].run_id == refcache.cache_units(own)[0].run_id
     assert main(["run", "grids/b.yaml"]) == 2
     assert f"the borrowed reference run {ref.at} is missing: run the grid it belongs to first" in capsys.readouterr().err

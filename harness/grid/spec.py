@@ -71,7 +71,7 @@ def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, Run
     reference = _reference(grid, stage.reference, stage_runs)
     for method in stage.methods:
         cls = get_method(method.name)
-        resolved = MethodConfig(method.name, cls(method.params, num_indices=1).params)
+        resolved = MethodConfig(method.name, cls.check(method.params))
         for model in stage.models:
             for samples in stage.samples_seen:
                 for seed in stage.seeds:

@@ -114,7 +114,8 @@ class RunReference(Reference):
         return entry
 
     def label(self) -> str:
-        return self.run_id
+        """The run id; a borrowed run's as it is stored: results directory/run id (e.g. demo/reference-...)."""
+        return self.run_id if self.at is None else f"{Path(self.at).parent.parent.name}/{Path(self.at).name}"
 
     def run_dir(self, results: Path) -> RunDir:
         """The reference run's directory: under `results`, or the borrowed run's own."""
