@@ -7,7 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-GROUPS = ("overhead", "steering", "loading", "evaluation", "machinery", "scaling")  # modules of this package
+import harness  # noqa: F401  (installs the torchvision guard before any group imports open_clip)
+
+GROUPS = ("overhead", "steering", "loading", "evaluation", "machinery", "scaling", "cli")  # modules of this package
 DEFAULT_OUT = Path("results") / "benchmarks"
 
 

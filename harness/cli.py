@@ -6,7 +6,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from harness.errors import ConfigError
+from harness import __version__
+from harness.errors import ConfigError, did_you_mean
 
 EXIT_BAD_INPUT = 2
 
@@ -14,7 +15,9 @@ EXIT_BAD_INPUT = 2
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `clipsteer` console script and `python -m harness`."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's own usage, and the flag meant
+        _unrecognized(args.parser, extra)
     try:
         return args.func(args)
     except ConfigError as e:
@@ -22,11 +25,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
+def _unrecognized(sub: argparse.ArgumentParser, extra: list[str]) -> None:
+    """Exit 2 with `sub`'s usage, naming the arguments it does not take and the flag closest to the first."""
+    flags = [o for action in sub._actions for o in action.option_strings]
+    first = next((e.split("=", 1)[0] for e in extra if e.startswith("-")), None)
+    hint = did_you_mean(first, flags) if first else ""
+    sub.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clipsteer",
         description="Train CLIP models with and without a reference model, sweep grids of runs, "
                     "and report leaderboards and scaling-law fits.")
+    parser.add_argument("--version", action="version", version=f"clipsteer {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="launch the runs of a grid file that are not done yet, then write the report",
@@ -34,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "(stage by stage, through submitit), then write the leaderboard, the scaling fit "
                                      "and the plot. Exit code 0: all runs done; 1: some failed; 2: bad input.")
     run.add_argument("grid", type=Path, help="grid file (YAML), e.g. grids/demo.yaml")
-    run.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
+    run.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid file name>, refused when it holds another grid's runs)")
     run.add_argument("--dry-run", action="store_true",
                      help="validate and list the runs that would launch, the resources each asks for and an estimate "
                           "of their GPU-hours; write nothing")
@@ -50,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="Slurm only: submit the missing runs (a stage's jobs wait in the queue for the jobs of the "
                           "stage they read: afterok dependencies) and exit, leaving them queued; run again later to "
                           "collect them and write the report")
-    run.set_defaults(func=_cmd_run)
+    run.set_defaults(func=_cmd_run, parser=run)
 
     cache = sub.add_parser("cache-ref", help="compute the reference-feature caches a grid's runs read",
                            description="Compute, once per (reference, pool), the reference model's image and text "
@@ -59,15 +71,15 @@ def _parser() -> argparse.ArgumentParser:
                                        "builds them ahead (their reference runs must be done). Exit code 0: built "
                                        "or already there; 1: some failed; 2: bad input.")
     cache.add_argument("grid", type=Path, help="grid file (YAML)")
-    cache.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
+    cache.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid file name>, refused when it holds another grid's runs)")
     cache.add_argument("--executor", choices=["local", "debug"], default=None,
                        help="override the grid's executor: local (subprocesses) or debug (in this process)")
-    cache.set_defaults(func=_cmd_cache_ref)
+    cache.set_defaults(func=_cmd_cache_ref, parser=cache)
 
     models = sub.add_parser("models", help="list model presets with parameters and forward GFLOPs per pair",
                             description="List every model preset: parameters (millions) and forward GFLOPs per "
                                         "image-text pair, counted with torch's FlopCounterMode.")
-    models.set_defaults(func=_cmd_models)
+    models.set_defaults(func=_cmd_models, parser=models)
 
     report = sub.add_parser("report", help="rewrite the leaderboard, fits and plots of a results directory",
                             description="Rebuild leaderboard.csv/.md/.html, scaling.json (fits with bootstrap "
@@ -80,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                              "'(earlier spec)'; they are left out by default")
     report.add_argument("--out", type=Path, default=None,
                         help="write the report into this directory instead of RESULTS (the runs are read from RESULTS)")
-    report.set_defaults(func=_cmd_report)
+    report.set_defaults(func=_cmd_report, parser=report)
 
     shards = sub.add_parser("make-shards", help="write a grid's pool or an image folder as webdataset tar shards",
                             description="Write deterministic webdataset shards (<key>.png/.txt/.json per sample, a "
@@ -100,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     shards.add_argument("--image-format", choices=["png", "npy"], default="png",
                         help="how images are stored: png (default; any image tool reads it) or npy (uint8 arrays: "
                              "about 2.5x the bytes at 32 px, a tenth of the decoding time)")
-    shards.set_defaults(func=_cmd_make_shards)
+    shards.set_defaults(func=_cmd_make_shards, parser=shards)
 
     status = sub.add_parser("status", help="show where every run of a grid stands",
                             description="List every run of GRID (and the feature caches it reads) with its state: "
@@ -110,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
                                         "with how often it was started and requeued. Also counts the runs stored "
                                         "for earlier versions of the grid file. Writes nothing.")
     status.add_argument("grid", type=Path, help="grid file (YAML)")
-    status.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid name>)")
-    status.set_defaults(func=_cmd_status)
+    status.add_argument("--results", type=Path, default=None, help="results directory (default: results/<grid file name>, refused when it holds another grid's runs)")
+    status.set_defaults(func=_cmd_status, parser=status)
 
     fit = sub.add_parser(
         "fit", help="fit scaling laws with bootstrap intervals, held-out checks and compute-saving ratios",
@@ -143,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="target errors for the saving ratios (default: three inside both fits' ranges)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     fit.add_argument("--json", action="store_true", help="print the analysis as JSON")
-    fit.set_defaults(func=_cmd_fit)
+    fit.set_defaults(func=_cmd_fit, parser=fit)
 
     compare = sub.add_parser(
         "compare", help="paired comparisons of every method configuration against a baseline, with verdicts",
@@ -157,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("results", type=Path, help="results directory of a grid, e.g. results/demo")
     compare.add_argument("--baseline", default="clip", help="method every other one is compared with (default clip)")
     compare.add_argument("--json", action="store_true", help="print the comparisons as JSON")
-    compare.set_defaults(func=_cmd_compare)
+    compare.set_defaults(func=_cmd_compare, parser=compare)
     return parser
 
 
@@ -177,10 +189,11 @@ def _grid_and_executor(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    grid, executor = _grid_and_executor(args)  # before the sweep's heavy imports: a bad grid is refused at once
     from harness import sweep
+    from harness.grid.results import results_dir
 
-    grid, executor = _grid_and_executor(args)
-    results = args.results or Path("results") / grid.name
+    results = results_dir(grid, args.results)
     if args.dry_run:
         from harness.launch.estimate import throughput
 
@@ -199,17 +212,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache_ref(args: argparse.Namespace) -> int:
-    from harness import sweep
-
     grid, executor = _grid_and_executor(args)
-    outcome = sweep.cache_references(grid, args.results or Path("results") / grid.name, executor)
+    from harness import sweep
+    from harness.grid.results import results_dir
+
+    outcome = sweep.cache_references(grid, results_dir(grid, args.results), executor)
     for run_id, reason in outcome.failed.items():
         print(f"failed: {run_id}: {reason}", file=sys.stderr)
     return 1 if outcome.failed else 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from harness.models import model_profile, preset_names
+    from harness.models import model_profile
+    from harness.presets import preset_names
 
     print(f"{'model':<12} {'params (M)':>11} {'GFLOPs/pair':>12} {'image':>9} {'text':>9}")
     for name in preset_names():
@@ -323,12 +338,14 @@ def _cmd_make_shards(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from harness import sweep
     from harness.grid.config import load_grid
-    from harness.launch.status import summary
 
     grid = load_grid(args.grid)
-    results = args.results or Path("results") / grid.name
+    from harness import sweep
+    from harness.grid.results import results_dir
+    from harness.launch.status import summary
+
+    results = results_dir(grid, args.results)
     table, earlier = sweep.status(grid, results)
     print(f"grid {grid.name} ({results}): {summary(table)}")
     with _wide_tables():

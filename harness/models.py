@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import open_clip
@@ -17,12 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import harness  # noqa: F401  (torchvision guard before open_clip)
+from harness.presets import CONFIG_DIR, check_model_name
 from methods.base import Features
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
-TINY_PRESETS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
-CLUSTER_PRESETS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 open_clip.add_model_config(CONFIG_DIR)
 
 
@@ -34,18 +30,11 @@ def _not_random_init_notice(record: logging.LogRecord) -> bool:
 logging.getLogger().addFilter(_not_random_init_notice)
 
 
-def preset_names() -> tuple[str, ...]:
-    """Presets listed by `clipsteer models`: the tiny CPU configs, then the cluster architectures."""
-    return TINY_PRESETS + CLUSTER_PRESETS
-
-
-def check_model_name(name: str) -> None:
-    """Raise ValueError naming the allowed presets if open_clip has no config called `name`."""
-    if name not in open_clip.list_models():
-        raise ValueError(f"unknown model {name!r}; presets: {', '.join(preset_names())} "
-                         f"(or any of open_clip's {len(open_clip.list_models())} configs)")
-    if "multimodal_cfg" in open_clip.get_model_config(name):
-        raise ValueError(f"model {name!r} is a captioning (CoCa) model; clipsteer trains contrastive CLIP models")
+def resolve_device(device: str) -> str:
+    """The torch device a run's `device` setting names: "auto" is cuda when a GPU is visible, else cpu."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass

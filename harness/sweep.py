@@ -10,6 +10,8 @@ import pandas as pd
 from harness import io, provenance
 from harness.errors import ConfigError
 from harness.grid.config import ExecutorConfig, GridConfig
+from harness.grid.describe import resolved
+from harness.grid.results import SPECS
 from harness.grid.runspec import RunSpec
 from harness.grid.spec import expand
 from harness.launch import estimate
@@ -20,9 +22,9 @@ from harness.models import model_profile
 from harness.report.configs import PARAMS
 from harness.report.leaderboard import write_report
 from harness.run import refcache
+from harness.run.reference import RunReference
 from harness.store import records
-
-SPECS = "specs.json"
+from harness.store.rundir import RunDir
 
 
 @dataclass
@@ -44,12 +46,13 @@ def plan(grid: GridConfig, results: Path, executor: ExecutorConfig | None = None
              f"(executor {executor.kind}, results {results})"]
     for unit in caches:
         lines.append(f"  {unit.run_id}  reference-feature cache of the pool  "
-                     f"{est.gflops[unit.run_id]:.3g} GFLOPs  ~{est.gpu_hours[unit.run_id]:.3g} GPU-h")
+                     f"{est.gflops[unit.run_id]:.3g} GFLOPs  {est.cost(unit.run_id)}")
     for spec in todo:
         rid, c_paper = spec.run_id, model_profile(spec.model)["gflops"] * spec.samples_seen
         lines.append(f"  {rid}  C_paper={c_paper:.3g} GFLOPs  C_total={est.gflops[rid]:.3g} GFLOPs  "
-                     f"~{est.gpu_hours[rid]:.3g} GPU-h")
+                     f"{est.cost(rid)}")
     lines.extend(estimate.summary(est, executor))
+    lines.extend(resolved(grid, executor))
     if executor.slurm is not None:
         lines.append("each run is one sbatch job; the script submitit submits for it:")
         lines.extend("  " + line for line in sbatch_script(executor.slurm, results / "submitit").splitlines())
@@ -59,6 +62,7 @@ def plan(grid: GridConfig, results: Path, executor: ExecutorConfig | None = None
 def cache_references(grid: GridConfig, results: Path, executor: ExecutorConfig) -> LaunchReport:
     """Build the reference-feature caches that `grid`'s runs read and that are not built yet."""
     specs = expand(grid)
+    check_borrowed(grid, specs)
     units = refcache.cache_units(specs)
     if not units:
         named = any(s.reference is not None and s.reference.cache is not None for s in specs)
@@ -73,10 +77,21 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig, wait: bool = 
     (Slurm) submit what is missing, each stage held by the scheduler until the one it reads is done, and
     return with them queued (no report: `clipsteer run` again, or `clipsteer report`, writes it later)."""
     specs = expand(grid)
+    check_borrowed(grid, specs)
     results = Path(results)
     io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": [s.to_json() for s in specs]})
     outcome = launch(specs, results, executor, wait=wait)
     return SweepOutcome(launch=outcome, report_paths=report(results) if wait else {})
+
+
+def check_borrowed(grid: GridConfig, specs: list[RunSpec]) -> None:
+    """Refuse to launch runs whose reference is another grid's run that is not done (it is not this sweep's to
+    train): a ConfigError naming the run and its directory."""
+    for spec in specs:
+        ref = spec.reference
+        if isinstance(ref, RunReference) and ref.at is not None and RunDir(Path(ref.at)).state() != "done":
+            raise ConfigError(grid.source, f"stage {spec.stage}: reference", f"the borrowed reference run {ref.at} "
+                              f"is {RunDir(Path(ref.at)).state()}: run the grid it belongs to first")
 
 
 EARLIER = " (earlier spec)"

@@ -9,9 +9,10 @@ travels in checkpoints through `state_dict`/`load_state_dict`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+if TYPE_CHECKING:  # annotations only: methods load torch on first use (methods.deferred)
+    import torch
 
 
 @dataclass
@@ -54,9 +55,15 @@ class Method:
     added_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: dict[str, Any], num_indices: int) -> None:
-        """`params` override `defaults` (unknown keys are refused); `num_indices` bounds sample indices."""
-        self.params = resolve_params(type(self), params)
+        """`params` override `defaults`, refused by `check` when wrong; `num_indices` bounds sample indices."""
+        self.params = type(self).check(params)
         self.num_indices = num_indices
+
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """`params` over `defaults`, checked (ValueError naming the parameter). It needs no torch, so the grid
+        validator calls it before anything loads; a method with constraints extends it."""
+        return resolve_params(cls, params)
 
     def loss(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress) -> LossOutput:
         raise NotImplementedError

@@ -5,10 +5,8 @@ process; tests/test_methods.py checks it) so that methods/ depends on torch alon
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from methods.base import Features, LossOutput, Method, Progress
+from methods.deferred import F, torch
 
 
 def info_nce(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,10 @@ g >> eps, and gamma is set per whole epoch, reaching gamma_min one epoch earlier
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import Any
 
 from methods.base import Features, LossOutput, Method, Progress
+from methods.deferred import torch
 from methods.gcl import MovingLogMean, check_variant, fcco_surrogate, gamma_at, log_eps_mean_exp, margins
 
 
@@ -39,16 +39,21 @@ class DRRho(Method):
     defaults = {"tau": 0.01, "eps": 1e-4, "gamma_min": 0.2, "gamma_decay_epochs": 10.0, "variant": "paper"}
     added_params = frozenset({"variant"})
 
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> dict[str, Any]:
+        p = super().check(params)
+        check_variant(cls.name, p["variant"])
+        if not all(0 < p[k] < math.inf for k in ("tau", "eps")):
+            raise ValueError(f"method {cls.name!r}: tau and eps must be finite and > 0")
+        if not 0.0 < p["gamma_min"] <= 1.0:
+            raise ValueError(f"method {cls.name!r}: gamma_min must be in (0, 1]")
+        if not 0.0 <= p["gamma_decay_epochs"] < math.inf:
+            raise ValueError(f"method {cls.name!r}: gamma_decay_epochs must be finite and >= 0")
+        return p
+
     def __init__(self, params: dict, num_indices: int) -> None:
         super().__init__(params, num_indices)
-        check_variant(self.name, self.params["variant"])
         self.code = self.params["variant"] == "code"
-        if not all(0 < self.params[k] < math.inf for k in ("tau", "eps")):
-            raise ValueError(f"method {self.name!r}: tau and eps must be finite and > 0")
-        if not 0.0 < self.params["gamma_min"] <= 1.0:
-            raise ValueError(f"method {self.name!r}: gamma_min must be in (0, 1]")
-        if not 0.0 <= self.params["gamma_decay_epochs"] < math.inf:
-            raise ValueError(f"method {self.name!r}: gamma_decay_epochs must be finite and >= 0")
         self.u_img = MovingLogMean(num_indices)
         self.u_txt = MovingLogMean(num_indices)
 

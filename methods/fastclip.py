@@ -28,10 +28,10 @@ the variant's inner mean.
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import Any
 
 from methods.base import Features, LossOutput, Method, Progress
+from methods.deferred import torch
 from methods.gcl import MovingLogMean, check_variant, fcco_surrogate, gamma_at, log_eps_mean_exp, margins
 
 TAU_MAX = 1.0  # variant "code": the public code clamps its logit scale 1/tau at >= 1
@@ -56,31 +56,37 @@ class FastCLIP(Method):
                 "gamma_min": 0.2, "gamma_decay_epochs": 10.0, "variant": "paper", "lr_tau": 7.8125e-5}
     added_params = frozenset({"variant", "lr_tau"})
 
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> dict[str, Any]:
+        p = super().check(params)
+        check_variant(cls.name, p["variant"])
+        code = p["variant"] == "code"
+        for key in ("tau_min", "eps"):
+            if not 0.0 < p[key] < math.inf:
+                raise ValueError(f"method {cls.name!r}: {key} must be finite and > 0, got {p[key]!r}")
+        if not p["tau_min"] <= p["tau_init"] < math.inf:
+            raise ValueError(f"method {cls.name!r}: tau_init must be finite and >= tau_min, got {p['tau_init']!r}")
+        if code and p["tau_init"] > TAU_MAX:
+            raise ValueError(f"method {cls.name!r}: tau_init must be <= {TAU_MAX} with variant 'code' "
+                             f"(its bound on tau), got {p['tau_init']!r}")
+        if not 0.0 <= p["rho"] < math.inf:
+            raise ValueError(f"method {cls.name!r}: rho must be finite and >= 0, got {p['rho']!r}")
+        if not 0.0 < p["gamma_min"] <= 1.0:
+            raise ValueError(f"method {cls.name!r}: gamma_min must be in (0, 1], got {p['gamma_min']!r}")
+        if not 0.0 <= p["gamma_decay_epochs"] < math.inf:
+            raise ValueError(f"method {cls.name!r}: gamma_decay_epochs must be finite and >= 0, "
+                             f"got {p['gamma_decay_epochs']!r}")
+        if not 0.0 <= p["lr_tau"] < math.inf:
+            raise ValueError(f"method {cls.name!r}: lr_tau must be finite and >= 0, got {p['lr_tau']!r}")
+        if not code and p["lr_tau"] != cls.defaults["lr_tau"]:
+            raise ValueError(f"method {cls.name!r}: lr_tau applies to variant 'code' only (variant 'paper' "
+                             "trains tau at the model's learning rate); leave it out")
+        return p
+
     def __init__(self, params: dict, num_indices: int) -> None:
         super().__init__(params, num_indices)
         p = self.params
-        check_variant(self.name, p["variant"])
         self.code = p["variant"] == "code"
-        for key in ("tau_min", "eps"):
-            if not 0.0 < p[key] < math.inf:
-                raise ValueError(f"method {self.name!r}: {key} must be finite and > 0, got {p[key]!r}")
-        if not p["tau_min"] <= p["tau_init"] < math.inf:
-            raise ValueError(f"method {self.name!r}: tau_init must be finite and >= tau_min, got {p['tau_init']!r}")
-        if self.code and p["tau_init"] > TAU_MAX:
-            raise ValueError(f"method {self.name!r}: tau_init must be <= {TAU_MAX} with variant 'code' "
-                             f"(its bound on tau), got {p['tau_init']!r}")
-        if not 0.0 <= p["rho"] < math.inf:
-            raise ValueError(f"method {self.name!r}: rho must be finite and >= 0, got {p['rho']!r}")
-        if not 0.0 < p["gamma_min"] <= 1.0:
-            raise ValueError(f"method {self.name!r}: gamma_min must be in (0, 1], got {p['gamma_min']!r}")
-        if not 0.0 <= p["gamma_decay_epochs"] < math.inf:
-            raise ValueError(f"method {self.name!r}: gamma_decay_epochs must be finite and >= 0, "
-                             f"got {p['gamma_decay_epochs']!r}")
-        if not 0.0 <= p["lr_tau"] < math.inf:
-            raise ValueError(f"method {self.name!r}: lr_tau must be finite and >= 0, got {p['lr_tau']!r}")
-        if not self.code and p["lr_tau"] != self.defaults["lr_tau"]:
-            raise ValueError(f"method {self.name!r}: lr_tau applies to variant 'code' only (variant 'paper' "
-                             "trains tau at the model's learning rate); leave it out")
         self.tau_param = torch.nn.Parameter(torch.tensor(-math.log(p["tau_init"]) if self.code else p["tau_init"]))
         self.u_img = MovingLogMean(num_indices)
         self.u_txt = MovingLogMean(num_indices)

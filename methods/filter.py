@@ -6,9 +6,8 @@ is counted once in C_total (or shared through the reference-feature cache).
 """
 from __future__ import annotations
 
-import torch
-
 from methods.base import Features
+from methods.deferred import torch
 from methods.selection import PoolSelecting
 
 

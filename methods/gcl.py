@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from methods.base import Features
+from methods.deferred import torch
 
 VARIANTS = ("paper", "code")
 

@@ -12,9 +12,10 @@ paper's baseline, the learner is the model being trained.
 """
 from __future__ import annotations
 
-import torch
+from typing import Any
 
 from methods.base import Features, Progress
+from methods.deferred import torch
 from methods.selection import Selecting
 
 
@@ -40,10 +41,12 @@ class Jest(Selecting):
     defaults = {"keep": 0.2, "chunks": 2}
     sample = True
 
-    def __init__(self, params: dict, num_indices: int) -> None:
-        super().__init__(params, num_indices)
-        if self.params["chunks"] < 1:
-            raise ValueError(f"method {self.name!r}: chunks must be >= 1, got {self.params['chunks']}")
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> dict[str, Any]:
+        p = super().check(params)
+        if p["chunks"] < 1:
+            raise ValueError(f"method {cls.name!r}: chunks must be >= 1, got {p['chunks']}")
+        return p
 
     def select(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress,
                generator: torch.Generator, batch_size: int) -> torch.Tensor:

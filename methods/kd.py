@@ -17,10 +17,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
 from methods.base import Features, LossOutput, Method, Progress
 from methods.clip import Clip
+from methods.deferred import torch
 
 
 def distillation_loss(feats: Features, ref: Features, student_scale: float | torch.Tensor,
@@ -57,9 +56,11 @@ class Distilling(Method):
 
     reference = "batch"
 
-    def __init__(self, params: dict, num_indices: int) -> None:
-        super().__init__(params, num_indices)
-        check_distillation_params(self.name, self.params)
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> dict[str, Any]:
+        p = super().check(params)
+        check_distillation_params(cls.name, p)
+        return p
 
     def loss(self, feats: Features, ref: Features | None, indices: torch.Tensor, progress: Progress) -> LossOutput:
         if ref is None:

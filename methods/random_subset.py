@@ -7,9 +7,8 @@ control of the online selectors, jest and rho_topk, at equal samples seen.)
 """
 from __future__ import annotations
 
-import torch
-
 from methods.base import Features
+from methods.deferred import torch
 from methods.selection import PoolSelecting
 
 

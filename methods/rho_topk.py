@@ -6,9 +6,8 @@ the reference, both within the super-batch and each with its own model's logit s
 """
 from __future__ import annotations
 
-import torch
-
 from methods.base import Features, Progress
+from methods.deferred import torch
 from methods.selection import Selecting, per_sample_clip_loss
 
 

@@ -7,20 +7,22 @@ pool samples is chosen once, before training).
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import Any
 
 from methods.base import Features
 from methods.clip import Clip
+from methods.deferred import F, torch
 
 
 class KeepFraction(Clip):
     """Plain CLIP on selected samples; `keep` is the kept fraction, checked to lie in (0, 1]."""
 
-    def __init__(self, params: dict, num_indices: int) -> None:
-        super().__init__(params, num_indices)
-        if not 0.0 < self.params["keep"] <= 1.0:
-            raise ValueError(f"method {self.name!r}: keep must be in (0, 1], got {self.params['keep']}")
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> dict[str, Any]:
+        p = super().check(params)
+        if not 0.0 < p["keep"] <= 1.0:
+            raise ValueError(f"method {cls.name!r}: keep must be in (0, 1], got {p['keep']}")
+        return p
 
 
 class Selecting(KeepFraction):

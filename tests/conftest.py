@@ -9,6 +9,8 @@ from typing import Callable
 import pytest
 import torch
 
+import harness  # noqa: F401  (installs the torchvision guard before any test module imports open_clip)
+
 CLI_TIMEOUT_S = 600
 
 # In-process training in tests runs on one thread: with two pytest workers on two cores, more threads only contend.

@@ -195,3 +195,40 @@ def test_cli_dry_run_lists_runs_and_writes_nothing(tmp_path, clipsteer):
     assert "17 runs, 0 done, 17 to launch" in proc.stdout
     assert proc.stdout.count("C_paper=") == 17
     assert not out.exists()
+
+
+def test_dry_run_prints_the_resolved_configuration_and_cpu_minutes_from_the_measured_rate(tmp_path, capsys):
+    """The resolved configuration marks every default (*); a CPU executor gets minutes, not GPU-hours: a clip run
+    of a measured preset and batch takes samples_seen / (measured samples/s) seconds."""
+    import json
+
+    from harness.launch import estimate
+
+    assert main(["run", str(write(tmp_path, GOOD)), "--results", str(tmp_path / "out"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("GPU-h") == 1 and "no GPU asked for, so no GPU-hours" in out
+    rate = json.loads(estimate.CPU_THROUGHPUT.read_text())["samples_per_s"]["tiny-s"]["32"]
+    [line] = [line for line in out.splitlines() if line.strip().startswith("ref-clip-tiny-s-n64-s0-")]
+    assert line.endswith(f"~{64 / rate / 60:.3g} min")
+    flat = " ".join(out[out.index("resolved configuration"):].split())
+    for shown in ("shapes_count=512,", "noise=0.2,", "subset=all*", "batch_size=32,", "lr=0.001*", "device=auto*",
+                  "kind=debug,", "max_parallel=2*", "stage sweep: models=[tiny-s, tiny-m]", "seeds=[0]*",
+                  "method drrho: tau=0.02, eps=0.0001*", "variant=paper*"):
+        assert shown in flat, shown
+
+
+def test_the_cpu_rate_of_an_unmeasured_preset_is_the_closest_measured_one_in_gflops_per_pair():
+    import json
+    import math
+
+    from harness.launch.estimate import CPU_THROUGHPUT, TRAIN_FACTOR, cpu_gflops_per_s
+    from harness.models import model_profile
+
+    table = json.loads(CPU_THROUGHPUT.read_text())
+    assert cpu_gflops_per_s("tiny-s", 40) == cpu_gflops_per_s("tiny-s", 32)  # the nearest measured batch, in ratio
+    assert cpu_gflops_per_s("tiny-s", 128) == table["samples_per_s"]["tiny-s"]["128"] * TRAIN_FACTOR * \
+        table["gflops_per_pair"]["tiny-s"]
+    own = model_profile("tiny16-m")["gflops"]
+    assert "tiny16-m" not in table["gflops_per_pair"]
+    closest = min(table["gflops_per_pair"], key=lambda m: abs(math.log(table["gflops_per_pair"][m] / own)))
+    assert cpu_gflops_per_s("tiny16-m", 128) == cpu_gflops_per_s(closest, 128)

@@ -5,7 +5,8 @@ import sys
 import pytest
 import torch
 
-from harness.models import TINY_PRESETS, build_model, check_model_name, model_profile, preset_names
+from harness.models import build_model, model_profile
+from harness.presets import TINY_PRESETS, check_model_name, preset_names
 
 
 def test_vit_b_32_flops_match_open_clips_published_profile():

@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from harness.run.reference import (
 )
 from harness.run.train import TrainConfig
 from harness.store import records
-from harness.store.identity import IN_ID, IN_ID_UNLESS_DEFAULT, NOT_IN_ID, identity_of
+from harness.store.identity import IN_ID, IN_ID_UNLESS_DEFAULT, NOT_IN_ID, identity_of, in_id_as
 from harness.store.rundir import RESULT_FORMAT, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_grids_expand_to_the_committed_run_ids(grid):
     with open(ROOT / "results" / grid / "leaderboard.csv", newline="") as f:
         committed = {row["run_id"] for row in csv.DictReader(f)}
-    expanded = {s.run_id for s in expand(load_grid(ROOT / "grids" / f"{grid}.yaml"))}
+    specs = expand(load_grid(ROOT / "grids" / f"{grid}.yaml"))
+    borrowed = {s.reference.run_id for s in specs if isinstance(s.reference, RunReference) and s.reference.at}
+    expanded = {s.run_id for s in specs} | borrowed  # the zoo's reference is the demo's, under the zoo's old id
     assert committed and sorted(committed - expanded) == []
+    assert len(borrowed) == (grid == "zoo")
 
 
 @pytest.mark.parametrize("grid", ["demo", "zoo"])
@@ -137,3 +141,69 @@ def test_the_fields_outside_the_id_are_marked_on_the_configs():
     kept = identity_of(TrainConfig, dataclasses.asdict(TrainConfig(precision="bf16")))
     assert kept["precision"] == "bf16" and "schedule" not in kept and "log_every" not in kept
     assert identity_of(TrainConfig, {"unknown": 1}) == {"unknown": 1}
+    assert _marked(TrainConfig, in_id_as("cpu")) == {"device"}
+
+
+def test_the_device_defaults_to_auto_and_stays_out_of_the_id_without_renaming_a_stored_run():
+    assert TrainConfig().device == "auto"
+    ids = {d: identity_of(TrainConfig, dataclasses.asdict(TrainConfig(device=d)))["device"]
+           for d in ("auto", "cpu", "cuda")}
+    assert ids == {"auto": "cpu", "cpu": "cpu", "cuda": "cpu"}  # hashed as every stored run's "cpu"
+    spec = expand(load_grid(ROOT / "grids" / "demo.yaml"))[0]
+    stored = {**spec.to_json(), "train": {**spec.to_json()["train"], "device": "cpu"}}  # as stored before "auto"
+    assert spec.train.device == "auto" and identity(stored) == identity(spec.to_json())
+    with pytest.raises(ValueError, match="device must be one of"):
+        TrainConfig(device="gpu")
+
+
+BORROWING = """name: {name}
+data: {{sources: [shapes], shapes_count: 256}}
+eval: {{tasks: [shapes_retrieval]}}
+train: {{batch_size: 32}}
+stages:
+{stages}
+  - {{name: sweep, reference: {reference}, methods: [drrho], models: [tiny-s], samples_seen: [64]}}
+"""
+OWN = "  - {name: reference, data: {subset: clean}, methods: [clip], models: [tiny-m], samples_seen: [64]}"
+
+
+def test_a_reference_borrowed_from_another_grid_keeps_the_ids_and_must_be_done(tmp_path, monkeypatch, capsys):
+    """b borrows a's reference (the same spec but for the grid's name): b's runs keep the ids they had when b
+    trained that reference itself, the weights come from a's run directory, and `run` refuses until it is done."""
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "a.yaml").write_text(BORROWING.format(name="a", stages=OWN, reference="reference"))
+    (tmp_path / "grids" / "b.yaml").write_text(BORROWING.format(name="b", stages="",
+                                               reference="{grid: a, stage: reference, features: cached}"))
+    (tmp_path / "own.yaml").write_text(BORROWING.format(name="b", stages=OWN,
+                                                        reference="{stage: reference, features: cached}"))
+    a, b, own = (expand(load_grid(p)) for p in ("grids/a.yaml", "grids/b.yaml", "own.yaml"))
+    assert [s.run_id for s in b] == [own[1].run_id]  # the same id as when b trained the reference itself
+    ref = b[0].reference
+    assert ref.run_id == own[0].run_id != a[0].run_id and ref.requires() == set()
+    assert ref.at == str((tmp_path / "results" / "a" / "runs" / a[0].run_id).resolve())
+    assert ref.label() == f"a/{a[0].run_id}" and own[1].reference.label() == own[0].run_id
+    assert refcache.cache_units(b)[0].run_id == refcache.cache_units(own)[0].run_id
+    assert main(["run", "grids/b.yaml"]) == 2
+    assert f"the borrowed reference run {ref.at} is missing: run the grid it belongs to first" in capsys.readouterr().err
+    records.finish(RunDir(Path(ref.at)).path, {})  # a's reference done: b may run (checked, not launched here)
+    from harness import sweep
+    sweep.check_borrowed(load_grid("grids/b.yaml"), b)
+
+
+@pytest.mark.parametrize("reference, message", [
+    ("{grid: aa, stage: reference}", "reference.grid: no grid file aa.yaml in grids (did you mean 'a'?)"),
+    ("{grid: a, pretrained: x, model: tiny-s}", "reference.grid: names the grid of a 'stage'"),
+    ("{grid: b, stage: reference}", "names this grid itself"),
+])
+def test_a_borrowed_reference_is_refused_when_its_grid_is_not_there(tmp_path, monkeypatch, reference, message):
+    from harness.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "a.yaml").write_text(BORROWING.format(name="a", stages=OWN, reference="reference"))
+    (tmp_path / "grids" / "b.yaml").write_text(BORROWING.format(name="b", stages="", reference=reference))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_grid("grids/b.yaml")

@@ -76,6 +76,15 @@ def test_sweep_runs_every_stage_and_writes_the_report(sweep):
     assert "Reference models" in md and "failed:" in md
 
 
+def test_the_device_auto_resolves_when_the_run_starts_and_is_recorded_in_result_json(sweep):
+    _, results, _ = sweep
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    done = [d for d in (results / "runs").iterdir() if (d / "result.json").exists() and d.name != "refcache"]
+    trained = [json.loads((d / "result.json").read_text()) for d in done]
+    trained = [r for r in trained if "train" in r]
+    assert len(trained) == 7 and {r["device"] for r in trained} == {expected}
+
+
 def test_runs_with_a_reference_record_the_weak_to_strong_gain_and_reducible_loss(sweep):
     _, results, _ = sweep
     table = pd.read_csv(results / "leaderboard.csv")

@@ -1,5 +1,2 @@
-"""Training data: raw sources, training captions and the in-memory image-text pool."""
-from harness.data.build import build_pool
-from harness.data.pool import ImageTextPool, PoolConfig
-
-__all__ = ["ImageTextPool", "PoolConfig", "build_pool"]
+"""Training data: raw sources, training captions, the pool's config (poolconfig) and the in-memory image-text pool
+(pool, built by build); nothing is imported here, so reading a PoolConfig loads no torch."""

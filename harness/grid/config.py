@@ -13,18 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import open_clip
-import torch
 import yaml
-from safetensors import safe_open
 
-from harness.data.pool import EMBEDDED_FIELDS, PoolConfig
-from harness.errors import ConfigError, check_int, did_you_mean
-from harness.eval.tasks import MissingData, UnknownTask, check_data, resolve
-from harness.grid.runspec import MethodConfig
+from harness.data.poolconfig import EMBEDDED_FIELDS, PoolConfig
+from harness.errors import ConfigError, check_int, closest, did_you_mean
 from harness.grid.slurm_config import SlurmConfig, parse_slurm
-from harness.models import check_model_name, preset_names
-from harness.run.train import TrainConfig
+from harness.presets import check_model_name, preset_names
+from harness.run.trainconfig import TrainConfig
 from methods import REGISTRY, get_method, needs_reference
 
 EXECUTORS = ("local", "debug", "slurm")
@@ -34,6 +29,14 @@ STAGE_KEYS = {"name", "methods", "models", "samples_seen", "seeds", "reference",
 # tag; in a run spec, a RunReference, CheckpointReference or PretrainedReference (harness.run.reference)
 REFERENCE_KEYS = {"stage", "checkpoint", "pretrained"}
 REFERENCE_FEATURES = ("online", "cached")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """A method by registry name, and its parameters (in a run spec: all of them, defaults resolved)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class ReferenceConfig:
     the sweep, or an explicit directory). harness.grid.spec turns it into the spec's Reference."""
 
     stage: str | None = None
+    grid: str | None = None  # with `stage`: that stage of another grid file beside this one (its run is borrowed)
     checkpoint: str | None = None
     pretrained: str | None = None
     model: str | None = None
@@ -97,7 +101,9 @@ def load_grid(path: str | Path) -> GridConfig:
     path = Path(path)
     src = str(path)
     if not path.is_file():
-        raise ConfigError(src, "", "no such grid file")
+        match = closest(path.name, [p.name for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else [])
+        hint = f" (did you mean {str(path.parent / match)!r}?)" if match else ""
+        raise ConfigError(src, "", f"no such grid file{hint}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -123,14 +129,15 @@ def parse_grid(raw: Any, src: str, default_name: str = "grid") -> GridConfig:
     _check_train(train, src, "train")
     eval_cfg = _mapping(top.get("eval", {}), src, "eval")
     _known_keys(eval_cfg, {"tasks"}, src, "eval")
-    tasks = _check_tasks(tuple(_string(t, src, f"eval.tasks[{i}]")
-                               for i, t in enumerate(_list(eval_cfg.get("tasks", []), src, "eval.tasks"))), src)
+    names = tuple(_string(t, src, f"eval.tasks[{i}]")
+                  for i, t in enumerate(_list(eval_cfg.get("tasks", []), src, "eval.tasks")))
     executor = _executor(top.get("executor", {}), src)
     stages_raw = _list(top["stages"], src, "stages")
     if not stages_raw:
         raise ConfigError(src, "stages", "at least one stage is required")
     stages = tuple(_stage(s, src, f"stages[{i}]", data, train) for i, s in enumerate(stages_raw))
     _check_stage_references(stages, src)
+    tasks = _check_tasks(names, src)
     return GridConfig(name=name, source=src, data=data, eval_tasks=tasks, train=train, executor=executor,
                       stages=stages, description=str(top.get("description", "")))
 
@@ -173,7 +180,7 @@ def _method(raw: Any, src: str, key: str) -> MethodConfig:
     if name not in REGISTRY:
         raise ConfigError(src, key, f"unknown method {name!r}{did_you_mean(name, REGISTRY)}; registered: {', '.join(sorted(REGISTRY))}")
     try:
-        get_method(name)(params, num_indices=1)
+        get_method(name).check(params)
     except ValueError as e:
         raise ConfigError(src, key, str(e)) from None
     return MethodConfig(name=name, params=params)
@@ -201,10 +208,14 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
     if isinstance(raw, str):
         return ReferenceConfig(stage=raw)
     m = _mapping(raw, src, key)
-    _known_keys(m, REFERENCE_KEYS | {"model", "features", "cache"}, src, key)
+    _known_keys(m, REFERENCE_KEYS | {"grid", "model", "features", "cache"}, src, key)
     kinds = [k for k in REFERENCE_KEYS if k in m]
     if len(kinds) != 1:
         raise ConfigError(src, key, "give exactly one of 'stage', 'checkpoint' (with 'model') or 'pretrained' (with 'model')")
+    if "grid" in m:
+        if kinds[0] != "stage":
+            raise ConfigError(src, f"{key}.grid", "names the grid of a 'stage' (another grid's reference run)")
+        other_grid_file(src, _string(m["grid"], src, f"{key}.grid"), f"{key}.grid")
     if kinds[0] == "stage" and "model" in m:
         raise ConfigError(src, f"{key}.model", "not allowed with 'stage': the model is the reference run's own")
     if kinds[0] != "stage":
@@ -212,6 +223,8 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
             raise ConfigError(src, f"{key}.model", f"required with '{kinds[0]}'")
         _model(m["model"], src, f"{key}.model")
     if "pretrained" in m:
+        import open_clip  # a pretrained reference's tags: only then is open_clip worth its import time
+
         tags = open_clip.list_pretrained_tags_by_model(m["model"])
         if m["pretrained"] not in tags:
             raise ConfigError(src, f"{key}.pretrained", f"open_clip has no pretrained tag {m['pretrained']!r} for "
@@ -233,9 +246,27 @@ def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
     return ReferenceConfig(features=features, **{k: _string(v, src, f"{key}.{k}") for k, v in m.items() if k != "features"})
 
 
+def other_grid_file(src: str, name: str, key: str) -> Path:
+    """The grid file `name` names beside grid file `src` (name.yaml or name.yml); ConfigError when there is none,
+    both, or it is `src` itself."""
+    folder = Path(src).parent
+    found = [p for p in (folder / f"{name}.yaml", folder / f"{name}.yml") if p.is_file()]
+    if not found:
+        others = [p.stem for p in folder.glob("*.y*ml")]
+        raise ConfigError(src, key, f"no grid file {name}.yaml in {folder}{did_you_mean(name, others)}")
+    if len(found) > 1:
+        raise ConfigError(src, key, f"ambiguous: both {found[0]} and {found[1]} exist")
+    if found[0].resolve() == Path(src).resolve():
+        raise ConfigError(src, key, "names this grid itself; use 'stage' alone for one of its own stages")
+    return found[0]
+
+
 def _check_readable_checkpoint(path: Path, src: str, key: str) -> None:
     """Refuse a reference checkpoint that cannot be opened as safetensors or as a weights-only torch file
     (memory-mapped, so a large checkpoint is not read into memory here)."""
+    import torch  # only a grid naming a checkpoint pays for torch here
+    from safetensors import safe_open
+
     try:
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt"):
@@ -253,7 +284,7 @@ def _check_stage_references(stages: tuple[StageConfig, ...], src: str) -> None:
         if stage.name in seen:
             raise ConfigError(src, f"stages[{i}].name", f"duplicate stage name {stage.name!r}")
         ref = stage.reference
-        if ref is not None and ref.stage is not None:
+        if ref is not None and ref.stage is not None and ref.grid is None:
             key = f"stages[{i}].reference"
             if ref.stage == stage.name:
                 raise ConfigError(src, key, f"stage {stage.name!r} cannot be its own reference")
@@ -313,7 +344,10 @@ def _check_train(train: dict, src: str, key: str) -> None:
 
 def _check_tasks(tasks: tuple[str, ...], src: str) -> tuple[str, ...]:
     """The grid's tasks with task set names expanded (a task listed twice is kept once), through the evaluation
-    registry. Every name must be known, and every on-disk task's data must be there now, not after hours of training."""
+    registry. Every name must be known, and every on-disk task's data must be there now, not after hours of training.
+    The registry loads torch and clip_benchmark, so parse_grid checks the tasks after everything else."""
+    from harness.eval.tasks import MissingData, UnknownTask, check_data, resolve
+
     try:
         expanded = resolve(tasks)
         check_data(expanded)

@@ -7,23 +7,16 @@ from the fields' metadata (harness.store.identity). Both pickle, as submitit nee
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from harness.data.pool import PoolConfig
+from harness.data.poolconfig import PoolConfig
+from harness.grid.config import MethodConfig
 from harness.run.reference import Reference
-from harness.run.train import TrainConfig
+from harness.run.trainconfig import TrainConfig
 from harness.store.identity import identity_of
 from methods import get_method
 from methods.base import identity_params
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    """A method by registry name, and its parameters (in a run spec: all of them, defaults resolved)."""
-
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 class _JsonView(Mapping):

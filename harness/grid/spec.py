@@ -14,13 +14,23 @@ from typing import Any, Iterator
 
 from harness import io
 from harness.data.shardset import absolute_shards, shard_set
-from harness.errors import ConfigError
+from harness.errors import ConfigError, did_you_mean
 from harness.eval.evaluate import SUITE_VERSION
-from harness.grid.config import GridConfig, ReferenceConfig, StageConfig, pool_config
-from harness.grid.runspec import MethodConfig, RunSpec, identity
+from harness.grid.config import (
+    GridConfig,
+    MethodConfig,
+    ReferenceConfig,
+    StageConfig,
+    load_grid,
+    other_grid_file,
+    pool_config,
+)
+from harness.grid.results import results_dir
+from harness.grid.runspec import RunSpec, identity
 from harness.run.refcache import check_cache
 from harness.run.reference import CheckpointReference, PretrainedReference, Reference, RunReference
 from harness.run.train import TrainConfig
+from harness.store.rundir import RunDir
 from methods import get_method, needs_reference
 
 
@@ -58,10 +68,10 @@ def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, Run
     if data["shards"] is not None:
         data = _shard_data(data, grid.source, data_key, digests)
     train = TrainConfig(**{**grid.train, **stage.train})
-    reference = _reference(stage.reference, stage_runs)
+    reference = _reference(grid, stage.reference, stage_runs)
     for method in stage.methods:
         cls = get_method(method.name)
-        resolved = MethodConfig(method.name, cls(method.params, num_indices=1).params)
+        resolved = MethodConfig(method.name, cls.check(method.params))
         for model in stage.models:
             for samples in stage.samples_seen:
                 for seed in stage.seeds:
@@ -72,12 +82,30 @@ def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, Run
                     yield replace(spec, run_id=run_id(spec))
 
 
-def _reference(ref: ReferenceConfig | None, stage_runs: dict[str, RunSpec]) -> Reference | None:
+def _borrowed(grid: GridConfig, ref: ReferenceConfig, how: dict[str, Any]) -> RunReference:
+    """The single run of stage `ref.stage` of grid file `ref.grid`, borrowed: known by the id this grid would
+    give it (the spec is the same but for the grid's name), loaded from that grid's results directory."""
+    other = load_grid(other_grid_file(grid.source, ref.grid, "reference.grid"))
+    runs = [s for s in expand(other) if s.stage == ref.stage]
+    if len(runs) != 1:
+        raise ConfigError(grid.source, "reference.stage", f"grid {other.source} has {len(runs)} runs in stage "
+                          f"{ref.stage!r}{did_you_mean(ref.stage, [s.name for s in other.stages])}; a reference "
+                          "stage has exactly one")
+    theirs = runs[0]
+    ours = replace(theirs, grid=grid.name)
+    at = RunDir.of(results_dir(other, None), theirs.run_id).path.resolve()
+    return RunReference(run_id=run_id(ours), model=theirs.model, at=str(at), **how)
+
+
+def _reference(grid: GridConfig, ref: ReferenceConfig | None, stage_runs: dict[str, RunSpec]) -> Reference | None:
     """The stage's reference as a spec names it: the single run of the stage the grid names, a checkpoint
-    made absolute with its SHA-256, or a pretrained tag; with how its features are read."""
+    made absolute with its SHA-256, or a pretrained tag, or another grid's run (borrowed); with how its features
+    are read."""
     if ref is None:
         return None
     how = {"features": ref.features, "cache": None if ref.cache is None else str(Path(ref.cache).resolve())}
+    if ref.grid is not None:
+        return _borrowed(grid, ref, how)
     if ref.stage is not None:
         target = stage_runs[ref.stage]
         return RunReference(run_id=target.run_id, model=target.model, **how)

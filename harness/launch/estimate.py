@@ -7,11 +7,18 @@ a reference-feature cache counts its one forward pass over the pool, once. Evalu
 and checkpointing are not counted. GPU time = FLOPs / (peak FLOP/s x MFU). The defaults are an H100's
 dense bf16 peak at 40% MFU; the DRRho paper's ViT-B/16 run (1.28B samples with an online ViT-B/32
 reference, "2 days on 8 H100") works out at about 13% end to end, so state your own with --mfu.
+
+For the local and debug executors (no GPU asked for) the estimate is wall time in minutes instead: the same
+forward-equivalent FLOPs at the training rate measured on a CPU (CPU_THROUGHPUT: samples/s of a clip step per
+preset and batch, from benchmarks/scaling.py, with the machine that measured it), the run's own preset at the
+nearest measured batch size, or the measured preset closest in GFLOPs per pair.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from harness import io
@@ -28,6 +35,7 @@ from methods import get_method
 TRAIN_FACTOR = 3.0  # forward + backward of a trained sample, in forwards
 H100_BF16_TFLOPS = 989.0  # H100 SXM, dense bf16 (no sparsity)
 DEFAULT_MFU = 0.4
+CPU_THROUGHPUT = Path(__file__).with_name("cpu_throughput.json")
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class Estimate:
 
     gflops: dict[str, float]
     gpu_hours: dict[str, float]
+    cpu_minutes: dict[str, float]  # local and debug executors only (no GPU): wall time at the measured CPU rate
     shard_sets: dict[str, ShardSet]
     lazy: set[str]  # the shard sets every unit reads lazily (decoding batches from disk)
     runs: int
@@ -80,6 +89,10 @@ class Estimate:
     @property
     def total_gpu_hours(self) -> float:
         return sum(self.gpu_hours.values())
+
+    def cost(self, uid: str) -> str:
+        """A unit's estimate in the dry run's listing: minutes on a CPU executor, GPU-hours otherwise."""
+        return f"~{self.cpu_minutes[uid]:.3g} min" if self.cpu_minutes else f"~{self.gpu_hours[uid]:.3g} GPU-h"
 
 
 def estimate(specs: list[RunSpec], caches: list[CacheUnit], executor: ExecutorConfig,
@@ -105,7 +118,37 @@ def estimate(specs: list[RunSpec], caches: list[CacheUnit], executor: ExecutorCo
     for unit in caches:
         gflops[unit.run_id] = flops[unit.run_id] = model_profile(unit.reference.model)["gflops"] * pool_size(unit.data)
     hours = {uid: 1e9 * f / rate.flops_per_second / 3600 for uid, f in flops.items()}
-    return Estimate(gflops, hours, shard_sets, lazy, len(specs), len(caches), gpus_per_run(executor), rate)
+    units = {unit.run_id: unit for unit in specs + caches}
+    minutes = {} if gpus_per_run(executor) else {
+        uid: f / cpu_gflops_per_s(_model(units[uid]), _batch(units[uid])) / 60 for uid, f in flops.items()}
+    return Estimate(gflops, hours, minutes, shard_sets, lazy, len(specs), len(caches), gpus_per_run(executor), rate)
+
+
+def _model(unit: RunSpec | CacheUnit) -> str:
+    return unit.reference.model if isinstance(unit, CacheUnit) else unit.model
+
+
+def _batch(unit: RunSpec | CacheUnit) -> int:
+    return unit.train.batch_size if isinstance(unit, RunSpec) else 256  # a cache encodes in large chunks
+
+
+def cpu_gflops_per_s(model: str, batch: int) -> float:
+    """Forward-equivalent GFLOP/s of CPU training measured for `model` (or the measured preset closest to it in
+    GFLOPs per pair) at the measured batch size nearest `batch` (in ratio): samples/s x TRAIN_FACTOR x GFLOPs."""
+    table = json.loads(CPU_THROUGHPUT.read_text(encoding="utf-8"))
+    gflops = table["gflops_per_pair"]
+    own = model_profile(model)["gflops"] if model not in gflops else gflops[model]
+    measured = model if model in gflops else min(gflops, key=lambda m: abs(math.log(gflops[m] / own)))
+    rates = table["samples_per_s"][measured]
+    nearest = min(rates, key=lambda b: abs(math.log(int(b) / batch)))
+    return rates[nearest] * TRAIN_FACTOR * gflops[measured]
+
+
+def cpu_machine() -> str:
+    """The machine CPU_THROUGHPUT was measured on, in words."""
+    m = json.loads(CPU_THROUGHPUT.read_text(encoding="utf-8"))
+    return (f"{m['machine']['cpu_model']}, {m['machine']['cpu_count']} cores, {m['machine']['torch_threads_used']} "
+            f"torch thread, torch {m['machine']['torch']}, {m['date'][:10]}")
 
 
 def _run_gflops(spec: RunSpec, pool_size: Callable[[dict[str, Any]], int]) -> tuple[float, float]:
@@ -123,8 +166,14 @@ def summary(est: Estimate, executor: ExecutorConfig) -> list[str]:
     whole, as harness.data.shards.read_pool does), wall-clock per run, and the assumptions."""
     caches = f" and {est.caches} feature cache(s)" if est.caches else ""
     total = est.total_gpu_hours
-    lines = [f"estimate: {f'{total:,.1f}' if total >= 10 else f'{total:.3g}'} GPU-hours for the {est.runs} run(s)"
-             f"{caches} to launch"]
+    if est.cpu_minutes:
+        minutes = sum(est.cpu_minutes.values())
+        lines = [f"estimate: about {minutes / executor.max_parallel:,.1f} min of wall time for the {est.runs} run(s)"
+                 f"{caches} to launch ({minutes:,.1f} min of training, {executor.max_parallel} at a time; a stage "
+                 "that reads a reference waits for it)"]
+    else:
+        lines = [f"estimate: {f'{total:,.1f}' if total >= 10 else f'{total:.3g}'} GPU-hours for the {est.runs} "
+                 f"run(s){caches} to launch"]
     if executor.slurm is not None:
         s = executor.slurm
         memory = f", {s.mem_gb:g} GB" if s.mem_gb is not None else ""
@@ -134,7 +183,7 @@ def summary(est: Estimate, executor: ExecutorConfig) -> list[str]:
                      f"up to {executor.max_parallel} jobs at a time")
     else:
         lines.append(f"  resources per run: a {executor.kind} process on this machine, {executor.cpus_per_job} CPU(s), "
-                     f"up to {executor.max_parallel} at a time; 0 GPUs asked for, so no wall-clock estimate")
+                     f"up to {executor.max_parallel} at a time; no GPU asked for, so no GPU-hours")
     mem = executor.slurm.mem_gb if executor.slurm is not None else None
     for spec, found in est.shard_sets.items():
         if found.image_size is None:
@@ -160,7 +209,12 @@ def summary(est: Estimate, executor: ExecutorConfig) -> list[str]:
         if requeues > slurm.max_requeues:
             lines.append(f"  warning: the longest run needs about {requeues} requeue(s) at time_min {slurm.time_min}, "
                          f"more than max_requeues {slurm.max_requeues}: raise executor.slurm.time_min or max_requeues")
-    lines.append(f"  assuming {est.throughput.describe()} (--gpu-tflops, --mfu); trained samples count "
-                 f"{TRAIN_FACTOR:g}x their forward FLOPs (forward and backward), reference, scoring and cache passes "
-                 "1x; evaluation and data loading are not counted")
+    if est.cpu_minutes:
+        lines.append(f"  assuming the CPU training rate measured per preset and batch size on {cpu_machine()} "
+                     f"({CPU_THROUGHPUT.name}; re-measure with `python -m benchmarks --only scaling`); each process "
+                     f"uses {executor.cpus_per_job} CPU(s)")
+    else:
+        lines.append(f"  assuming {est.throughput.describe()} (--gpu-tflops, --mfu)")
+    lines.append(f"  trained samples count {TRAIN_FACTOR:g}x their forward FLOPs (forward and backward), reference, "
+                 "scoring and cache passes 1x; evaluation and data loading are not counted")
     return lines

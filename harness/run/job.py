@@ -7,6 +7,7 @@ process group, rank 0 records, evaluates and stores, the others only train.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from harness.data.build import build_pool
 from harness.eval.evaluate import evaluate
 from harness.grid.config import pool_config
 from harness.grid.runspec import RunSpec
-from harness.models import build_model
+from harness.models import build_model, resolve_device
 from harness.run import distributed, refcache
 from harness.run.branch import Rung, prepare, spent
 from harness.run.compute import run_compute
@@ -37,6 +38,7 @@ def run_job(spec: RunSpec, results: str | Path, threads: int = 1, show_progress:
     if the harness code is not the version `code` the sweep started with; as `rung` of a wsd budget ladder,
     harness.run.branch); returns and stores its result."""
     rdir = records.run_dir(Path(results), spec.run_id)
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, device=resolve_device(spec.train.device)))
     with distributed.joined(spec.train.device) as world:
         work = functools.partial(_execute, spec, Path(results), rdir, threads, show_progress, code, world,
                                  rung or Rung())
@@ -79,7 +81,7 @@ def _execute(spec: RunSpec, results: Path, rdir: Path, threads: int, show_progre
     return {"run_id": spec.run_id, "gflops_per_pair": compute["gflops_per_pair"], "samples_seen": summary.samples_seen,
             "c_paper": compute["c_paper"], "compute": compute, "train": vars(summary), "eval": scores,
             "reference": diagnostics, "eval_time_s": time.perf_counter() - eval_start, "wall_time_s": wall,
-            "threads": threads, "processes": world.size, "code": version, "branch": branch}
+            "threads": threads, "processes": world.size, "device": cfg.device, "code": version, "branch": branch}
 
 
 def _reference_features(spec: RunSpec, results: Path, pool: Any, device: str) -> Any:

@@ -23,7 +23,7 @@ from harness.data.build import build_pool
 from harness.data.pool import PoolConfig
 from harness.grid.config import pool_config
 from harness.grid.runspec import CacheUnit, RunSpec, Unit
-from harness.models import model_profile
+from harness.models import model_profile, resolve_device
 from harness.run.reference import CachedReference, Reference, pool_features
 from harness.store import records
 from harness.store.identity import identity_of
@@ -127,7 +127,8 @@ def build_cache_job(unit: CacheUnit, results: str | Path, threads: int = 1, show
 
     def work() -> dict[str, Any]:
         codeversion.check(code)
-        return write_cache(rdir, unit.reference, unit.data, Path(results), threads, show_progress, unit.device)
+        return write_cache(rdir, unit.reference, unit.data, Path(results), threads, show_progress,
+                           resolve_device(unit.device))
 
     return records.recorded(rdir, unit, work, lease_token)
 

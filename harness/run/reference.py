@@ -102,22 +102,38 @@ class RunReference(Reference):
 
     KIND: ClassVar[str] = "run"
     run_id: str
+    # a run of another grid, borrowed (`reference: {grid: G, stage: S}`): its run directory. Its spec is
+    # `run_id`'s but for the grid's name, which changes nothing in training, so `run_id` is the id this grid
+    # would give the run: borrowing renames no run that cites it.
+    at: str | None = field(default=None, metadata=NOT_IN_ID)
+
+    def to_json(self) -> dict[str, Any]:
+        entry = super().to_json()
+        if self.at is None:
+            del entry["at"]
+        return entry
 
     def label(self) -> str:
-        return self.run_id
+        """The run id; a borrowed run's as it is stored: results directory/run id (e.g. demo/reference-...)."""
+        return self.run_id if self.at is None else f"{Path(self.at).parent.parent.name}/{Path(self.at).name}"
+
+    def run_dir(self, results: Path) -> RunDir:
+        """The reference run's directory: under `results`, or the borrowed run's own."""
+        return RunDir(Path(self.at)) if self.at is not None else RunDir.of(results, self.run_id)
 
     def weights(self, results: Path) -> str:
-        rdir = RunDir.of(results, self.run_id)
+        rdir = self.run_dir(results)
         state = rdir.state()
         if state != "done":
-            raise ReferenceNotReady(f"reference run {self.run_id} is {state}")
+            where = f" (borrowed from {self.at}: run that grid first)" if self.at is not None else ""
+            raise ReferenceNotReady(f"reference run {self.run_id} is {state}{where}")
         return str(rdir.final_model)
 
     def requires(self) -> set[str]:
-        return {self.run_id}
+        return set() if self.at is not None else {self.run_id}
 
     def stored_scores(self, results: Path) -> dict[str, Any] | None:
-        return io.read_json(RunDir.of(results, self.run_id).eval)
+        return io.read_json(self.run_dir(results).eval)
 
 
 @dataclass(frozen=True, kw_only=True)
