@@ -24,7 +24,6 @@ from harness.report.leaderboard import write_report
 from harness.run import refcache
 from harness.run.reference import RunReference
 from harness.store import records
-from harness.store.rundir import RunDir
 
 
 @dataclass
@@ -62,7 +61,7 @@ def plan(grid: GridConfig, results: Path, executor: ExecutorConfig | None = None
 def cache_references(grid: GridConfig, results: Path, executor: ExecutorConfig) -> LaunchReport:
     """Build the reference-feature caches that `grid`'s runs read and that are not built yet."""
     specs = expand(grid)
-    check_borrowed(grid, specs)
+    check_borrowed(grid, specs, Path(results))
     units = refcache.cache_units(specs)
     if not units:
         named = any(s.reference is not None and s.reference.cache is not None for s in specs)
@@ -77,21 +76,30 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig, wait: bool = 
     (Slurm) submit what is missing, each stage held by the scheduler until the one it reads is done, and
     return with them queued (no report: `clipsteer run` again, or `clipsteer report`, writes it later)."""
     specs = expand(grid)
-    check_borrowed(grid, specs)
     results = Path(results)
+    check_borrowed(grid, specs, results)
     io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": [s.to_json() for s in specs]})
     outcome = launch(specs, results, executor, wait=wait)
     return SweepOutcome(launch=outcome, report_paths=report(results) if wait else {})
 
 
-def check_borrowed(grid: GridConfig, specs: list[RunSpec]) -> None:
-    """Refuse to launch runs whose reference is another grid's run that is not done (it is not this sweep's to
-    train): a ConfigError naming the run and its directory."""
-    for spec in specs:
+def check_borrowed(grid: GridConfig, specs: list[RunSpec], results: Path) -> None:
+    """Refuse to launch runs still to do under `results` whose reference is another grid's run (in that grid's
+    results directory beside `results`) that is not done or has no weights (it is not this sweep's to train): a
+    ConfigError naming the run's directory and the command that makes it."""
+    for spec in pending(specs, results):
         ref = spec.reference
-        if isinstance(ref, RunReference) and ref.at is not None and RunDir(Path(ref.at)).state() != "done":
-            raise ConfigError(grid.source, f"stage {spec.stage}: reference", f"the borrowed reference run {ref.at} "
-                              f"is {RunDir(Path(ref.at)).state()}: run the grid it belongs to first")
+        if not isinstance(ref, RunReference) or ref.borrowed is None:
+            continue
+        rdir = ref.run_dir(results)
+        state = rdir.state()
+        if state == "done" and not rdir.final_model.is_file():
+            state = "done but without its weights (a committed results directory keeps records only)"
+        if state != "done":
+            grid_file = Path(grid.source).with_name(f"{ref.borrowed.split('/')[0]}.yaml")
+            raise ConfigError(grid.source, f"stage {spec.stage}: reference", f"the borrowed reference run {rdir.path} "
+                              f"is {state}: run its grid first, beside this one (`clipsteer run {grid_file} --results "
+                              f"{rdir.path.parent.parent}`)")
 
 
 EARLIER = " (earlier spec)"

@@ -1,7 +1,6 @@
 """Typed units (harness.grid.runspec), reference kinds (harness.run.reference), run directory names
 (harness.store.rundir) and the identity read from field metadata (harness.store.identity): the JSON form
 and the ids are those the committed results were stored under."""
-import csv
 import dataclasses
 import json
 import pickle
@@ -31,15 +30,10 @@ from harness.store.rundir import RESULT_FORMAT, RunDir
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("grid", ["demo", "zoo"])
-def test_the_grids_expand_to_the_committed_run_ids(grid):
-    with open(ROOT / "results" / grid / "leaderboard.csv", newline="") as f:
-        committed = {row["run_id"] for row in csv.DictReader(f)}
-    specs = expand(load_grid(ROOT / "grids" / f"{grid}.yaml"))
-    borrowed = {s.reference.run_id for s in specs if isinstance(s.reference, RunReference) and s.reference.at}
-    expanded = {s.run_id for s in specs} | borrowed  # the zoo's reference is the demo's, under the zoo's old id
-    assert committed and sorted(committed - expanded) == []
-    assert len(borrowed) == (grid == "zoo")
+@pytest.mark.parametrize("grid", ["demo", "zoo", "w2s"])
+def test_the_grids_expand_to_the_committed_specs(grid):
+    committed = io.read_json(ROOT / "results" / grid / "specs.json")["specs"]
+    assert [s.to_json() for s in expand(load_grid(ROOT / "grids" / f"{grid}.yaml"))] == committed
 
 
 @pytest.mark.parametrize("grid", ["demo", "zoo"])
@@ -183,14 +177,21 @@ def test_a_reference_borrowed_from_another_grid_keeps_the_ids_and_must_be_done(t
     assert [s.run_id for s in b] == [own[1].run_id]  # the same id as when b trained the reference itself
     ref = b[0].reference
     assert ref.run_id == own[0].run_id != a[0].run_id and ref.requires() == set()
-    assert ref.at == str((tmp_path / "results" / "a" / "runs" / a[0].run_id).resolve())
-    assert ref.label() == f"a/{a[0].run_id}" and own[1].reference.label() == own[0].run_id
+    assert ref.borrowed == f"a/{a[0].run_id}" and ref.label() == ref.borrowed
+    assert own[1].reference.label() == own[0].run_id
+    theirs = ref.run_dir(Path("results/b"))
+    assert theirs.path == Path("results/a/runs") / a[0].run_id  # a's results directory beside b's
+    assert ref.run_dir(Path("mine/b")).path == Path("mine/a/runs") / a[0].run_id
     assert refcache.cache_units(b)[0].run_id == refcache.cache_units(own)[0].run_id
     assert main(["run", "grids/b.yaml"]) == 2
-    assert f"the borrowed reference run {ref.at} is missing: run the grid it belongs to first" in capsys.readouterr().err
-    records.finish(RunDir(Path(ref.at)).path, {})  # a's reference done: b may run (checked, not launched here)
+    assert (f"the borrowed reference run {theirs.path} is missing: run its grid first, beside this one "
+            "(`clipsteer run grids/a.yaml --results results/a`)") in capsys.readouterr().err
+    records.finish(theirs.path, {})  # a's reference done, but its weights are not there (as in a fresh clone)
+    assert main(["run", "grids/b.yaml"]) == 2
+    assert "is done but without its weights" in capsys.readouterr().err
+    theirs.final_model.write_bytes(b"")  # now b may run (checked, not launched here)
     from harness import sweep
-    sweep.check_borrowed(load_grid("grids/b.yaml"), b)
+    sweep.check_borrowed(load_grid("grids/b.yaml"), b, Path("results/b"))
 
 
 @pytest.mark.parametrize("reference, message", [

@@ -25,12 +25,10 @@ from harness.grid.config import (
     other_grid_file,
     pool_config,
 )
-from harness.grid.results import results_dir
 from harness.grid.runspec import RunSpec, identity
 from harness.run.refcache import check_cache
 from harness.run.reference import CheckpointReference, PretrainedReference, Reference, RunReference
 from harness.run.train import TrainConfig
-from harness.store.rundir import RunDir
 from methods import get_method, needs_reference
 
 
@@ -84,7 +82,8 @@ def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, Run
 
 def _borrowed(grid: GridConfig, ref: ReferenceConfig, how: dict[str, Any]) -> RunReference:
     """The single run of stage `ref.stage` of grid file `ref.grid`, borrowed: known by the id this grid would
-    give it (the spec is the same but for the grid's name), loaded from that grid's results directory."""
+    give it (the spec is the same but for the grid's name), loaded from that grid's results directory beside the
+    sweep's (harness.run.reference.RunReference.borrowed)."""
     other = load_grid(other_grid_file(grid.source, ref.grid, "reference.grid"))
     runs = [s for s in expand(other) if s.stage == ref.stage]
     if len(runs) != 1:
@@ -93,8 +92,8 @@ def _borrowed(grid: GridConfig, ref: ReferenceConfig, how: dict[str, Any]) -> Ru
                           "stage has exactly one")
     theirs = runs[0]
     ours = replace(theirs, grid=grid.name)
-    at = RunDir.of(results_dir(other, None), theirs.run_id).path.resolve()
-    return RunReference(run_id=run_id(ours), model=theirs.model, at=str(at), **how)
+    borrowed = f"{Path(other.source).stem}/{theirs.run_id}"
+    return RunReference(run_id=run_id(ours), model=theirs.model, borrowed=borrowed, **how)
 
 
 def _reference(grid: GridConfig, ref: ReferenceConfig | None, stage_runs: dict[str, RunSpec]) -> Reference | None:

@@ -102,35 +102,40 @@ class RunReference(Reference):
 
     KIND: ClassVar[str] = "run"
     run_id: str
-    # a run of another grid, borrowed (`reference: {grid: G, stage: S}`): its run directory. Its spec is
-    # `run_id`'s but for the grid's name, which changes nothing in training, so `run_id` is the id this grid
-    # would give the run: borrowing renames no run that cites it.
-    at: str | None = field(default=None, metadata=NOT_IN_ID)
+    # a run of another grid, borrowed (`reference: {grid: G, stage: S}`): "G/<its run id>", stored in the results
+    # directory of grid file G beside this sweep's (results/G/ for results/zoo/). Its spec is `run_id`'s but for
+    # the grid's name, which changes nothing in training, so `run_id` is the id this grid would give the run:
+    # borrowing renames no run that cites it.
+    borrowed: str | None = field(default=None, metadata=NOT_IN_ID)
 
     def to_json(self) -> dict[str, Any]:
         entry = super().to_json()
-        if self.at is None:
-            del entry["at"]
+        if self.borrowed is None:
+            del entry["borrowed"]
         return entry
 
     def label(self) -> str:
-        """The run id; a borrowed run's as it is stored: results directory/run id (e.g. demo/reference-...)."""
-        return self.run_id if self.at is None else f"{Path(self.at).parent.parent.name}/{Path(self.at).name}"
+        """The run id; a borrowed run's as it is stored: its grid's results directory/run id (demo/reference-...)."""
+        return self.run_id if self.borrowed is None else self.borrowed
 
     def run_dir(self, results: Path) -> RunDir:
-        """The reference run's directory: under `results`, or the borrowed run's own."""
-        return RunDir(Path(self.at)) if self.at is not None else RunDir.of(results, self.run_id)
+        """The reference run's directory: under `results`, or a borrowed run's in its grid's results directory
+        beside `results`."""
+        if self.borrowed is None:
+            return RunDir.of(results, self.run_id)
+        grid, run_id = self.borrowed.split("/", 1)
+        return RunDir.of(Path(results).parent / grid, run_id)
 
     def weights(self, results: Path) -> str:
         rdir = self.run_dir(results)
         state = rdir.state()
         if state != "done":
-            where = f" (borrowed from {self.at}: run that grid first)" if self.at is not None else ""
+            where = f" (borrowed from {rdir.path}: run that grid first)" if self.borrowed is not None else ""
             raise ReferenceNotReady(f"reference run {self.run_id} is {state}{where}")
         return str(rdir.final_model)
 
     def requires(self) -> set[str]:
-        return set() if self.at is not None else {self.run_id}
+        return set() if self.borrowed is not None else {self.run_id}
 
     def stored_scores(self, results: Path) -> dict[str, Any] | None:
         return io.read_json(self.run_dir(results).eval)
