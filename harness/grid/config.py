@@ -39,7 +39,7 @@ REFERENCE_FEATURES = ("online", "cached")
 @dataclass(frozen=True)
 class ExecutorConfig:
     """How runs are launched: submitit's LocalExecutor (subprocesses), DebugExecutor (in-process) or
-    Slurm (one sbatch job per run, requeued on preemption; `slurm` holds its resources)."""
+    Slurm (job arrays, one task per run, requeued on preemption; `slurm` holds its resources)."""
 
     kind: str = "local"
     max_parallel: int = 2

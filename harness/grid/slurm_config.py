@@ -56,7 +56,7 @@ MANAGED_OPTIONS = {"output", "error", "array", "open-mode", "signal", "requeue",
 
 @dataclass(frozen=True)
 class SlurmConfig:
-    """A grid's `executor.slurm` section: what each run's sbatch job asks for.
+    """A grid's `executor.slurm` section: what each run's Slurm job (an array task) asks for.
 
     `additional` holds extra sbatch options as sorted (option, value) pairs (a mapping in YAML);
     `setup` holds shell lines run in the batch script before the job (e.g. `module load cuda`).

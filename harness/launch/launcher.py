@@ -64,7 +64,7 @@ def _compute(unit: Unit) -> float:
 
 def make_executor(cfg: ExecutorConfig, folder: Path) -> submitit.Executor | workers.WorkerPool:
     """submitit executor for `cfg.kind` ('local': a pool of worker processes, or a subprocess per run of
-    several processes; 'debug': in this process; 'slurm': sbatch jobs)."""
+    several processes; 'debug': in this process; 'slurm': sbatch job arrays)."""
     if cfg.kind == "debug":
         return submitit.DebugExecutor(folder=folder)
     if cfg.kind == "slurm":
