@@ -92,3 +92,10 @@ def test_the_equal_c_total_zoo_resolves_clip_to_40960_and_the_selectors_to_fewer
     assert samples["clip"] == samples["drrho"] == samples["kd"] == samples["filter"] == 40960
     assert samples["jest"] == samples["jest_topk"] == samples["rho_topk"] == 6784  # 53 steps of 128: 6x per sample
     assert all(abs(own_c_total(s) - TINY_S_40960) < 0.008036864 * 128 * 6 / 2 for s in specs)
+
+
+def test_the_command_line_refuses_an_unresolvable_budget_with_exit_2(tmp_path, clipsteer):
+    out = tmp_path / "out"
+    proc = clipsteer("run", grid(tmp_path, features="online", method="filter"), "--results", out, "--dry-run")
+    assert proc.returncode == 2 and "budget.c_total: method 'filter' scores the whole pool" in proc.stderr
+    assert not out.exists()

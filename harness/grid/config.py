@@ -279,7 +279,8 @@ def _check_stage_references(stages: tuple[StageConfig, ...], src: str) -> None:
                     f"does not exist{did_you_mean(ref.stage, seen)}; earlier stages: {', '.join(seen) or 'none'}"
                 raise ConfigError(src, key, f"stage {ref.stage!r} {why}")
             target = seen[ref.stage]
-            runs = len(target.methods) * len(target.models) * len(target.samples_seen or [0]) * len(target.seeds)
+            budgets = len(target.samples_seen) or 1  # a budget stage: one per method and model
+            runs = len(target.methods) * len(target.models) * budgets * len(target.seeds)
             if runs != 1:
                 raise ConfigError(src, key, f"stage {ref.stage!r} has {runs} runs; a reference stage must have exactly one")
         seen[stage.name] = stage
