@@ -66,10 +66,10 @@ class TrainTiming:
 
 
 def harness_train(method: str, pool: ImageTextPool, steps: int, skip: int, cfg: TrainConfig,
-                  reference: Any = None) -> TrainTiming:
-    """Time harness.run.train() for `steps` steps of a fresh tiny-s; per-step times are the differences of
+                  reference: Any = None, model: str = "tiny-s") -> TrainTiming:
+    """Time harness.run.train() for `steps` steps of a fresh `model`; per-step times are the differences of
     metrics.jsonl's cumulative `time_s` (log_every=1, so each step includes its own logging)."""
-    built = fresh_model("tiny-s")
+    built = fresh_model(model)
     learner = get_method(method)({}, num_indices=pool.num_indices)
     cfg = TrainConfig(**{**vars(cfg), "log_every": 1, "checkpoint_every": 0})
     with scratch() as run_dir:
@@ -139,17 +139,18 @@ class References:
     cache_build_s: float
 
 
-def references(pool: ImageTextPool, model: str = "tiny-s") -> References:
+def references(pool: ImageTextPool, model: str = "tiny-s", device: str = "cpu") -> References:
     """Save a freshly initialised `model` as a checkpoint, load it as a 'checkpoint' reference, and build
-    its feature table over `pool` (what a refcache holds, indexed by stable sample index)."""
+    its feature table over `pool` on `device` (what a refcache holds, indexed by stable sample index)."""
     with scratch() as where:
         path = Path(where) / "reference.pt"
         torch.save({"state_dict": fresh_model(model, seed=1).model.state_dict()}, path)
         built = CheckpointReference(path=str(path), sha256="", model=model).load(Path(where))
+    online = OnlineReference(built, device)
     start = time.perf_counter()
-    feats = pool_features(built, pool, "cpu")
-    image = torch.zeros(pool.num_indices, feats.image.shape[1])
+    feats = pool_features(built, pool, device)
+    image = torch.zeros(pool.num_indices, feats.image.shape[1], device=feats.image.device)
     text = torch.zeros_like(image)
-    image[pool.indices], text[pool.indices] = feats.image, feats.text
+    image[pool.indices.to(image.device)], text[pool.indices.to(image.device)] = feats.image, feats.text
     cache_s = time.perf_counter() - start
-    return References(OnlineReference(built, "cpu"), CachedReference(image, text, feats.logit_scale, "cpu"), cache_s)
+    return References(online, CachedReference(image, text, feats.logit_scale, device), cache_s)

@@ -53,8 +53,11 @@ def plan(grid: GridConfig, results: Path, executor: ExecutorConfig | None = None
     lines.extend(estimate.summary(est, executor))
     lines.extend(resolved(grid, executor))
     if executor.slurm is not None:
-        lines.append("each run is one sbatch job; the script submitit submits for it:")
-        lines.extend("  " + line for line in sbatch_script(executor.slurm, results / "submitit").splitlines())
+        size = min(max(len(todo), 1), executor.slurm.max_array_size)
+        lines.append("the runs ready together go out as job arrays, each run a task; the script of an array of "
+                     f"{size} (runs that read a reference wait for its job, --dependency=afterok):")
+        lines.extend("  " + line for line in sbatch_script(executor.slurm, results / "submitit",
+                                                           size if size > 1 else None).splitlines())
     return lines
 
 

@@ -15,6 +15,7 @@ import submitit
 from submitit.core.job_environment import SignalHandler
 from submitit.core.utils import DelayedSubmission, JobPaths
 from submitit.local.local import LocalJobEnvironment
+from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 from harness import io
 from harness.errors import ConfigError
@@ -94,6 +95,7 @@ def test_yaml_numbers_written_as_floats_are_accepted_when_whole():
     ({"time_min": 0}, "time_min", "must be >= 1"),
     ({"time_min": "1:00:00"}, "time_min", "must be an integer"),
     ({"array_parallelism": 0}, "array_parallelism", "must be >= 1"),
+    ({"max_array_size": 0}, "max_array_size", "must be >= 1"),
     ({"max_requeues": -1}, "max_requeues", "must be >= 0"),
     ({"signal_delay_s": 0}, "signal_delay_s", "must be >= 1"),
     ({"signal_delay_s": 3600, "time_min": 60}, "signal_delay_s", "must be less than time_min in seconds (3600)"),
@@ -520,24 +522,32 @@ def test_a_slurm_section_needs_kind_slurm_and_a_local_override_drops_it(tmp_path
 # ---------------------------------------------------------------- stage dependencies in the scheduler
 
 def queueing_slurm(tmp_path, monkeypatch):
-    """sbatch that numbers jobs 1, 2, ... and keeps each script; squeue that lists the jobs named in
-    `queue` as PENDING; sacct that knows nothing yet (as right after submission)."""
+    """A stand-in Slurm. sbatch numbers jobs 1, 2, ..., keeps each script and queues its tasks (`n`, or `n_0` to
+    `n_k` for `--array=0-k`); squeue lists the queued tasks of the job it is asked about as PENDING and logs
+    each call; sacct prints the file `sacct` (nothing at first, as right after submission). Fresh squeue and
+    sacct caches, so no answer of another test's job 1 is reused."""
     bin_dir, state = tmp_path / "bin", tmp_path / "slurm"
     bin_dir.mkdir()
     state.mkdir()
     (state / "queue").write_text("")
+    (state / "sacct").write_text("")
     scripts = {
         "srun": "exit 0",
         "sbatch": f'n=$(( $(ls {state} | grep -c "^job-") + 1 )); cp "$1" {state}/job-$n.sh; '
-                  f'echo $n >> {state}/queue; echo "Submitted batch job $n"',
-        "squeue": f'grep -qx "$3" {state}/queue && echo PENDING; exit 0',
-        "sacct": "exit 0",
+                  f'last=$(sed -n "s/^#SBATCH --array=0-\\([0-9]*\\).*/\\1/p" "$1"); '
+                  f'if [ -z "$last" ]; then echo $n >> {state}/queue; '
+                  f'else seq -f "${{n}}_%g" 0 "$last" >> {state}/queue; fi; echo "Submitted batch job $n"',
+        "squeue": f'echo "$*" >> {state}/squeue.log; while [ $# -gt 0 ]; do [ "$1" = -j ] && id=$2; shift; done; '
+                  f'grep -E "^$id(_[0-9]+)?$" {state}/queue | sed "s/$/ PENDING/"; exit 0',
+        "sacct": f"cat {state}/sacct",
     }
     for name, body in scripts.items():
         path = bin_dir / name
         path.write_text(f"#!/bin/sh\n{body}\n")
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(lease, "_squeue_answers", {})
+    monkeypatch.setattr(SlurmJob, "watcher", SlurmInfoWatcher(delay_s=600))
     return state
 
 
@@ -566,8 +576,10 @@ def test_a_stage_waits_for_its_reference_in_the_slurm_queue_not_in_the_client(tm
     report = launcher.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
 
     reference, plain, steered = (s.run_id for s in specs)  # the sweep's clip run reads no reference
-    assert sorted(report.queued) == sorted([reference, plain, steered])
-    scripts = {run_id: (state / f"job-{job}.sh").read_text() for run_id, job in report.queued.items()}
+    # the two runs ready at once (the reference and the sweep's clip) are one array; drrho waits for the reference
+    assert report.queued == {reference: "1_0", plain: "1_1", steered: "2"}
+    scripts = {run_id: (state / f"job-{job.split('_')[0]}.sh").read_text() for run_id, job in report.queued.items()}
+    assert "#SBATCH --array=0-1%2\n" in scripts[reference] and "--array" not in scripts[steered]
     assert "--dependency" not in scripts[reference] and "--dependency" not in scripts[plain]
     # drrho is held by Slurm until the reference job succeeds, and cancelled by it if that job fails
     assert f"#SBATCH --dependency=afterok:{report.queued[reference]}\n" in scripts[steered]
@@ -581,7 +593,7 @@ def test_a_stage_waits_for_its_reference_in_the_slurm_queue_not_in_the_client(tm
         io.write_json(RunDir(rdir).lease, {**record, "expires": time.time() - 1})
         assert lease.holder(rdir) is not None and "slurm job" in lease.describe(record)
     again = launcher.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
-    assert not again.queued and len(list(state.glob("job-*.sh"))) == 3  # nothing submitted twice
+    assert not again.queued and len(list(state.glob("job-*.sh"))) == 2  # nothing submitted twice
 
     (state / "queue").write_text("")  # the jobs left the queue without a result (cancelled)
     assert all(lease.holder(records.run_dir(results, s.run_id)) is None for s in specs)
@@ -603,8 +615,167 @@ def test_run_no_wait_leaves_the_sweep_queued_and_refuses_a_local_executor(tmp_pa
     grid.write_text(DEPENDENT_GRID)
     assert main(["run", str(grid), "--results", str(tmp_path / "r"), "--no-wait"]) == 0
     out = capsys.readouterr().out
-    assert out.count("queued ") == 3 and "Slurm job 1" in out and "wrote" not in out  # no report yet
-    assert len(list(state.glob("job-*.sh"))) == 3
+    assert out.count("queued ") == 3 and "Slurm job 1_0" in out and "wrote" not in out  # no report yet
+    assert len(list(state.glob("job-*.sh"))) == 2
     assert main(["run", str(grid), "--results", str(tmp_path / "r2"), "--executor", "local", "--no-wait"]) == 2
     assert "--no-wait leaves runs in the Slurm queue" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists()
+
+
+# ---------------------------------------------------------------- job arrays
+
+def array_grid(tmp_path, seeds, reference=True):
+    """A Slurm grid: a one-run reference stage, then clip and drrho (steered by it) at `seeds` seeds each."""
+    stages = [{"name": "reference", "methods": ["clip"], "models": ["tiny-s"], "samples_seen": [32]},
+              {"name": "sweep", "methods": ["clip", "drrho"] if reference else ["clip"], "models": ["tiny-s"],
+               "samples_seen": [32], "seeds": list(range(seeds)), **({"reference": "reference"} if reference else {})}]
+    grid = {"name": "arrays", "data": {"sources": ["shapes"], "shapes_count": 256},
+            "eval": {"tasks": ["shapes_retrieval"]}, "train": {"batch_size": 16},
+            "executor": {"kind": "slurm", "slurm": {"gpus_per_node": 1, "array_parallelism": 16}},
+            "stages": stages if reference else stages[1:]}
+    path = tmp_path / "arrays.yaml"
+    path.write_text(json.dumps(grid))  # YAML is a superset of JSON
+    return path
+
+
+def expire_leases(results, specs):
+    """As if the launcher that took the runs' leases had exited and their expiry passed: only their Slurm
+    jobs hold them now."""
+    for spec in specs:
+        rdir = records.run_dir(results, spec.run_id)
+        record = lease.read(rdir)
+        if record is not None:
+            io.write_json(RunDir(rdir).lease, {**record, "expires": time.time() - 1})
+
+
+def submitted_spec(results, job_id):
+    """The spec that array task (or job) `job_id` will run, from the pickle submitit submitted for it."""
+    return DelayedSubmission.load(JobPaths(results / "submitit", job_id=job_id).submitted_pickle).args[0]
+
+
+def test_a_thousand_run_stage_goes_out_in_two_sbatch_calls_and_a_rerun_submits_only_what_is_missing(tmp_path,
+                                                                                                        monkeypatch):
+    from harness.grid.config import load_grid
+    from harness.grid.spec import expand
+    from harness.launch import launcher
+
+    state = queueing_slurm(tmp_path, monkeypatch)
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # 3,000 atomic writes of leases and records, not about disks
+    grid = load_grid(array_grid(tmp_path, seeds=500))
+    specs, results = expand(grid), tmp_path / "results"
+    assert len(specs) == 1001
+    report = launcher.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
+
+    # the reference and the 500 clip runs are ready at once: one array; the 500 drrho runs wait for the reference
+    reference = specs[0].run_id
+    steered = [s.run_id for s in specs if s.method.name == "drrho"]
+    assert sorted(p.name for p in state.glob("job-*.sh")) == ["job-1.sh", "job-2.sh"]
+    first, second = (state / "job-1.sh").read_text(), (state / "job-2.sh").read_text()
+    assert "#SBATCH --array=0-500%16\n" in first and "--dependency" not in first
+    assert "#SBATCH --array=0-499%16\n" in second
+    assert f"#SBATCH --dependency=afterok:{report.queued[reference]}\n" in second
+    assert report.queued[reference] == "1_0"
+    assert sorted(report.queued[r] for r in steered) == sorted(f"2_{i}" for i in range(500))
+    assert len(set(report.queued.values())) == len(report.queued) == 1001
+    for spec in specs:  # each task runs its own run, and its run's lease is owned by that task
+        job_id = report.queued[spec.run_id]
+        assert submitted_spec(results, job_id).run_id == spec.run_id
+        assert lease.read(records.run_dir(results, spec.run_id))["owners"][-1] == {"slurm_job": job_id}
+
+    # the launcher is gone; while the arrays are queued, a re-run submits nothing; the 501 runs of array 1 (the
+    # others wait for the reference, held by its task) ask squeue once for the whole array, not once a run
+    expire_leases(results, specs)
+    (state / "squeue.log").write_text("")
+    again = launcher.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
+    assert not again.queued and len(list(state.glob("job-*.sh"))) == 2
+    assert (state / "squeue.log").read_text().splitlines() == ["-h --array -j 1 -o %i %T"]
+
+    # the arrays ran; ten drrho runs did not finish (two of them failed): only those go out again, as one array
+    # with no dependency (their reference is done)
+    (state / "queue").write_text("")
+    monkeypatch.setattr(lease, "_squeue_answers", {})
+    expire_leases(results, specs)
+    missing = set(steered[:10])
+    for spec in specs:
+        rdir = records.run_dir(results, spec.run_id)
+        if spec.run_id not in missing:
+            records.finish(rdir, {})
+        elif spec.run_id in steered[:2]:
+            records.fail(rdir, RuntimeError("out of memory"))
+    third = launcher.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
+    assert set(third.queued) == missing and sorted(third.queued.values()) == sorted(f"3_{i}" for i in range(10))
+    script = (state / "job-3.sh").read_text()
+    assert "#SBATCH --array=0-9%10\n" in script and "--dependency" not in script
+    assert len(third.skipped) == 1001 - 10
+
+
+def test_arrays_are_split_at_max_array_size_and_caches_get_a_one_task_shape(tmp_path, monkeypatch):
+    from harness.grid.config import load_grid
+    from harness.grid.spec import expand
+    from harness.launch import launcher
+
+    state = queueing_slurm(tmp_path, monkeypatch)
+    path = array_grid(tmp_path, seeds=5)
+    raw = json.loads(path.read_text())
+    raw["executor"]["slurm"].update(max_array_size=2, gpus_per_node=4, tasks_per_node=4)
+    raw["stages"][1]["reference"] = {"stage": "reference", "features": "cached"}
+    path.write_text(json.dumps(raw))
+    grid = load_grid(path)
+    specs, results = expand(grid), tmp_path / "results"
+    report = launcher.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
+    scripts = [(state / f"job-{n}.sh").read_text() for n in range(1, len(list(state.glob("job-*.sh"))) + 1)]
+    # round 1: reference + 5 clip runs in arrays of 2; round 2: the cache (one task, one GPU) after the reference;
+    # round 3: 5 drrho runs after the reference and the cache, in arrays of 2
+    arrays = [next((line for line in s.splitlines() if line.startswith("#SBATCH --array")), "plain") for s in scripts]
+    assert arrays == ["#SBATCH --array=0-1%2"] * 3 + ["plain"] + ["#SBATCH --array=0-1%2"] * 2 + ["plain"]
+    cache = scripts[3]
+    assert "#SBATCH --ntasks-per-node=1\n" in cache and "#SBATCH --gpus-per-node=1\n" in cache
+    assert f"#SBATCH --dependency=afterok:{report.queued[specs[0].run_id]}\n" in cache
+    assert all("#SBATCH --ntasks-per-node=4\n" in s and "#SBATCH --gpus-per-node=4\n" in s
+               for i, s in enumerate(scripts) if i != 3)
+    assert all("#SBATCH --dependency=afterok:1_0:4\n" in s for s in scripts[4:])  # the reference run and its cache
+    assert len(report.queued) == len(specs) + 1  # the cache is a unit of its own
+
+
+def test_a_failed_array_task_is_recorded_on_its_own_run_and_a_rerun_submits_only_it(tmp_path, monkeypatch):
+    """The stand-in cluster runs the array as Slurm would report it: three tasks write their result, one is
+    killed without a word (sacct: FAILED, no result pickle)."""
+    import threading
+
+    import submitit.core.utils as submitit_utils
+
+    from harness.grid.config import load_grid
+    from harness.grid.spec import expand
+    from harness.launch import launcher
+
+    state = queueing_slurm(tmp_path, monkeypatch)
+    monkeypatch.setattr(SlurmJob, "_results_timeout_s", 0)  # no grace for a result pickle that never comes
+    grid = load_grid(array_grid(tmp_path, seeds=4, reference=False))
+    specs, results = expand(grid), tmp_path / "results"
+    killed = "1_2"
+
+    def cluster():
+        wait_for(lambda: all(JobPaths(results / "submitit", job_id=f"1_{i}").submitted_pickle.exists()
+                             for i in range(4)), 60, "the array's pickles")
+        for i in range(4):
+            job_id = f"1_{i}"
+            if job_id != killed:
+                records.finish(records.run_dir(results, submitted_spec(results, job_id).run_id), {})
+                submitit_utils.cloudpickle_dump(("success", {}), JobPaths(results / "submitit", job_id=job_id)
+                                                .result_pickle)
+        (state / "sacct").write_text("JobID|State|NodeList\n1_[0-1]|COMPLETED|n1\n1_2|FAILED|n1\n1_3|COMPLETED|n1\n")
+        (state / "queue").write_text("")
+
+    thread = threading.Thread(target=cluster, daemon=True)
+    thread.start()
+    report = launcher.launch(specs, results, grid.executor, log=lambda *_: None)
+    thread.join()
+    failed = submitted_spec(results, killed).run_id
+    assert list(report.failed) == [failed] and len(report.done) == 3 and failed not in report.done
+    assert report.failed[failed].startswith("UncompletedJobError: ")
+    assert records.state(results, failed) == "failed" and lease.holder(records.run_dir(results, failed)) is None
+    assert "has not produced any output (state: FAILED)" in (RunDir(records.run_dir(results, failed)).error).read_text()
+    assert all(records.state(results, s.run_id) == "done" for s in specs if s.run_id != failed)
+
+    again = launcher.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)
+    assert again.queued == {failed: "2"} and "--array" not in (state / "job-2.sh").read_text()

@@ -24,7 +24,7 @@ from methods import REGISTRY, get_method, needs_reference
 
 EXECUTORS = ("local", "debug", "slurm")
 TOP_KEYS = {"name", "description", "data", "eval", "train", "executor", "stages"}
-STAGE_KEYS = {"name", "methods", "models", "samples_seen", "seeds", "reference", "data", "train"}
+STAGE_KEYS = {"name", "methods", "models", "samples_seen", "budget", "seeds", "reference", "data", "train"}
 # the keys that name a stage's reference: an earlier stage (whose single run it is), a checkpoint or a pretrained
 # tag; in a run spec, a RunReference, CheckpointReference or PretrainedReference (harness.run.reference)
 REFERENCE_KEYS = {"stage", "checkpoint", "pretrained"}
@@ -42,7 +42,7 @@ class MethodConfig:
 @dataclass(frozen=True)
 class ExecutorConfig:
     """How runs are launched: submitit's LocalExecutor (subprocesses), DebugExecutor (in-process) or
-    Slurm (one sbatch job per run, requeued on preemption; `slurm` holds its resources)."""
+    Slurm (job arrays, one task per run, requeued on preemption; `slurm` holds its resources)."""
 
     kind: str = "local"
     max_parallel: int = 2
@@ -77,6 +77,7 @@ class StageConfig:
     reference: ReferenceConfig | None = None
     data: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    c_total: float | None = None  # `budget: {c_total: X}`: each run's samples seen resolved to spend X GFLOPs
 
 
 @dataclass(frozen=True)
@@ -145,9 +146,12 @@ def parse_grid(raw: Any, src: str, default_name: str = "grid") -> GridConfig:
 def _stage(raw: Any, src: str, key: str, data: dict, train: dict) -> StageConfig:
     m = _mapping(raw, src, key)
     _known_keys(m, STAGE_KEYS, src, key)
-    for req in ("name", "methods", "models", "samples_seen"):
+    for req in ("name", "methods", "models"):
         if req not in m:
             raise ConfigError(src, f"{key}.{req}", "required")
+    if ("samples_seen" in m) == ("budget" in m):
+        raise ConfigError(src, f"{key}.samples_seen", "give exactly one of 'samples_seen' (budgets in samples) or "
+                          "'budget: {c_total: GFLOPs}' (each method's samples seen resolved to that C_total)")
     stage_data = _expand_env(_mapping(m.get("data", {}), src, f"{key}.data"), src, f"{key}.data")
     _check_pool({**data, **stage_data}, src, f"{key}.data")
     stage_train = _mapping(m.get("train", {}), src, f"{key}.train")
@@ -156,8 +160,9 @@ def _stage(raw: Any, src: str, key: str, data: dict, train: dict) -> StageConfig
     methods = tuple(_method(x, src, f"{key}.methods[{i}]") for i, x in enumerate(_nonempty_list(m["methods"], src, f"{key}.methods")))
     models = tuple(_model(x, src, f"{key}.models[{i}]") for i, x in enumerate(_nonempty_list(m["models"], src, f"{key}.models")))
     batch = TrainConfig(**merged_train).batch_size
-    samples = tuple(_samples(x, batch, src, f"{key}.samples_seen[{i}]")
-                    for i, x in enumerate(_nonempty_list(m["samples_seen"], src, f"{key}.samples_seen")))
+    c_total = _budget(m["budget"], src, f"{key}.budget") if "budget" in m else None
+    samples = () if c_total else tuple(_samples(x, batch, src, f"{key}.samples_seen[{i}]") for i, x in
+                                       enumerate(_nonempty_list(m["samples_seen"], src, f"{key}.samples_seen")))
     seeds = tuple(check_int(x, src, f"{key}.seeds[{i}]", minimum=0, maximum=2**31 - 1) for i, x in enumerate(_nonempty_list(m.get("seeds", [0]), src, f"{key}.seeds")))
     reference = _reference(m["reference"], src, f"{key}.reference") if m.get("reference") is not None else None
     if reference is None:
@@ -166,7 +171,8 @@ def _stage(raw: Any, src: str, key: str, data: dict, train: dict) -> StageConfig
                 raise ConfigError(src, f"{key}.methods[{i}]", f"method {method.name!r} needs a reference model; "
                                   "give the stage a 'reference' (an earlier stage, a checkpoint or a pretrained model)")
     return StageConfig(name=_string(m["name"], src, f"{key}.name"), methods=methods, models=models,
-                       samples_seen=samples, seeds=seeds, reference=reference, data=stage_data, train=stage_train)
+                       samples_seen=samples, seeds=seeds, reference=reference, data=stage_data,
+                       train=stage_train, c_total=c_total)
 
 
 def _method(raw: Any, src: str, key: str) -> MethodConfig:
@@ -202,6 +208,16 @@ def _samples(raw: Any, batch: int, src: str, key: str) -> int:
         hint = f"use {lo} or {hi}" if lo else f"use {hi}"
         raise ConfigError(src, key, f"{n} is not a multiple of batch_size {batch} (samples seen are counted exactly); {hint}")
     return n
+
+
+def _budget(raw: Any, src: str, key: str) -> float:
+    """A stage's `budget: {c_total: X}`: X forward GFLOPs per run (harness.run.compute's C_total), a positive number."""
+    m = _mapping(raw, src, key)
+    _known_keys(m, {"c_total"}, src, key)
+    x = m.get("c_total")
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < float("inf"):
+        raise ConfigError(src, f"{key}.c_total", f"must be a positive number of forward GFLOPs per run, got {x!r}")
+    return float(x)
 
 
 def _reference(raw: Any, src: str, key: str) -> ReferenceConfig:
@@ -294,7 +310,8 @@ def _check_stage_references(stages: tuple[StageConfig, ...], src: str) -> None:
                     f"does not exist{did_you_mean(ref.stage, seen)}; earlier stages: {', '.join(seen) or 'none'}"
                 raise ConfigError(src, key, f"stage {ref.stage!r} {why}")
             target = seen[ref.stage]
-            runs = len(target.methods) * len(target.models) * len(target.samples_seen) * len(target.seeds)
+            budgets = len(target.samples_seen) or 1  # a budget stage: one per method and model
+            runs = len(target.methods) * len(target.models) * budgets * len(target.seeds)
             if runs != 1:
                 raise ConfigError(src, key, f"stage {ref.stage!r} has {runs} runs; a reference stage must have exactly one")
         seen[stage.name] = stage

@@ -56,7 +56,7 @@ MANAGED_OPTIONS = {"output", "error", "array", "open-mode", "signal", "requeue",
 
 @dataclass(frozen=True)
 class SlurmConfig:
-    """A grid's `executor.slurm` section: what each run's sbatch job asks for.
+    """A grid's `executor.slurm` section: what each run's Slurm job (an array task) asks for.
 
     `additional` holds extra sbatch options as sorted (option, value) pairs (a mapping in YAML);
     `setup` holds shell lines run in the batch script before the job (e.g. `module load cuda`).
@@ -78,7 +78,8 @@ class SlurmConfig:
     exclude: str | None = None
     additional: tuple[tuple[str, Any], ...] = ()
     setup: tuple[str, ...] = ()
-    array_parallelism: int = 256  # most array tasks running at once (only for array submissions)
+    array_parallelism: int = 256  # most tasks of one job array running at once
+    max_array_size: int = 1000  # most tasks in one job array (Slurm's MaxArraySize, 1001 by default, caps it)
     max_requeues: int = 3  # requeues after preemption / time limit, per submission
     signal_delay_s: int = 90  # USR2 this long before the time limit (time to record the requeue)
 
@@ -120,7 +121,7 @@ def normalize(values: dict[str, Any], src: str, key: str) -> dict[str, Any]:
             continue
         out[name] = _pattern(value, name, src, where(name))
     for name, minimum in (("nodes", 1), ("gpus_per_node", 0), ("tasks_per_node", 1), ("time_min", 1),
-                          ("array_parallelism", 1), ("max_requeues", 0), ("signal_delay_s", 1)):
+                          ("array_parallelism", 1), ("max_array_size", 1), ("max_requeues", 0), ("signal_delay_s", 1)):
         out[name] = check_int(values[name], src, where(name), minimum)
     out["cpus_per_task"] = None if values["cpus_per_task"] is None else \
         check_int(values["cpus_per_task"], src, where("cpus_per_task"), 1)

@@ -26,6 +26,7 @@ from harness.grid.config import (
     pool_config,
 )
 from harness.grid.runspec import RunSpec, identity
+from harness.run.compute import samples_for_c_total
 from harness.run.refcache import check_cache
 from harness.run.reference import CheckpointReference, PretrainedReference, Reference, RunReference
 from harness.run.train import TrainConfig
@@ -47,7 +48,7 @@ def expand(grid: GridConfig) -> list[RunSpec]:
     digests: dict[str, str] = {}  # shard spec -> its manifest's SHA-256, read once per expansion
     for i, stage in enumerate(grid.stages):
         data_key = f"stages[{i}].data" if "shards" in stage.data else "data"
-        stage_specs = list(_stage_specs(grid, stage, stage_runs, data_key, digests))
+        stage_specs = list(_stage_specs(grid, stage, stage_runs, data_key, digests, f"stages[{i}].budget.c_total"))
         _check_caches(stage_specs, grid.source, f"stages[{i}].reference.cache")
         for spec in stage_specs:
             if spec.run_id in seen:
@@ -61,7 +62,7 @@ def expand(grid: GridConfig) -> list[RunSpec]:
 
 
 def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, RunSpec], data_key: str,
-                 digests: dict[str, str]) -> Iterator[RunSpec]:
+                 digests: dict[str, str], budget_key: str) -> Iterator[RunSpec]:
     data = _plain(asdict(pool_config({**grid.data, **stage.data})))
     if data["shards"] is not None:
         data = _shard_data(data, grid.source, data_key, digests)
@@ -71,12 +72,12 @@ def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, Run
         cls = get_method(method.name)
         resolved = MethodConfig(method.name, cls.check(method.params))
         for model in stage.models:
-            for samples in stage.samples_seen:
+            base = RunSpec(grid=grid.name, stage=stage.name, method=resolved, model=model,
+                           samples_seen=train.batch_size, seed=0, data=data, train=train, eval_tasks=grid.eval_tasks,
+                           eval_suite=SUITE_VERSION, reference=reference if needs_reference(cls) else None, run_id="")
+            for samples in stage.samples_seen or (_budget_samples(stage.c_total, base, grid.source, budget_key),):
                 for seed in stage.seeds:
-                    spec = RunSpec(grid=grid.name, stage=stage.name, method=resolved, model=model,
-                                   samples_seen=samples, seed=seed, data=data, train=train,
-                                   eval_tasks=grid.eval_tasks, eval_suite=SUITE_VERSION,
-                                   reference=reference if needs_reference(cls) else None, run_id="")
+                    spec = replace(base, samples_seen=samples, seed=seed)
                     yield replace(spec, run_id=run_id(spec))
 
 
@@ -94,6 +95,14 @@ def _borrowed(grid: GridConfig, ref: ReferenceConfig, how: dict[str, Any]) -> Ru
     ours = replace(theirs, grid=grid.name)
     borrowed = f"{Path(other.source).stem}/{theirs.run_id}"
     return RunReference(run_id=run_id(ours), model=theirs.model, borrowed=borrowed, **how)
+
+
+def _budget_samples(c_total: float, spec: RunSpec, src: str, key: str) -> int:
+    """A `budget: {c_total: X}` stage's samples seen for the method and model of `spec` (harness.run.compute)."""
+    try:
+        return samples_for_c_total(c_total, spec, get_method(spec.method.name)(spec.method.params, num_indices=1))
+    except ValueError as e:
+        raise ConfigError(src, key, str(e)) from None
 
 
 def _reference(grid: GridConfig, ref: ReferenceConfig | None, stage_runs: dict[str, RunSpec]) -> Reference | None:

@@ -178,9 +178,9 @@ def summary(est: Estimate, executor: ExecutorConfig) -> list[str]:
         s = executor.slurm
         memory = f", {s.mem_gb:g} GB" if s.mem_gb is not None else ""
         cpus = f", {s.cpus_per_task} CPUs per task" if s.cpus_per_task is not None else ""
-        lines.append(f"  resources per run: one Slurm job of {s.nodes} node(s) x {s.gpus_per_node} GPU(s) = {est.gpus} "
-                     f"GPU(s), {s.tasks_per_node} task(s) per node{cpus}{memory}, time limit {s.time_min} min; "
-                     f"up to {executor.max_parallel} jobs at a time")
+        lines.append(f"  resources per run: one Slurm array task of {s.nodes} node(s) x {s.gpus_per_node} GPU(s) = "
+                     f"{est.gpus} GPU(s), {s.tasks_per_node} task(s) per node{cpus}{memory}, "
+                     f"time limit {s.time_min} min; up to {s.array_parallelism} tasks of each array at a time")
     else:
         lines.append(f"  resources per run: a {executor.kind} process on this machine, {executor.cpus_per_job} CPU(s), "
                      f"up to {executor.max_parallel} at a time; no GPU asked for, so no GPU-hours")

@@ -11,6 +11,7 @@ run once.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,8 @@ from tqdm import tqdm
 from harness import codeversion
 from harness.grid.config import ExecutorConfig
 from harness.grid.runspec import CacheUnit, RunSpec, Unit
-from harness.launch import ladder, workers
-from harness.launch.slurm import TrainingJob, dependency_parameters, job_environment, make_slurm_executor
+from harness.launch import ladder, slurm, workers
+from harness.launch.slurm import TrainingJob, job_environment, make_slurm_executor
 from harness.models import model_profile
 from harness.run import refcache
 from harness.run.job import run_job
@@ -82,7 +83,7 @@ def _compute(unit: Unit) -> float:
 
 def make_executor(cfg: ExecutorConfig, folder: Path) -> submitit.Executor | workers.WorkerPool:
     """submitit executor for `cfg.kind` ('local': a pool of worker processes, or a subprocess per run of
-    several processes; 'debug': in this process; 'slurm': sbatch jobs)."""
+    several processes; 'debug': in this process; 'slurm': sbatch job arrays)."""
     if cfg.kind == "debug":
         return submitit.DebugExecutor(folder=folder)
     if cfg.kind == "slurm":
@@ -117,17 +118,36 @@ class _Launch:
         self.code = codeversion.code_version()
         self.heartbeat = lease.Heartbeat()
 
-    def start(self, spec: Unit, executor: submitit.Executor, cfg: ExecutorConfig, show: bool, bar: tqdm,
-              after: tuple[str, ...] = ()) -> None:
-        """Take the run's lease and submit it (on Slurm, to start after jobs `after`, and owned by its Slurm
-        job as well); a run another process holds is watched instead, and one finished since this launch
-        looked is counted as done by others."""
+    def start(self, spec: Unit, executor: submitit.Executor, cfg: ExecutorConfig, show: bool, bar: tqdm) -> None:
+        """Take the run's lease and submit it to a local or debug executor (Slurm runs go out together:
+        start_arrays)."""
+        held = self._take(spec, bar)
+        if held is not None:
+            function, args = self._call(spec, cfg, show, held)
+            self._submitted(spec, executor.submit(function, *args), held)
+
+    def start_arrays(self, ready: list[tuple[Unit, tuple[str, ...]]], executor: submitit.Executor,
+                     cfg: ExecutorConfig, show: bool, bar: tqdm) -> None:
+        """Take the leases of the units ready together and submit them to Slurm as job arrays (one per resource
+        shape and set of jobs `after` to wait for: harness.launch.slurm.submit_arrays); each run's lease is
+        also owned by its array task."""
+        taken = [(spec, after, held) for spec, after in ready if (held := self._take(spec, bar)) is not None]
+        submissions = [slurm.Submission(slurm.cache_shape(cfg.slurm) if isinstance(spec, CacheUnit) else cfg.slurm,
+                                        after, *self._call(spec, cfg, show, held)) for spec, after, held in taken]
+        for i, job in slurm.submit_arrays(executor, submissions):
+            spec, after, held = taken[i]
+            lease.hand_to_slurm(held, job.job_id)
+            self._submitted(spec, job, held, after)
+
+    def _take(self, spec: Unit, bar: tqdm) -> lease.Lease | None:
+        """The run's lease, or None: a run another process holds is watched instead, and one finished since
+        this launch looked is counted as done by others."""
         run_id, rdir = spec.run_id, records.run_dir(self.results, spec.run_id)
         held = lease.acquire(rdir)
         if held is None:
             self.elsewhere[run_id] = spec
             self.log(f"  running elsewhere {run_id} ({lease.describe(lease.read(rdir))}): waiting for it")
-            return
+            return None
         now = records.state(self.results, run_id, spec)
         if now == "done" and not self._readable(run_id):
             now = "retrain"  # done, but the files that runs to do read from it are gone
@@ -139,19 +159,20 @@ class _Launch:
             else:
                 self.report.failed[run_id] = f"{rdir} holds a different spec under this id; left untouched"
                 self.log(f"  FAILED  {run_id}: {self.report.failed[run_id]}")
-            return
+            return None
         self.heartbeat.add(held)
+        return held
+
+    def _call(self, spec: Unit, cfg: ExecutorConfig, show: bool, held: lease.Lease) -> tuple[Callable, tuple]:
+        """The function a unit's job runs and its arguments (the lease token, the code version, a ladder rung)."""
         function = _FirstTaskOnly(refcache.build_cache_job) if isinstance(spec, CacheUnit) else _run_function(cfg)
         threads = cfg.slurm.cpus_per_task or cfg.cpus_per_job if cfg.slurm else cfg.cpus_per_job
-        if cfg.slurm:
-            executor.update_parameters(**dependency_parameters(cfg.slurm, after))
-        rung = self.rungs.get(run_id)
-        job = executor.submit(function, spec, str(self.results), threads, show, held.token, self.code,
-                              *([rung] if rung else []))
-        if cfg.slurm:
-            lease.hand_to_slurm(held, job.job_id)
-        self.running[run_id] = (job, held)
-        self.log(f"  started {run_id} (job {job.job_id}" + (f", after job {', '.join(after)})" if after else ")"))
+        rung = self.rungs.get(spec.run_id)
+        return function, (spec, str(self.results), threads, show, held.token, self.code, *([rung] if rung else []))
+
+    def _submitted(self, spec: Unit, job: submitit.Job, held: lease.Lease, after: tuple[str, ...] = ()) -> None:
+        self.running[spec.run_id] = (job, held)
+        self.log(f"  started {spec.run_id} (job {job.job_id}" + (f", after job {', '.join(after)})" if after else ")"))
 
     def _readable(self, run_id: str) -> bool:
         """Whether unit `run_id` still has the files that the units requiring it read (weights, features...)."""
@@ -217,7 +238,8 @@ def launch(specs: list[Unit], results: Path, cfg: ExecutorConfig, log=tqdm.write
     `wait=False` the launch returns once it has submitted what it can, leaving the jobs queued
     (`LaunchReport.queued`), each run held by its Slurm job's lease.
 
-    Units without a pending requirement start at once (up to max_parallel), whatever their stage,
+    Units without a pending requirement start at once (up to max_parallel; on Slurm all of them, as job
+    arrays of which Slurm runs array_parallelism tasks at a time), whatever their stage,
     so a reference stage does not leave cores idle. Among ready units, those that others require
     go first, then the largest compute first (so the sweep does not end on one long run). Each run is
     started under its lease (harness.store.lease): a run another `clipsteer run` works on is waited for, not
@@ -239,19 +261,26 @@ def launch(specs: list[Unit], results: Path, cfg: ExecutorConfig, log=tqdm.write
     log(f"{len(todo)} units to launch, {len(run.report.skipped)} already done")
     executor = make_executor(cfg, results / "submitit")
     pooled = isinstance(executor, workers.WorkerPool)
-    slots = executor.slots if pooled else cfg.max_parallel
+    slots = executor.slots if pooled else math.inf if cfg.slurm else cfg.max_parallel
     show = cfg.kind == "debug"  # per-run training bars only in-process; local jobs log to submitit's folder
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=show or not todo, dynamic_ncols=True)
     try:
         while run.queue or run.running or run.elsewhere:
             submitted = 0
             free = len(run.running) < slots  # _ready reads every queued unit: only worth it when one can start
-            for spec, after in _ready(run, bar, scheduler=cfg.slurm is not None) if free else []:
-                if len(run.running) >= slots:
-                    break
-                run.queue.remove(spec)
-                run.start(spec, executor, cfg, show, bar, after)
-                submitted += 1
+            ready = _ready(run, bar, scheduler=cfg.slurm is not None) if free else []
+            if cfg.slurm:  # all at once, as job arrays: Slurm runs array_parallelism of each at a time
+                started = {spec.run_id for spec, _ in ready}
+                run.queue = [u for u in run.queue if u.run_id not in started]
+                run.start_arrays(ready, executor, cfg, show, bar)
+                submitted = len(ready)
+            else:
+                for spec, _ in ready:
+                    if len(run.running) >= slots:
+                        break
+                    run.queue.remove(spec)
+                    run.start(spec, executor, cfg, show, bar)
+                    submitted += 1
             if not wait and not submitted:  # all that can be submitted is: leave it to the scheduler
                 run.report.queued = {run_id: job.job_id for run_id, (job, _) in run.running.items()}
                 break

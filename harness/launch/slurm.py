@@ -1,6 +1,11 @@
-"""Slurm launching through submitit: the executor, the sbatch script it submits (rendered without a
-cluster), and requeue-on-preemption training jobs. The section itself is validated in
+"""Slurm launching through submitit: the executor, job arrays, the sbatch script it submits (rendered
+without a cluster), and requeue-on-preemption training jobs. The section itself is validated in
 harness.grid.slurm_config.
+
+Arrays. Units that are ready together go out as one job array per (resource shape, dependencies), through
+submitit's `executor.batch()`, at most `max_array_size` tasks an array and `array_parallelism` of them
+running at once: a 1,000-run stage is one sbatch call, not 1,000 (clusters cap submissions, MaxSubmitJobs).
+Each task is one run, with its own job id `<array>_<index>`, lease, result, failure and requeues.
 
 Requeues. `TrainingJob` wraps harness.run.job.run_job as a submitit Checkpointable: on the preemption /
 time-limit signal (USR2, `signal_delay_s` before the limit) submitit calls its `checkpoint`, which
@@ -15,8 +20,9 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import submitit
 from submitit.core.utils import DelayedSubmission, UncompletedJobError
@@ -67,6 +73,38 @@ def dependency_parameters(cfg: SlurmConfig, after: Sequence[str] = ()) -> dict[s
                                                  "dependency": "afterok:" + ":".join(after),
                                                  "kill_on_invalid_dep": "yes"}
     return params
+
+
+def cache_shape(cfg: SlurmConfig) -> SlurmConfig:
+    """The resources of a reference-feature cache job: the work of one process, so one task on one node
+    (with one GPU where runs get GPUs) rather than a run's whole shape."""
+    return dataclasses.replace(cfg, nodes=1, tasks_per_node=1, gpus_per_node=min(cfg.gpus_per_node, 1))
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One unit to submit: the resources its job asks for, the job ids it waits for (afterok), and the call."""
+
+    shape: SlurmConfig
+    after: tuple[str, ...]
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+def submit_arrays(executor: submitit.Executor, submissions: Sequence[Submission]) -> Iterator[tuple[int, submitit.Job]]:
+    """Submit `submissions` in as few sbatch calls as Slurm allows: one job array per distinct (shape, after),
+    split at shape.max_array_size tasks (a group of one is a plain job). Yields (index in `submissions`, its
+    job) after each sbatch call, so the caller can hand each run's lease to its job as soon as it exists."""
+    groups: dict[tuple[SlurmConfig, tuple[str, ...]], list[int]] = {}
+    for i, sub in enumerate(submissions):
+        groups.setdefault((sub.shape, sub.after), []).append(i)
+    for (shape, after), indices in groups.items():
+        executor.update_parameters(**dependency_parameters(shape, after))
+        for start in range(0, len(indices), shape.max_array_size):
+            chunk = indices[start:start + shape.max_array_size]
+            with executor.batch():
+                jobs = [executor.submit(submissions[i].function, *submissions[i].args) for i in chunk]
+            yield from zip(chunk, jobs)
 
 
 class SlurmUnavailableError(ConfigError):

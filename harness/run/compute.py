@@ -10,6 +10,9 @@ sample one), as the paper counts C.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 from harness.grid.runspec import RunSpec
 from harness.models import model_profile
 from methods import Method
@@ -39,3 +42,18 @@ def run_compute(spec: RunSpec, method: Method, pool_size: int) -> dict[str, floa
 def c_total(compute: dict[str, float], cache_share: float = 0.0) -> float:
     """C_total of a run: the sum of its parts plus its share of a reference-feature cache."""
     return sum(compute[part] for part in PARTS) + cache_share
+
+
+def samples_for_c_total(target: float, spec: RunSpec, method: Method) -> int:
+    """The samples seen (a multiple of the batch size, at least one batch) at which a run like `spec` spends the
+    C_total nearest `target` GFLOPs (ties: fewer), counting its own parts as run_compute does (a run's C_total
+    is linear in its steps). A share of a reference-feature cache is left out: that pass is paid once, whatever
+    the budgets. ValueError for a method that scores its pool on the fly (a fixed cost of the pool's size)."""
+    batch = spec.train.batch_size
+    if run_compute(spec, method, 1)["pool_scoring"]:
+        raise ValueError(f"method {method.name!r} scores the whole pool with an on-the-fly reference, a cost of the "
+                         "pool's size that the budget cannot be resolved without: read the reference's features "
+                         "cached ('features: cached')")
+    per_step = c_total(run_compute(replace(spec, samples_seen=batch), method, 0))
+    return batch * max(1, math.ceil(target / per_step - 0.5))
+

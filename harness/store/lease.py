@@ -78,23 +78,28 @@ def _owner_alive(owner: dict[str, Any]) -> bool:
 
 
 def _slurm_job_queued(job_id: str) -> bool | None:
-    """Whether Slurm still has the job pending or running (squeue); None where squeue cannot say. An answer
-    is kept SQUEUE_CACHE_S seconds, so a launcher polling the runs it waits for does not flood squeue."""
+    """Whether Slurm still has the job (or array task `<array>_<index>`) pending or running (squeue); None where
+    squeue cannot say. One squeue call answers for every task of an array, and an answer is kept SQUEUE_CACHE_S
+    seconds, so a launcher polling the runs of a 1,000-task array does not flood squeue."""
     now = time.monotonic()
     asked = _squeue_answers.get(job_id)
     if asked is not None and now - asked[0] < SQUEUE_CACHE_S:
         return asked[1]
+    answers: dict[str, bool | None] = {}
     try:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
-                             timeout=SQUEUE_TIMEOUT_S)
+        out = subprocess.run(["squeue", "-h", "--array", "-j", job_id.split("_")[0], "-o", "%i %T"],
+                             capture_output=True, text=True, timeout=SQUEUE_TIMEOUT_S)
         if out.returncode != 0:
-            answer = False if "invalid job id" in out.stderr.lower() else None
+            answers[job_id] = False if "invalid job id" in out.stderr.lower() else None
         else:
-            answer = any(state.strip() in SLURM_QUEUED for state in out.stdout.splitlines())
+            for line in out.stdout.splitlines():
+                task, _, state = line.strip().partition(" ")
+                answers[task] = answers.get(task, False) or state.strip() in SLURM_QUEUED
+            answers.setdefault(job_id, False)
     except (OSError, subprocess.TimeoutExpired):
-        answer = None
-    _squeue_answers[job_id] = (now, answer)
-    return answer
+        answers[job_id] = None
+    _squeue_answers.update({task: (now, answer) for task, answer in answers.items()})
+    return answers[job_id]
 
 
 def is_live(record: dict[str, Any] | None) -> bool:
