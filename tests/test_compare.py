@@ -146,6 +146,26 @@ def test_a_baseline_with_a_reference_pairs_only_with_runs_of_that_reference():
     assert [u["reference"] for u in doc["unmatched"]] == ["r2"]
 
 
+def test_a_run_without_a_baseline_at_its_samples_pairs_at_equal_c_total_within_the_tolerance():
+    def at(method, seed, samples, c_total, share=0.0, score=0.5):
+        return {**_row(method, seed, (score, score), samples=samples, reference=None if method == "clip" else "ref",
+                       stage="zoo" if samples == 4000 else "equal"), "c_total": c_total, "cache_share": share}
+
+    rows = [at("clip", s, 4000, 100.0, score=0.5 + s / 100) for s in range(3)]
+    rows += [at("jest", s, 700, 102.0 + 10.0, share=10.0, score=0.6 + s / 50) for s in range(3)]  # 2% off clip
+    rows += [at("jest", s, 4000, 600.0, score=0.7) for s in range(3)]  # equal samples: paired on samples only
+    rows += [at("rho_topk", s, 500, 80.0) for s in range(3)]  # 20% off: not paired
+    doc = compare.compare(pd.DataFrame(rows))
+    average = {(r["samples_seen"], r["paired_on"]): r for r in doc["rows"] if r["metric"] == "average"}
+    assert set(average) == {(700, compare.C_TOTAL), (4000, compare.SAMPLES)}
+    diffs = [100 * ((0.6 + s / 50) - (0.5 + s / 100)) for s in range(3)]
+    assert average[(700, compare.C_TOTAL)]["mean_difference"] == pytest.approx(np.mean(diffs), rel=1e-12)
+    assert [(u["method"], u["samples_seen"]) for u in doc["unmatched"]] == [("rho_topk", 500)]
+    frame = compare.comparisons_frame(doc)
+    assert set(frame["paired at equal"]) == {compare.C_TOTAL, compare.SAMPLES}
+    assert "Rows paired at equal C_total" in compare.notes(doc)[0]
+
+
 def test_check_baseline_names_the_methods_there():
     compare.check_baseline(_table(), "clip", "results/x")
     with pytest.raises(ValueError, match=r"no done run of method 'clp' in results/x; methods there: clip, drrho, "

@@ -22,6 +22,12 @@ ONE_SEED = "1 seed: no verdict possible"
 ZERO_SPREAD = 1e-9  # points: per-seed differences whose standard deviation is below this are identical
 CONFIG = ["stage", "method", "params", "features", "label", "model", "samples_seen", "reference"]  # what a seed repeats
 PAIR_ON = ["model", "samples_seen", "seed"]
+# A run with no baseline run at its samples seen (e.g. a `budget: {c_total: X}` stage's selector, trained on fewer
+# samples) pairs with the baseline run of its model and seed whose own C_total (less a shared cache's share) is
+# within this fraction of its own: a comparison at equal C_total. A budget resolves to whole batches, so the
+# C_totals of a stage differ by up to half a step.
+C_TOTAL_TOLERANCE = 0.03
+SAMPLES, C_TOTAL = "samples seen", "C_total"  # what a pair is matched on
 BASE = "_base"  # suffix of the baseline's columns in a table of pairs
 
 
@@ -90,15 +96,34 @@ def check_baseline(df: pd.DataFrame, baseline: str, source: str) -> None:
                           f"{', '.join(methods) or 'none'}{did_you_mean(baseline, methods)}")
 
 
+def _own_c_total(runs: pd.DataFrame) -> pd.Series:
+    """A run's C_total without its share of a shared feature cache (paid once for the sweep)."""
+    if "c_total" not in runs:
+        return pd.Series(np.nan, index=runs.index)
+    return runs["c_total"] - runs["cache_share"].fillna(0.0) if "cache_share" in runs else runs["c_total"]
+
+
 def paired_runs(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Every (method run, baseline run) pair of a results table: same model, samples seen and seed, the
-    baseline run without a reference or with the method run's. The baseline's columns end in BASE."""
-    runs = _runs(df)
-    columns = [*CONFIG, "seed", "average", *task_columns(runs)]
+    baseline run without a reference or with the method run's; a method run with no such baseline run pairs with
+    the baseline run of its model and seed at its own C_total (C_TOTAL_TOLERANCE), if any. The baseline's columns
+    end in BASE; `paired_on` says which."""
+    runs = _runs(df).assign(own_c_total=lambda r: _own_c_total(r))
+    columns = [*CONFIG, "seed", "average", "own_c_total", *task_columns(runs)]
     is_base = runs["method"].eq(baseline)
-    pairs = runs.loc[~is_base, columns].merge(runs.loc[is_base, columns], on=PAIR_ON, suffixes=("", BASE))
-    base_ref = pairs["reference" + BASE]
-    return pairs[base_ref.eq(NONE) | base_ref.eq(pairs["reference"])]
+    method, base = runs.loc[~is_base, columns], runs.loc[is_base, columns]
+
+    def usable(pairs: pd.DataFrame) -> pd.DataFrame:
+        base_ref = pairs["reference" + BASE]
+        return pairs[base_ref.eq(NONE) | base_ref.eq(pairs["reference"])]
+
+    exact = usable(method.merge(base, on=PAIR_ON, suffixes=("", BASE))).assign(paired_on=SAMPLES)
+    done = set(exact[[*CONFIG, "seed"]].itertuples(index=False, name=None))
+    rest = method[[key not in done for key in method[[*CONFIG, "seed"]].itertuples(index=False, name=None)]]
+    near = usable(rest.merge(base.drop(columns=["samples_seen"]), on=["model", "seed"], suffixes=("", BASE)))
+    gap = (near["own_c_total" + BASE] / near["own_c_total"] - 1).abs()
+    near = near[gap <= C_TOTAL_TOLERANCE].assign(paired_on=C_TOTAL)
+    return pd.concat([exact, near], ignore_index=True)
 
 
 def _config_fields(config: dict[str, Any]) -> dict[str, Any]:
@@ -116,12 +141,12 @@ def compare(df: pd.DataFrame, baseline: str = "clip") -> dict[str, Any]:
     runs = _runs(df)
     metrics = ["average", *task_columns(runs)]
     pairs = paired_runs(df, baseline)
-    keys = [*CONFIG, "stage" + BASE, "label" + BASE]
+    keys = [*CONFIG, "stage" + BASE, "label" + BASE, "paired_on"]
     rows = []
     for key, group in pairs.groupby(keys, sort=True):
         config = dict(zip(keys, key))
         fields = {**_config_fields(config), "baseline_stage": config["stage" + BASE],
-                  "baseline_label": config["label" + BASE]}
+                  "baseline_label": config["label" + BASE], "paired_on": config["paired_on"]}
         for metric in metrics:
             both = group[[metric, metric + BASE]].dropna()
             if not both.empty:
@@ -153,6 +178,8 @@ def comparisons_frame(doc: dict[str, Any]) -> pd.DataFrame:
     baseline = rows["baseline_label"] + " in " + rows["baseline_stage"]
     if baseline.nunique() > 1:
         frame["baseline"] = baseline
+    if rows["paired_on"].eq(C_TOTAL).any():
+        frame["paired at equal"] = rows["paired_on"]
     ci = rows["ci"].map(lambda c: c or [np.nan, np.nan])
     return frame.assign(**{"score": rows["metric"], "seeds": rows["seeds"],
                            "difference (pts)": rows["mean_difference"].astype(float),
@@ -171,10 +198,13 @@ def notes(doc: dict[str, Any]) -> list[str]:
             f"across the {doc['family_size']} comparisons with a p-value; verdict at Holm p <= {doc['alpha']:g}. One "
             "seed: no verdict. Where every seed differs by the same amount (zero variance) the t-test is undefined: "
             "no interval, and p from the exact sign-flip test (2 / 2^seeds; 1 when the differences are all 0)."
+            + (f" Rows paired at equal {C_TOTAL}: a run with no {base} run at its samples seen is paired with the "
+               f"{base} run of its model and seed whose C_total (less a shared feature cache's share) is within "
+               f"{100 * C_TOTAL_TOLERANCE:g}% of its own." if any(r["paired_on"] == C_TOTAL for r in doc["rows"]) else "")
             if doc["rows"] else
             f"No comparisons: no method configuration has a {base} run with the same model, samples seen and seed.")
     return [head, *(f"- {u['label']} on {u['model']} at {u['samples_seen']:,} samples (stage {u['stage']}): no {base} "
-                    "run with the same model, samples seen and seed" for u in doc["unmatched"])]
+                    "run with the same model and seed at its samples seen or its C_total" for u in doc["unmatched"])]
 
 
 def _number(value: float, fmt: str) -> str:
@@ -194,7 +224,7 @@ def _markdown_table(frame: pd.DataFrame) -> str:
         "verdict": frame["verdict"]})
     table.loc[one_seed, "95% CI (pts)"] = "-"
     table.loc[zero, "95% CI (pts)"] = "zero variance"
-    text = ("stage", "method", "model", "reference", "baseline", "score", "verdict")
+    text = ("stage", "method", "model", "reference", "baseline", "paired at equal", "score", "verdict")
     return table.to_markdown(index=False, disable_numparse=True,
                              colalign=["left" if c in text else "right" for c in table.columns])
 
