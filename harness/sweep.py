@@ -74,7 +74,8 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig, wait: bool = 
     return with them queued (no report: `clipsteer run` again, or `clipsteer report`, writes it later)."""
     specs = expand(grid)
     results = Path(results)
-    io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": [s.to_json() for s in specs]})
+    with io.writing(results):  # the report's writer lock: specs.json sits beside the report's files
+        io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": [s.to_json() for s in specs]})
     outcome = launch(specs, results, executor, wait=wait)
     return SweepOutcome(launch=outcome, report_paths=report(results) if wait else {})
 
