@@ -34,17 +34,18 @@ stages:
   - name: ref
     methods: [clip]
     models: [tiny-s]
-    samples_seen: [192]
+    samples_seen: [128]
   - name: steered
     reference: ref
     methods: [drrho]
     models: [tiny-s]
-    samples_seen: [192]
+    samples_seen: [128]
 """
 TARGETS = ("launcher", "controller", "task", "group")
 ROLES = {"submitit.local._local": "controller", "submitit.core._submit": "task"}
 LAUNCH_TIMEOUT_S = 600
 STRAY_WAIT_S = 60
+TARGET_WAIT_S = 15
 DEFAULT_OUT = Path("results") / "benchmarks"
 
 
@@ -117,23 +118,29 @@ def _members(sessions: set[int]) -> dict[int, str]:
 
 
 def _kill(target: str, launches: list[subprocess.Popen], rng: random.Random) -> str | None:
-    """SIGKILL one process of kind `target` (or a whole launch's group) among the live launches; what was killed."""
+    """SIGKILL one process of kind `target` (or a whole launch's group) among the live launches, waiting up to
+    TARGET_WAIT_S for one to exist (workers start seconds after their launcher); what was killed."""
     live = [p for p in launches if p.poll() is None]
-    members = _members({p.pid for p in launches})
     if target == "group":
         if not live:
             return None
         victim = rng.choice(live)
         os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()  # reaped: counted as dead when the trial decides whether to relaunch
         return f"group {victim.pid}"
-    pids = sorted(pid for pid, role in members.items() if role == target)
-    if not pids:
-        return None
+    deadline = time.monotonic() + TARGET_WAIT_S
+    while not (pids := sorted(pid for pid, role in _members({p.pid for p in launches}).items() if role == target)):
+        if time.monotonic() > deadline or not any(p.poll() is None for p in launches):
+            return None
+        time.sleep(0.2)
     pid = rng.choice(pids)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return None
+    for launch in launches:
+        if launch.pid == pid:
+            launch.wait()
     return f"{target} {pid}"
 
 
@@ -177,7 +184,7 @@ def trial(seed: int, folder: Path, expected: dict[str, Any], max_kills: int = 4)
 
     relaunch(rng.randint(1, 2))
     for _ in range(rng.randint(2, max_kills)):
-        time.sleep(rng.uniform(1.0, 12.0))
+        time.sleep(rng.uniform(0.5, 10.0))
         target = rng.choice(TARGETS)
         killed = _kill(target, launches, rng)
         record.kills.append(f"{killed or target + ' (none alive)'} @ {time.monotonic() - start:.0f}s")
