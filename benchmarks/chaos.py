@@ -250,8 +250,29 @@ def table(trials: list[Trial]) -> str:
     return "\n".join(lines)
 
 
+def write(out: Path, command: str, trials: list[Trial], wall_s: float, planned: int) -> int:
+    """chaos.json and chaos.md under `out` (rewritten after each trial, so a cut-short run keeps what it did);
+    how many trials passed."""
+    passed = sum(not t.problems for t in trials)
+    doc = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "cpu_count": os.cpu_count(), "wall_time_s": wall_s, "planned": planned, "passed": passed,
+           "trials": [asdict(t) for t in trials]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "chaos.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    (out / "chaos.md").write_text(
+        f"# Chaos trials\n\n`{command}` on {doc['date']}, a {doc['cpu_count']}-core CPU machine shared with "
+        f"other work ({wall_s:.0f} s in all): {passed} of {len(trials)} trials passed"
+        f"{'' if len(trials) == planned else f' ({planned} planned; cut short)'}. Each trial SIGKILLs launchers, "
+        "worker controllers, worker tasks and whole launch groups of real `clipsteer run` processes from outside "
+        "at random moments, relaunching (some launches concurrent), then runs one undisturbed launch and checks: "
+        "exit 0, metrics, scores and weights identical to an undisturbed sweep, no run trained to its last step "
+        "twice, no temporary file, no live lease, no stray process (benchmarks/chaos.py). A kill of a kind with "
+        "no live process when it came is shown as `(none alive)`.\n\n" + table(trials) + "\n", encoding="utf-8")
+    return passed
+
+
 def main(argv: list[str]) -> int:
-    """Run the trials (seeds S, S+1, ...), print and write the table; exit 1 if any trial failed."""
+    """Run the trials (seeds S, S+1, ...), print each row and write the table; exit 1 if any trial failed."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=20, help="how many trials (default 20)")
@@ -260,28 +281,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.trials < 1:
         parser.error("--trials must be at least 1")
-    begun = time.monotonic()
+    command, begun, trials = " ".join(["python -m benchmarks.chaos", *argv]), time.monotonic(), []
     with tempfile.TemporaryDirectory(prefix="clipsteer-chaos-") as scratch:
         expected = baseline(Path(scratch))
-        trials = []
         for seed in range(args.seed, args.seed + args.trials):
             (Path(scratch) / str(seed)).mkdir()
             trials.append(trial(seed, Path(scratch) / str(seed), expected))
             print(table(trials[-1:]).splitlines()[-1], flush=True)
-    passed = sum(not t.problems for t in trials)
-    doc = {"command": "python -m benchmarks.chaos " + " ".join(argv), "date": time.strftime("%Y-%m-%d %H:%M UTC",
-           time.gmtime()), "cpu_count": os.cpu_count(), "wall_time_s": time.monotonic() - begun,
-           "passed": passed, "trials": [asdict(t) for t in trials]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "chaos.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    (args.out / "chaos.md").write_text(
-        f"# Chaos trials\n\n`{doc['command']}` on {doc['date']}, a {doc['cpu_count']}-core CPU machine shared with "
-        f"other work ({doc['wall_time_s']:.0f} s in all): {passed} of {len(trials)} trials passed. Each trial "
-        "SIGKILLs launchers, worker controllers, worker tasks and whole launch groups of real `clipsteer run` "
-        "processes from outside at random moments, relaunching (some launches concurrent), then runs one "
-        "undisturbed launch and checks: exit 0, metrics, scores and weights identical to an undisturbed sweep, "
-        "no run trained to its last step twice, no temporary file, no live lease, no stray process "
-        "(benchmarks/chaos.py).\n\n" + table(trials) + "\n", encoding="utf-8")
+            passed = write(args.out, command, trials, time.monotonic() - begun, args.trials)
     print(f"{passed}/{len(trials)} trials passed; wrote {args.out / 'chaos.md'}")
     return 0 if passed == len(trials) else 1
 
