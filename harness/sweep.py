@@ -81,7 +81,8 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig, wait: bool = 
     specs = expand(grid)
     results = Path(results)
     check_borrowed(grid, specs, results)
-    io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": [s.to_json() for s in specs]})
+    with io.writing(results):  # the report's writer lock: specs.json sits beside the report's files
+        io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": [s.to_json() for s in specs]})
     outcome = launch(specs, results, executor, wait=wait)
     return SweepOutcome(launch=outcome, report_paths=report(results) if wait else {})
 

@@ -112,6 +112,7 @@ class _Launch:
     def __init__(self, todo: list[Unit], required: dict[str, dict[str, str]], results: Path, log,
                  rungs: dict[str, ladder.Rung] | None = None) -> None:
         self.queue, self.running, self.elsewhere = list(todo), {}, {}
+        self.lingering: set[str] = set()  # running here: their job ended, but the process working on them lives
         self.rungs = rungs or {}  # run id -> its place in a wsd budget ladder (harness.launch.ladder)
         self.required, self.results, self.log = required, results, log
         self.report = LaunchReport()
@@ -151,6 +152,8 @@ class _Launch:
         now = records.state(self.results, run_id, spec)
         if now == "done" and not self._readable(run_id):
             now = "retrain"  # done, but the files that runs to do read from it are gone
+        elif now == "done":
+            records.settle(rdir)
         if now in ("done", "conflict"):
             lease.release(held)
             bar.update(1)
@@ -180,14 +183,24 @@ class _Launch:
         return all(_READS[kind](RunDir.of(self.results, run_id)) for kind in kinds)
 
     def collect(self, bar: tqdm) -> None:
-        """Record the runs that finished here, and those that another process finished, failed or left."""
+        """Record the runs that finished here, and those that another process finished, failed or left. The
+        run directory decides over the job system: a run with a valid result.json is done whatever its job's
+        outcome, and one whose job ended while another owner of its lease (its task) lives is still running."""
         for run_id, (job, held) in list(self.running.items()):
             finished, error = _outcome(job)
             if not finished:
                 continue
+            done = records.settle(records.run_dir(self.results, run_id)) or error is None
+            if not done and (alive := lease.others_alive(held)):
+                if run_id not in self.lingering:
+                    self.lingering.add(run_id)
+                    self.log(f"  {run_id}: its job ended ({records.reason(error)}) but its process "
+                             f"{lease.describe({'owners': alive})} still works on it: waiting for that")
+                continue
             del self.running[run_id]
+            self.lingering.discard(run_id)
             bar.update(1)
-            if error is None:
+            if done:
                 self.report.done.append(run_id)
                 self.log(f"  done    {run_id}")
             else:
@@ -196,7 +209,7 @@ class _Launch:
             lease.release(held)
         for run_id, spec in list(self.elsewhere.items()):
             rdir = records.run_dir(self.results, run_id)
-            now = records.state(self.results, run_id)
+            now = "done" if records.settle(rdir) else records.state(self.results, run_id)
             if now != "done" and lease.holder(rdir) is not None:
                 continue
             del self.elsewhere[run_id]
@@ -258,6 +271,8 @@ def launch(specs: list[Unit], results: Path, cfg: ExecutorConfig, log=tqdm.write
     run = _Launch(todo, required, results, log, rungs)
     launching = {u.run_id for u in todo}
     run.report.skipped = [u.run_id for u in units if u.run_id not in launching]
+    for run_id in run.report.skipped:  # done: a status or error.txt a kill left contradicting the result is repaired
+        records.settle(records.run_dir(results, run_id))
     log(f"{len(todo)} units to launch, {len(run.report.skipped)} already done")
     executor = make_executor(cfg, results / "submitit")
     pooled = isinstance(executor, workers.WorkerPool)

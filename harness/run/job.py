@@ -27,7 +27,7 @@ from harness.run.compute import run_compute
 from harness.run.diagnostics import reference_diagnostics
 from harness.run.reference import OnlineReference
 from harness.run.train import train
-from harness.store import records
+from harness.store import lease, records
 from harness.store.rundir import RunDir
 from methods import get_method
 
@@ -61,9 +61,11 @@ def _execute(spec: RunSpec, results: Path, rdir: Path, threads: int, show_progre
     trunk = records.run_dir(results, rung.trunk) if rung.trunk else None
     branch = prepare(rdir, trunk, rung.step) if world.main else None
     summary = train(built, method, pool, spec.samples_seen, cfg, spec.seed, rdir, reference=reference,
-                    show_progress=show_progress, keep_at=rung.keep_at)
+                    show_progress=show_progress, keep_at=rung.keep_at,
+                    before_write=functools.partial(lease.confirm, rdir) if world.main else None)
     if not world.main:
         return {}
+    records.trained(rdir, summary.steps, summary.resumed_from_step)
     faults.hit("evaluate")
     eval_start = time.perf_counter()
     scores = evaluate(built, list(spec.eval_tasks), device=cfg.device)

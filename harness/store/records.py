@@ -77,7 +77,14 @@ def begin(rdir: Path, spec: Unit) -> None:
 
 def attempts(rdir: Path) -> int:
     """How many times the run was started."""
-    return len(io.read_jsonl(RunDir(rdir).attempts))
+    return sum("started" in line for line in io.read_jsonl(RunDir(rdir).attempts))
+
+
+def trained(rdir: Path, steps: int, resumed_from: int) -> None:
+    """Note in attempts.jsonl that this process trained the run to its last step `steps` (from step
+    `resumed_from`): a run trained to the end by two processes shows two such lines."""
+    io.append_jsonl(RunDir(rdir).attempts, {"host": socket.gethostname(), "pid": os.getpid(), "trained": steps,
+                                            "resumed_from": resumed_from, "time": time.time()})
 
 
 def reason(error: BaseException) -> str:
@@ -102,10 +109,24 @@ def fail_unstarted(rdir: Path, spec: Unit, reason: str) -> None:
 
 def finish(rdir: Path, result: dict[str, Any]) -> None:
     """Record a finished run: result.json with how it was made (harness.provenance; from here on the run is
-    done), then a 'done' status."""
+    done), then a 'done' status (and no error.txt of an earlier, killed attempt)."""
     unit = RunDir(rdir)
     io.write_json(unit.result, {**result, "format": RESULT_FORMAT, "provenance": provenance()})
-    io.write_json(unit.status, {"state": "done", "finished": time.time()})
+    settle(rdir)
+
+
+def settle(rdir: Path) -> bool:
+    """Make a done run's records agree with its result.json: a status other than 'done' (or none), or an
+    error.txt, left by a kill between the result and the status or by a launcher that took the job system's
+    word over the disk, is repaired. Returns whether the run is done."""
+    unit = RunDir(rdir)
+    if unit.state() != "done":
+        return False
+    status = unit.read_status() or {}
+    if status.get("state") != "done":
+        io.write_json(unit.status, {"state": "done", "finished": time.time()})
+    unit.error.unlink(missing_ok=True)
+    return True
 
 
 def recorded(rdir: Path, spec: Unit, work: Callable[[], dict[str, Any]],
