@@ -22,7 +22,7 @@ from harness.launch import launcher
 from harness.launch.ladder import rungs
 from harness.models import build_model
 from harness.run.branch import Rung, prepare, spent
-from harness.run.reference import OnlineReference
+from harness.run.features import OnlineReference
 from harness.run.train import (
     BRANCH_POINTS,
     CHECKPOINTS,

@@ -7,7 +7,7 @@ from harness import io
 from harness.grid.config import ExecutorConfig
 from harness.grid.runspec import MethodConfig, RunSpec
 from harness.launch import launcher
-from harness.run import refcache
+from harness.run import features, refcache
 from harness.run.reference import RunReference
 from harness.run.train import TrainConfig
 from harness.store import records
@@ -82,7 +82,7 @@ def test_a_failed_feature_cache_fails_the_runs_that_read_it_saying_so(tmp_path, 
     def broken(unit, *_):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(refcache, "build_cache_job", broken)
+    monkeypatch.setattr(features, "build_cache_job", broken)
     report = launcher.launch([spec("ref"), cached_child()], tmp_path, ExecutorConfig(kind="debug"), log=lambda *_: None)
     cache = refcache.cache_unit(cached_child()).run_id
     assert report.done == ["ref"] and report.failed[cache] == "OSError: disk gone"

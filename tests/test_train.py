@@ -10,7 +10,7 @@ import torch
 from harness.data.build import build_pool
 from harness.data.pool import PoolConfig
 from harness.models import build_model
-from harness.run.reference import OnlineReference
+from harness.run.features import OnlineReference
 from harness.run.train import (
     CHECKPOINTS,
     FINAL_MODEL,

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from harness import io
 from harness.data.shardset import absolute_shards, shard_set
 from harness.errors import ConfigError, did_you_mean
-from harness.eval.evaluate import SUITE_VERSION
+from harness.eval.tasks import SUITE_VERSION
 from harness.grid.config import (
     GridConfig,
     MethodConfig,

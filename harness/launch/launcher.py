@@ -27,7 +27,7 @@ from harness.grid.runspec import CacheUnit, RunSpec, Unit
 from harness.launch import ladder, slurm, workers
 from harness.launch.slurm import TrainingJob, job_environment, make_slurm_executor
 from harness.models import model_profile
-from harness.run import refcache
+from harness.run import features, refcache
 from harness.run.job import run_job
 from harness.store import lease, records
 from harness.store.rundir import RunDir
@@ -165,7 +165,7 @@ class _Launch:
 
     def _call(self, spec: Unit, cfg: ExecutorConfig, show: bool, held: lease.Lease) -> tuple[Callable, tuple]:
         """The function a unit's job runs and its arguments (the lease token, the code version, a ladder rung)."""
-        function = _FirstTaskOnly(refcache.build_cache_job) if isinstance(spec, CacheUnit) else _run_function(cfg)
+        function = _FirstTaskOnly(features.build_cache_job) if isinstance(spec, CacheUnit) else _run_function(cfg)
         threads = cfg.slurm.cpus_per_task or cfg.cpus_per_job if cfg.slurm else cfg.cpus_per_job
         rung = self.rungs.get(spec.run_id)
         return function, (spec, str(self.results), threads, show, held.token, self.code, *([rung] if rung else []))
