@@ -6,8 +6,7 @@ from pathlib import Path
 
 from benchmarks.fixtures import BareClip, demo_pool, demo_train, fresh_model
 from benchmarks.timing import GroupResult, Result, Settings, interleave
-from harness.models import model_profile
-from harness.presets import preset_names
+from harness.presets import model_profile, preset_names
 
 BATCHES = (32, 64, 128, 256)
 BASE_BATCH = 128

@@ -190,16 +190,18 @@ def _grid_and_executor(args: argparse.Namespace):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     grid, executor = _grid_and_executor(args)  # before the sweep's heavy imports: a bad grid is refused at once
-    from harness import sweep
     from harness.grid.results import results_dir
 
     results = results_dir(grid, args.results)
     if args.dry_run:
         from harness.launch.estimate import throughput
+        from harness.launch.plan import plan
 
-        for line in sweep.plan(grid, results, executor, throughput(args.gpu_tflops, args.mfu)):
+        for line in plan(grid, results, executor, throughput(args.gpu_tflops, args.mfu)):
             print(line)
         return 0
+    from harness import sweep  # launching: submitit, torch
+
     if args.no_wait and executor.slurm is None:
         raise ConfigError(str(args.grid), "executor.kind", f"--no-wait leaves runs in the Slurm queue; the executor "
                           f"is {executor.kind!r}, whose jobs need this process")
@@ -223,8 +225,7 @@ def _cmd_cache_ref(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from harness.models import model_profile
-    from harness.presets import preset_names
+    from harness.presets import model_profile, preset_names
 
     print(f"{'model':<12} {'params (M)':>11} {'GFLOPs/pair':>12} {'image':>9} {'text':>9}")
     for name in preset_names():
@@ -341,12 +342,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from harness.grid.config import load_grid
 
     grid = load_grid(args.grid)
-    from harness import sweep
     from harness.grid.results import results_dir
-    from harness.launch.status import summary
+    from harness.launch.status import grid_status, summary
 
     results = results_dir(grid, args.results)
-    table, earlier = sweep.status(grid, results)
+    table, earlier = grid_status(grid, results)
     print(f"grid {grid.name} ({results}): {summary(table)}")
     with _wide_tables():
         print(table.to_string(index=False))

@@ -29,12 +29,10 @@ from harness.run.train import (
     FINAL_MODEL,
     METRICS,
     TrainConfig,
-    checkpoint_files,
-    checkpoint_step,
     train,
 )
 from harness.store import records
-from harness.store.rundir import RunDir
+from harness.store.rundir import RunDir, checkpoint_files, checkpoint_step
 from methods import get_method
 
 GRID = """

@@ -6,7 +6,7 @@ import pytest
 from harness import io
 from harness.grid.config import ExecutorConfig
 from harness.grid.runspec import MethodConfig, RunSpec
-from harness.launch import launcher
+from harness.launch import launcher, plan
 from harness.run import features, refcache
 from harness.run.reference import RunReference
 from harness.run.train import TrainConfig
@@ -71,9 +71,9 @@ def cached_child():
 
 def test_requirements_name_the_reference_run_and_the_feature_cache():
     cache = refcache.cache_unit(cached_child())
-    assert launcher.requirements(cached_child()) == {"ref": "reference run", cache.run_id: "feature cache"}
-    assert launcher.requirements(cache) == {"ref": "reference run"}  # a cache is its reference run's features
-    assert launcher.requirements(spec("free")) == {} and refcache.cache_unit(cache) is None
+    assert plan.requirements(cached_child()) == {"ref": "reference run", cache.run_id: "feature cache"}
+    assert plan.requirements(cache) == {"ref": "reference run"}  # a cache is its reference run's features
+    assert plan.requirements(spec("free")) == {} and refcache.cache_unit(cache) is None
 
 
 def test_a_failed_feature_cache_fails_the_runs_that_read_it_saying_so(tmp_path, monkeypatch):

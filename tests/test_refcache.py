@@ -17,7 +17,8 @@ from harness.data.build import build_pool
 from harness.data.pool import PoolConfig
 from harness.grid.config import pool_config
 from harness.grid.runspec import MethodConfig, RunSpec
-from harness.models import build_model, encode, model_profile
+from harness.models import build_model, encode
+from harness.presets import model_profile
 from harness.run import features, refcache
 from harness.run.compute import run_compute
 from harness.run.features import OnlineReference

@@ -19,10 +19,10 @@ from harness.run.train import (
     NonFiniteLoss,
     TrainConfig,
     batch_positions,
-    checkpoint_files,
     lr_at,
     train,
 )
+from harness.store.rundir import checkpoint_files
 from methods import get_method
 from methods.base import LossOutput
 

@@ -7,12 +7,19 @@ from pathlib import Path
 import pandas as pd
 
 from harness import io
+from harness.grid.config import GridConfig
 from harness.grid.runspec import RunSpec, unit_from_json
-from harness.launch.slurm import requeue_count
+from harness.grid.spec import expand
 from harness.run import refcache
-from harness.run.train import checkpoint_files, checkpoint_step
 from harness.store import lease, records
-from harness.store.rundir import RunDir
+from harness.store.rundir import RunDir, checkpoint_files, checkpoint_step, requeue_count
+
+
+def grid_status(grid: GridConfig, results: Path) -> tuple[pd.DataFrame, list[RunSpec]]:
+    """Every unit of `grid` with its state under `results` (run_states), and the specs of runs stored there
+    that the grid no longer names (orphans)."""
+    specs = expand(grid)
+    return run_states(specs, Path(results)), orphans(specs, Path(results))
 
 
 def run_states(specs: list[RunSpec], results: Path) -> pd.DataFrame:

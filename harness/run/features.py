@@ -16,7 +16,8 @@ from harness.data import shards
 from harness.data.build import build_pool
 from harness.grid.config import pool_config
 from harness.grid.runspec import CacheUnit
-from harness.models import BuiltModel, encode, model_profile, resolve_device
+from harness.models import BuiltModel, encode, resolve_device
+from harness.presets import model_profile
 from harness.run.refcache import check_cache
 from harness.run.reference import Reference
 from harness.store import records
