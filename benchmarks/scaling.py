@@ -6,7 +6,8 @@ from pathlib import Path
 
 from benchmarks.fixtures import BareClip, demo_pool, demo_train, fresh_model
 from benchmarks.timing import GroupResult, Result, Settings, interleave
-from harness.presets import model_profile, preset_names
+from harness.presets import preset_names
+from harness.profiles import model_profile
 
 BATCHES = (32, 64, 128, 256)
 BASE_BATCH = 128

@@ -225,7 +225,8 @@ def _cmd_cache_ref(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from harness.presets import model_profile, preset_names
+    from harness.presets import preset_names
+    from harness.profiles import model_profile
 
     print(f"{'model':<12} {'params (M)':>11} {'GFLOPs/pair':>12} {'image':>9} {'text':>9}")
     for name in preset_names():
@@ -343,21 +344,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.grid)
     from harness.grid.results import results_dir
-    from harness.launch.status import grid_status, summary
+    from harness.launch.status import format_rows, grid_status, summary
 
     results = results_dir(grid, args.results)
-    table, earlier = grid_status(grid, results)
-    print(f"grid {grid.name} ({results}): {summary(table)}")
-    with _wide_tables():
-        print(table.to_string(index=False))
+    rows, earlier = grid_status(grid, results)
+    print(f"grid {grid.name} ({results}): {summary(rows)}")
+    print(format_rows(rows))
     if earlier:
         print(f"{len(earlier)} run(s) of earlier versions of this grid are kept in {results / 'runs'} and left out "
               f"of the leaderboard; `clipsteer report {results} --all` shows them")
     return 0
-
-
-def _wide_tables():
-    """pandas display options for full-width tables in a terminal."""
-    import pandas as pd
-
-    return pd.option_context("display.width", 250, "display.max_colwidth", 90, "display.max_rows", None)

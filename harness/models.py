@@ -92,7 +92,7 @@ def encode(built: BuiltModel, images: torch.Tensor, tokens: torch.Tensor, device
 
 def count_profile(name: str) -> dict[str, float]:
     """Parameters (millions) and forward GFLOPs per image-text pair, counted by FlopCounterMode: what
-    harness.presets.model_profile stores for the presets and counts for any other open_clip config.
+    harness.profiles.model_profile stores for the presets and counts for any other open_clip config.
 
     The model is built on the meta device, so even ViT-L-14 costs no memory or weights.
     The text side is counted at the full context length, as open_clip's published profile is.

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from harness.models import build_model, count_profile
-from harness.presets import PROFILES, TINY_PRESETS, check_model_name, model_profile, preset_names
+from harness.presets import TINY_PRESETS, check_model_name, preset_names
+from harness.profiles import PROFILES, model_profile
 
 
 def test_stored_profiles_are_exactly_what_flopcountermode_counts_for_every_preset():

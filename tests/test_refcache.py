@@ -18,7 +18,7 @@ from harness.data.pool import PoolConfig
 from harness.grid.config import pool_config
 from harness.grid.runspec import MethodConfig, RunSpec
 from harness.models import build_model, encode
-from harness.presets import model_profile
+from harness.profiles import model_profile
 from harness.run import features, refcache
 from harness.run.compute import run_compute
 from harness.run.features import OnlineReference

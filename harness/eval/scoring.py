@@ -1,5 +1,6 @@
 """How a model scores on an evaluation task: clip_benchmark's metric functions over the embedded tasks'
-in-memory data (`harness.eval.embedded`) and the on-disk tasks' folders (`harness.eval.tasksets`).
+in-memory data (`harness.eval.embedded`: name, kind, load, templates) and the on-disk tasks' folders
+(`harness.eval.tasksets`: kind, dataset, metric, required files).
 
 The registry and the task declarations load no torch; a task imports this module when it is first scored.
 """
@@ -24,9 +25,10 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 import harness  # noqa: F401  (torchvision guard before clip_benchmark and open_clip)
-from harness.eval.embedded import EmbeddedTask
-from harness.eval.tasksets import IMAGE_EXTENSIONS, WINOGAVIL_CSV, RealTask
+from harness.eval.tasks import Task
 from harness.models import BuiltModel
+
+IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # those clip_benchmark's wds loader reads
 
 
 def own_scale(built: BuiltModel, logits: torch.Tensor) -> torch.Tensor:
@@ -44,7 +46,7 @@ def retrieval_scores(built: BuiltModel, loader: DataLoader, device: str, amp: bo
     return metrics
 
 
-def embedded_metrics(task: EmbeddedTask, built: BuiltModel, device: str, amp: bool,
+def embedded_metrics(task: Task, built: BuiltModel, device: str, amp: bool,
                      batch_size: int) -> tuple[dict, list[str]]:
     """clip_benchmark's zero-shot classification or retrieval metrics (recall@1 and @5) of an embedded task,
     and its templates."""
@@ -59,7 +61,7 @@ def embedded_metrics(task: EmbeddedTask, built: BuiltModel, device: str, amp: bo
     return metrics, list(task.templates)
 
 
-def embedded_logits(task: EmbeddedTask, built: BuiltModel, device: str, amp: bool, batch_size: int) -> torch.Tensor:
+def embedded_logits(task: Task, built: BuiltModel, device: str, amp: bool, batch_size: int) -> torch.Tensor:
     """Zero-shot class logits of an embedded classification task's test images at `built`'s own logit scale."""
     data = task.load()
     classifier = zeroshot_classification.zero_shot_classifier(
@@ -69,7 +71,7 @@ def embedded_logits(task: EmbeddedTask, built: BuiltModel, device: str, amp: boo
     return own_scale(built, logits)
 
 
-def real_metrics(task: RealTask, folder: Path, built: BuiltModel, device: str, amp: bool,
+def real_metrics(task: Task, folder: Path, built: BuiltModel, device: str, amp: bool,
                  batch_size: int) -> tuple[dict, list[str]]:
     """Zero-shot metrics of `built` on an on-disk task whose data is in `folder` (DataComp's, its main metric
     among them) and the templates used."""
@@ -78,10 +80,10 @@ def real_metrics(task: RealTask, folder: Path, built: BuiltModel, device: str, a
         return _classification(task, folder, built, transform, device, amp, batch_size)
     if task.kind == "retrieval":
         return _retrieval_metrics(task, folder, built, transform, device, amp, batch_size), []
-    return _winogavil(folder, built, transform, device, amp, batch_size), ["A {c}", "An {c}"]
+    return _winogavil(task, folder, built, transform, device, amp, batch_size), ["A {c}", "An {c}"]
 
 
-def real_logits(task: RealTask, folder: Path, built: BuiltModel, device: str, amp: bool,
+def real_logits(task: Task, folder: Path, built: BuiltModel, device: str, amp: bool,
                 batch_size: int) -> torch.Tensor:
     """Zero-shot class logits of an on-disk classification task's test images at `built`'s own logit scale."""
     logits = _zero_shot(task, folder, built, eval_transform(built), device, amp, batch_size)[0]
@@ -93,14 +95,14 @@ def eval_transform(built: BuiltModel) -> Callable[[Image.Image], torch.Tensor]:
     return open_clip.image_transform(built.image_size, is_train=False, mean=built.mean, std=built.std)
 
 
-def _build(task: RealTask, folder: Path, transform: Callable, kind: str):
+def _build(task: Task, folder: Path, transform: Callable, kind: str):
     with warnings.catch_warnings():  # the wds builder leaves WebDataset's shardshuffle unset: in order, no shuffle
         warnings.filterwarnings("ignore", message=r"WebDataset\(shardshuffle=\.\.\.\) is None")
         return build_dataset(task.dataset, root=str(folder), transform=transform, split="test", download=False,
                              task=kind)
 
 
-def _zero_shot(task: RealTask, folder: Path, built: BuiltModel, transform: Callable, device: str, amp: bool,
+def _zero_shot(task: Task, folder: Path, built: BuiltModel, transform: Callable, device: str, amp: bool,
                batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
     """clip_benchmark's zero-shot logits (100 x cosine) and the targets of the task's test images, with its
     classes and templates."""
@@ -113,7 +115,7 @@ def _zero_shot(task: RealTask, folder: Path, built: BuiltModel, transform: Calla
     return logits, target, classes, templates
 
 
-def _classification(task: RealTask, folder: Path, built: BuiltModel, transform: Callable, device: str, amp: bool,
+def _classification(task: Task, folder: Path, built: BuiltModel, transform: Callable, device: str, amp: bool,
                     batch_size: int) -> tuple[dict[str, float], list[str]]:
     logits, target, classes, templates = _zero_shot(task, folder, built, transform, device, amp, batch_size)
     metrics = classification_metrics(logits, target, len(classes))
@@ -155,24 +157,26 @@ def _groups(folder: Path, target: torch.Tensor) -> torch.Tensor:
     return torch.tensor(groups)
 
 
-def _retrieval_metrics(task: RealTask, folder: Path, built: BuiltModel, transform: Callable, device: str, amp: bool,
+def _retrieval_metrics(task: Task, folder: Path, built: BuiltModel, transform: Callable, device: str, amp: bool,
                        batch_size: int) -> dict[str, float]:
     dataset = _build(task, folder, transform, "zeroshot_retrieval")
     loader = DataLoader(dataset.batched(batch_size, collation_fn=image_captions_collate_fn), batch_size=None)
     return retrieval_scores(built, loader, device, amp, [1, 5, 10])
 
 
-def _winogavil(folder: Path, built: BuiltModel, transform: Callable, device: str, amp: bool,
+def _winogavil(task: Task, folder: Path, built: BuiltModel, transform: Callable, device: str, amp: bool,
                batch_size: int) -> dict[str, float]:
     """DataComp's WinoGAViL score: per instance, the cue prompt picks as many candidates as there are associations
-    (highest similarity); the instance scores the Jaccard index of picked and true sets."""
-    with open(folder / WINOGAVIL_CSV, newline="", encoding="utf-8") as f:
+    (highest similarity); the instance scores the Jaccard index of picked and true sets. The task's required
+    files are its CSV and its images folder."""
+    table, images_dir = (folder / p for p in task.required())
+    with open(table, newline="", encoding="utf-8") as f:
         rows = [(r["cue"], json.loads(r["candidates"]), set(json.loads(r["associations"]))) for r in csv.DictReader(f)]
     per_chunk = max(1, batch_size // max(len(candidates) for _, candidates, _ in rows))
     scores, sizes = [], []
     for start in range(0, len(rows), per_chunk):
         chunk = rows[start:start + per_chunk]
-        images = torch.stack([transform(_candidate_image(folder, c)) for _, candidates, _ in chunk for c in candidates])
+        images = torch.stack([transform(_candidate_image(images_dir, c)) for _, candidates, _ in chunk for c in candidates])
         tokens = built.tokenizer([cue_prompt(cue) for cue, _, _ in chunk])
         with torch.autocast(device, enabled=amp):
             image_features = F.normalize(built.model.encode_image(images.to(device)), dim=-1).float().cpu()
@@ -207,12 +211,12 @@ def winogavil_metrics(scores: np.ndarray, sizes: np.ndarray) -> dict[str, float]
                for label, chosen in groups.items()}}
 
 
-def _candidate_image(folder: Path, candidate: str) -> Image.Image:
+def _candidate_image(images_dir: Path, candidate: str) -> Image.Image:
     for ext in IMAGE_EXTENSIONS:
-        path = folder / "images" / f"{candidate}.{ext}"
+        path = images_dir / f"{candidate}.{ext}"
         if path.is_file():
             return Image.open(path).convert("RGB")
-    raise FileNotFoundError(f"WinoGAViL candidate {candidate!r} has no image {folder / 'images' / candidate}."
+    raise FileNotFoundError(f"WinoGAViL candidate {candidate!r} has no image {images_dir / candidate}."
                             f"{{{','.join(IMAGE_EXTENSIONS)}}}")
 
 

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from harness.models import BuiltModel
 
 ROOT_ENV = "CLIPSTEER_EVAL_ROOT"
-IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # those clip_benchmark's wds loader reads
 WINOGAVIL_CSV = "winogavil_dataset.csv"
 
 

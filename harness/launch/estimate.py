@@ -26,7 +26,7 @@ from harness.data.poolconfig import embedded_pool_size
 from harness.errors import ConfigError
 from harness.grid.config import ExecutorConfig, pool_config
 from harness.grid.runspec import CacheUnit, RunSpec
-from harness.presets import model_profile
+from harness.profiles import model_profile
 from harness.run.compute import run_compute
 from methods import get_method
 

@@ -27,7 +27,7 @@ from harness.grid.runspec import CacheUnit, RunSpec, Unit
 from harness.launch import ladder, slurm, workers
 from harness.launch.plan import READS, pending, requirements
 from harness.launch.slurm import TrainingJob, job_environment, make_slurm_executor
-from harness.presets import model_profile
+from harness.profiles import model_profile
 from harness.run import features, refcache
 from harness.run.job import run_job
 from harness.store import lease, records

@@ -11,7 +11,7 @@ from harness.grid.describe import resolved
 from harness.grid.runspec import Unit
 from harness.grid.spec import expand
 from harness.launch import estimate
-from harness.presets import model_profile
+from harness.profiles import model_profile
 from harness.run import refcache
 from harness.store import records
 from harness.store.rundir import RunDir

@@ -17,7 +17,7 @@ from harness.data.build import build_pool
 from harness.grid.config import pool_config
 from harness.grid.runspec import CacheUnit
 from harness.models import BuiltModel, encode, resolve_device
-from harness.presets import model_profile
+from harness.profiles import model_profile
 from harness.run.refcache import check_cache
 from harness.run.reference import Reference
 from harness.store import records
