@@ -34,7 +34,7 @@ from harness.data.build import build_pool
 from harness.data.pool import PoolConfig
 from harness.profiles import model_profile
 from harness.run import distributed
-from harness.run.reference import OnlineReference
+from harness.run.features import OnlineReference
 from harness.run.train import TrainConfig, train
 from methods import get_method
 
