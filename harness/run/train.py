@@ -25,7 +25,7 @@ from harness.models import BuiltModel, encode, resolve_device
 from harness.run import distributed
 from harness.run.schedule import lr_at
 from harness.run.trainconfig import TrainConfig
-from harness.store.rundir import RunDir
+from harness.store.rundir import RunDir, checkpoint_files
 from methods import Features, Method, Progress
 
 # file names in a run directory (harness.store.rundir owns them)
@@ -270,16 +270,6 @@ def _kept_indices(method: Method, pool: Any, reference: Any, seed: int, run_dir:
     kept = pool.indices[keep].clone()
     io.torch_save(path, kept)
     return kept
-
-
-def checkpoint_step(path: Path) -> int:
-    """The step a checkpoint file holds, from its name step-<step>-<sha256>.pt."""
-    return int(Path(path).stem.split("-")[1])
-
-
-def checkpoint_files(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, newest first."""
-    return sorted((Path(run_dir) / CHECKPOINTS).glob("step-*.pt"), key=checkpoint_step, reverse=True)
 
 
 def _checkpoint(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method, step: int,

@@ -9,9 +9,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable
 
 from harness import io
 from harness.grid.runspec import RunSpec, Unit, identity
@@ -19,6 +17,9 @@ from harness.provenance import provenance
 from harness.run.compute import PARTS, c_total
 from harness.store import lease
 from harness.store.rundir import RESULT_FORMAT, RunDir
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class SpecConflict(RuntimeError):
@@ -191,6 +192,8 @@ def results_table(results: Path, specs: list[RunSpec], cache_shares: dict[str, f
     run's share of a reference-feature cache from `cache_shares` (run id -> GFLOPs). C_total is what the
     run's model took; c_spent is what the sweep spent on the run: C_total less the trunk's share for a
     wsd branch (harness.run.branch), so summed over runs it counts a ladder's shared trunk once."""
+    import pandas as pd  # reports only: `clipsteer status` reads records without pandas
+
     cache_shares = cache_shares or {}
     reference_ids = reference_run_ids(specs)
     rows = []

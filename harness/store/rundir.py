@@ -87,3 +87,25 @@ class RunDir:
             return "done" if ours and result.get("format") == RESULT_FORMAT else "stale"
         status = self.read_status()
         return status["state"] if status else "missing"
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint file holds, from its name step-<step>-<sha256>.pt."""
+    return int(Path(path).stem.split("-")[1])
+
+
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, newest first."""
+    return sorted(RunDir(run_dir).checkpoints.glob("step-*.pt"), key=checkpoint_step, reverse=True)
+
+
+def requeue_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's requeue records (refusals included), oldest first; a line cut by a kill is skipped."""
+    return io.read_jsonl(RunDir(run_dir).requeues)
+
+
+def requeue_count(run_dir: Path, attempt: str | None = None) -> int:
+    """How many times the run in `run_dir` was requeued (refusals not counted); only those of one
+    submission (TrainingJob.attempt) when `attempt` is given."""
+    return sum(1 for r in requeue_records(run_dir)
+               if r.get("requeued") is True and (attempt is None or r.get("attempt") == attempt))
