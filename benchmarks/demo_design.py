@@ -240,7 +240,7 @@ def check_frontier(results: Path, out: Path) -> bool:
     every method's frontier holds two or more models, each larger model only at larger C_paper."""
     import pandas as pd
 
-    from harness.models import model_profile
+    from harness.profiles import model_profile
     from harness.report.fit import frontier_mask
 
     runs = pd.read_csv(results / "leaderboard.csv")

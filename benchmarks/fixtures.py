@@ -19,7 +19,8 @@ from harness.data.build import build_pool
 from harness.data.pool import ImageTextPool
 from harness.grid.config import GridConfig, load_grid, pool_config
 from harness.models import BuiltModel, build_model
-from harness.run.reference import CachedReference, CheckpointReference, OnlineReference, pool_features
+from harness.run.features import CachedReference, OnlineReference, pool_features
+from harness.run.reference import CheckpointReference
 from harness.run.train import METRICS, TrainConfig, param_groups, train
 from methods import get_method
 

@@ -2,7 +2,7 @@
 
 On one GPU, ViT-B/32 at 224 px in bf16 trains through harness.run.train() for clip, drrho with a cached and
 with an on-the-fly reference (a fresh ViT-B/32) and fastclip, each with torch.compile off and on: steps/s,
-samples/s and MFU (the learner's forward FLOPs per pair from harness.models.model_profile, x3 for forward and
+samples/s and MFU (the learner's forward FLOPs per pair from harness.profiles.model_profile, x3 for forward and
 backward, x the batch, / the median step time / the GPU's dense bf16 peak, looked up from its name in
 PEAK_TFLOPS); the drrho/clip step-time ratios; then a 2-step data-parallel drrho run (on-the-fly reference)
 over every GPU present on NCCL (one GPU still starts the process group, so the path runs). About 5 minutes on
@@ -32,9 +32,9 @@ import harness  # noqa: F401  (torchvision guard before open_clip, which benchma
 from benchmarks.fixtures import fresh_model, harness_train, references
 from harness.data.build import build_pool
 from harness.data.pool import PoolConfig
-from harness.models import model_profile
+from harness.profiles import model_profile
 from harness.run import distributed
-from harness.run.reference import OnlineReference
+from harness.run.features import OnlineReference
 from harness.run.train import TrainConfig, train
 from methods import get_method
 
@@ -174,7 +174,7 @@ def markdown(doc: dict[str, Any]) -> str:
               f"- {s['model']} at {s['image_size']} px, {s['precision']}, batch {s['batch_size']} per step, "
               f"median over steps {s['skip'] + 1}-{s['steps']} of each run (the first {s['skip']} warm up, and "
               "compile)",
-              "- MFU: 3 x the learner's forward FLOPs per pair (harness.models.model_profile) x batch / step time / "
+              "- MFU: 3 x the learner's forward FLOPs per pair (harness.profiles.model_profile) x batch / step time / "
               "peak; an on-the-fly reference's forward pass is not counted as model FLOPs", "",
               "| method | reference | compile | ms/step | steps/s | samples/s | MFU |",
               "|---|---|---|---:|---:|---:|---:|"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from benchmarks.fixtures import BareClip, demo_pool, demo_train, fresh_model
 from benchmarks.timing import GroupResult, Result, Settings, interleave
-from harness.models import model_profile
 from harness.presets import preset_names
+from harness.profiles import model_profile
 
 BATCHES = (32, 64, 128, 256)
 BASE_BATCH = 128

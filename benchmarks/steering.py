@@ -100,6 +100,6 @@ def run(settings: Settings, out: Path) -> GroupResult:
         "drrho (on the fly), fastclip, jest, rho_topk and the reference's forward pass alone. Inside the loop the "
         "on-the-fly reference is wrapped (benchmarks.steering.TimedReference) so each of its forward passes is "
         "timed where it runs. The reference is a freshly initialised tiny-s saved as a checkpoint and loaded by "
-        "harness.run.reference.CheckpointReference.load; its cached table is built with harness.run.reference.pool_features, as "
+        "harness.run.reference.CheckpointReference.load; its cached table is built with harness.run.features.pool_features, as "
         "harness.run.refcache does.")
     return result

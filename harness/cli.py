@@ -190,16 +190,18 @@ def _grid_and_executor(args: argparse.Namespace):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     grid, executor = _grid_and_executor(args)  # before the sweep's heavy imports: a bad grid is refused at once
-    from harness import sweep
     from harness.grid.results import results_dir
 
     results = results_dir(grid, args.results)
     if args.dry_run:
         from harness.launch.estimate import throughput
+        from harness.launch.plan import plan
 
-        for line in sweep.plan(grid, results, executor, throughput(args.gpu_tflops, args.mfu)):
+        for line in plan(grid, results, executor, throughput(args.gpu_tflops, args.mfu)):
             print(line)
         return 0
+    from harness import sweep  # launching: submitit, torch
+
     if args.no_wait and executor.slurm is None:
         raise ConfigError(str(args.grid), "executor.kind", f"--no-wait leaves runs in the Slurm queue; the executor "
                           f"is {executor.kind!r}, whose jobs need this process")
@@ -223,8 +225,8 @@ def _cmd_cache_ref(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from harness.models import model_profile
     from harness.presets import preset_names
+    from harness.profiles import model_profile
 
     print(f"{'model':<12} {'params (M)':>11} {'GFLOPs/pair':>12} {'image':>9} {'text':>9}")
     for name in preset_names():
@@ -341,23 +343,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from harness.grid.config import load_grid
 
     grid = load_grid(args.grid)
-    from harness import sweep
     from harness.grid.results import results_dir
-    from harness.launch.status import summary
+    from harness.launch.status import format_rows, grid_status, summary
 
     results = results_dir(grid, args.results)
-    table, earlier = sweep.status(grid, results)
-    print(f"grid {grid.name} ({results}): {summary(table)}")
-    with _wide_tables():
-        print(table.to_string(index=False))
+    rows, earlier = grid_status(grid, results)
+    print(f"grid {grid.name} ({results}): {summary(rows)}")
+    print(format_rows(rows))
     if earlier:
         print(f"{len(earlier)} run(s) of earlier versions of this grid are kept in {results / 'runs'} and left out "
               f"of the leaderboard; `clipsteer report {results} --all` shows them")
     return 0
-
-
-def _wide_tables():
-    """pandas display options for full-width tables in a terminal."""
-    import pandas as pd
-
-    return pd.option_context("display.width", 250, "display.max_colwidth", 90, "display.max_rows", None)

@@ -1,12 +1,14 @@
 """Atomic file writes: a reader sees the old file or the whole new one, never half of one."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from harness import faults
 
@@ -50,6 +52,32 @@ def remove_temporaries(directory: Path) -> list[Path]:
     for tmp in left:
         tmp.unlink(missing_ok=True)
     return left
+
+
+@contextmanager
+def flocked(lock: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the file `lock` (created if missing) for the block."""
+    Path(lock).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+WRITING_LOCK = ".writing.lock"
+
+
+@contextmanager
+def writing(directory: Path, *subfolders: str) -> Iterator[Path]:
+    """Write into `directory` (and its `subfolders`) as its one writer: under an flock on its WRITING_LOCK,
+    having first removed the temporaries that an earlier writer killed mid-write left there."""
+    directory = Path(directory)
+    with flocked(directory / WRITING_LOCK):
+        for folder in (directory, *(directory / s for s in subfolders)):
+            remove_temporaries(folder)
+        yield directory
 
 
 def file_sha256(path: Path) -> str:

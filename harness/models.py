@@ -6,7 +6,6 @@ other open_clip architecture (ViT-B-32, ViT-B-16, ViT-L-14, ...) is available by
 """
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -91,9 +90,9 @@ def encode(built: BuiltModel, images: torch.Tensor, tokens: torch.Tensor, device
     return Features(img.float(), txt.float(), scale.float())
 
 
-@functools.lru_cache(maxsize=None)
-def model_profile(name: str) -> dict[str, float]:
-    """Parameters (millions) and forward GFLOPs per image-text pair, counted by FlopCounterMode.
+def count_profile(name: str) -> dict[str, float]:
+    """Parameters (millions) and forward GFLOPs per image-text pair, counted by FlopCounterMode: what
+    harness.profiles.model_profile stores for the presets and counts for any other open_clip config.
 
     The model is built on the meta device, so even ViT-L-14 costs no memory or weights.
     The text side is counted at the full context length, as open_clip's published profile is.

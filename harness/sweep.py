@@ -10,15 +10,12 @@ import pandas as pd
 from harness import io, provenance
 from harness.errors import ConfigError
 from harness.grid.config import ExecutorConfig, GridConfig
-from harness.grid.describe import resolved
 from harness.grid.results import SPECS
 from harness.grid.runspec import RunSpec
 from harness.grid.spec import expand
-from harness.launch import estimate
-from harness.launch.launcher import LaunchReport, launch, pending
-from harness.launch.slurm import sbatch_script
-from harness.launch.status import orphans, run_states
-from harness.models import model_profile
+from harness.launch.launcher import LaunchReport, launch
+from harness.launch.plan import pending
+from harness.launch.status import orphans
 from harness.report.configs import PARAMS
 from harness.report.leaderboard import write_report
 from harness.run import refcache
@@ -30,35 +27,6 @@ from harness.store import records
 class SweepOutcome:
     launch: LaunchReport
     report_paths: dict[str, Path]
-
-
-def plan(grid: GridConfig, results: Path, executor: ExecutorConfig | None = None,
-         rate: estimate.Throughput | None = None) -> list[str]:
-    """Human-readable lines: the runs and feature caches `run` would launch now with `executor` (default: the
-    grid's), how many are done, the resources each asks for and the GPU-hours they would take at `rate`."""
-    executor = executor or grid.executor
-    specs = expand(grid)
-    todo = pending(specs, results)
-    caches = refcache.cache_units(todo)
-    est = estimate.estimate(todo, caches, executor, rate or estimate.Throughput())
-    lines = [f"grid {grid.name}: {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to launch "
-             f"(executor {executor.kind}, results {results})"]
-    for unit in caches:
-        lines.append(f"  {unit.run_id}  reference-feature cache of the pool  "
-                     f"{est.gflops[unit.run_id]:.3g} GFLOPs  {est.cost(unit.run_id)}")
-    for spec in todo:
-        rid, c_paper = spec.run_id, model_profile(spec.model)["gflops"] * spec.samples_seen
-        lines.append(f"  {rid}  C_paper={c_paper:.3g} GFLOPs  C_total={est.gflops[rid]:.3g} GFLOPs  "
-                     f"{est.cost(rid)}")
-    lines.extend(estimate.summary(est, executor))
-    lines.extend(resolved(grid, executor))
-    if executor.slurm is not None:
-        size = min(max(len(todo), 1), executor.slurm.max_array_size)
-        lines.append("the runs ready together go out as job arrays, each run a task; the script of an array of "
-                     f"{size} (runs that read a reference wait for its job, --dependency=afterok):")
-        lines.extend("  " + line for line in sbatch_script(executor.slurm, results / "submitit",
-                                                           size if size > 1 else None).splitlines())
-    return lines
 
 
 def cache_references(grid: GridConfig, results: Path, executor: ExecutorConfig) -> LaunchReport:
@@ -81,7 +49,8 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig, wait: bool = 
     specs = expand(grid)
     results = Path(results)
     check_borrowed(grid, specs, results)
-    io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": [s.to_json() for s in specs]})
+    with io.writing(results):  # the report's writer lock: specs.json sits beside the report's files
+        io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": [s.to_json() for s in specs]})
     outcome = launch(specs, results, executor, wait=wait)
     return SweepOutcome(launch=outcome, report_paths=report(results) if wait else {})
 
@@ -146,10 +115,3 @@ def report(results: Path, include_earlier: bool = False, out: Path | None = None
     made = provenance.summarise(records.provenances(Path(results), specs))
     return write_report(_table(results, specs), Path(out or results), title=f"clipsteer: {name}",
                         runs_dir=Path(results), made=made)
-
-
-def status(grid: GridConfig, results: Path) -> tuple[pd.DataFrame, list[RunSpec]]:
-    """Every unit of `grid` with its state under `results`, and the specs of runs stored there that the
-    grid no longer names."""
-    specs = expand(grid)
-    return run_states(specs, Path(results)), orphans(specs, Path(results))

@@ -60,6 +60,14 @@ class Method:
         self.num_indices = num_indices
 
     @classmethod
+    def for_accounting(cls, params: dict[str, Any]) -> Method:
+        """The method with `params` but none of its per-sample state (its subclass's __init__ is not run): what
+        compute accounting asks (`candidates`, `reference`), with no torch loaded, for the dry run's estimate."""
+        method = cls.__new__(cls)
+        Method.__init__(method, params, num_indices=0)
+        return method
+
+    @classmethod
     def check(cls, params: dict[str, Any]) -> dict[str, Any]:
         """`params` over `defaults`, checked (ValueError naming the parameter). It needs no torch, so the grid
         validator calls it before anything loads; a method with constraints extends it."""

@@ -6,7 +6,7 @@ from harness.errors import ConfigError
 from harness.grid.config import load_grid
 from harness.grid.spec import expand
 from harness.launch.estimate import _run_gflops
-from harness.models import model_profile
+from harness.profiles import model_profile
 from harness.run.compute import c_total, run_compute
 from methods import get_method
 

@@ -1,5 +1,6 @@
 """The command line answers at once: importing it, the grid validator and the method registry loads no torch
-(checked in a fresh interpreter), so --help and a grid's validation errors come before any heavy import."""
+(checked in a fresh interpreter), so --help and a grid's validation errors come before any heavy import; nor
+do `status` and `run --dry-run` of the demo grid."""
 from __future__ import annotations
 
 import json
@@ -45,6 +46,24 @@ else:
     raise AssertionError("the bad method parameter was accepted")
 """
     assert _heavy_loaded(code) == []
+
+
+def test_status_and_the_dry_run_of_the_demo_load_no_torch_nor_pandas(tmp_path):
+    # the demo reads a reference-feature cache and runs drrho: expansion, the cache units, the estimate (pool
+    # sizes, model FLOPs, method accounting) and the run states all come from data, not from torch
+    code = f"""
+import contextlib, io
+from harness.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    assert main(["status", "grids/demo.yaml", "--results", {str(tmp_path / "demo")!r}]) == 0
+    assert main(["run", "grids/demo.yaml", "--dry-run", "--results", {str(tmp_path / "demo")!r}]) == 0
+text = out.getvalue()
+assert "26 units: 26 missing" in text and "refcache-tiny-m-" in text, text
+assert "25 runs, 0 done, 25 to launch" in text and "C_total=" in text and "min of wall time" in text, text
+"""
+    assert _heavy_loaded(code) == []
+    assert not (tmp_path / "demo").exists()  # both write nothing
 
 
 def test_a_method_loads_torch_at_its_first_use_and_computes_as_before():

@@ -13,7 +13,7 @@ from harness import io
 from harness.grid.config import ExecutorConfig
 from harness.grid.runspec import RunSpec
 from harness.launch.launcher import launch
-from harness.models import model_profile
+from harness.profiles import model_profile
 from harness.run import refcache
 from harness.store.records import reference_run_ids
 from harness.store.rundir import RunDir

@@ -222,7 +222,7 @@ def test_the_cpu_rate_of_an_unmeasured_preset_is_the_closest_measured_one_in_gfl
     import math
 
     from harness.launch.estimate import CPU_THROUGHPUT, TRAIN_FACTOR, cpu_gflops_per_s
-    from harness.models import model_profile
+    from harness.profiles import model_profile
 
     table = json.loads(CPU_THROUGHPUT.read_text())
     assert cpu_gflops_per_s("tiny-s", 40) == cpu_gflops_per_s("tiny-s", 32)  # the nearest measured batch, in ratio

@@ -11,6 +11,7 @@ import torch
 from harness.data import captions, sources
 from harness.data.build import build_pool
 from harness.data.pool import PoolConfig
+from harness.data.poolconfig import SOURCE_ROWS, embedded_pool_size
 from harness.eval.embedded import embedded_tasks
 
 CLASSNAMES = {"fashion_mnist": sources.FASHION_MNIST_CLASSES, "digits": sources.DIGIT_CLASSES,
@@ -224,3 +225,19 @@ def test_every_text_fits_the_tiny_context_untruncated(preset):
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         PoolConfig(**{field: value})
+
+
+@pytest.mark.parametrize("cfg, split", [
+    (PoolConfig(), "test"),
+    (PoolConfig(sources=("digits", "shapes"), shapes_count=300, noise=0.3, subset="clean"), "train"),
+    (PoolConfig(sources=("fashion_mnist", "digits"), per_source=500, noise=0.25, subset="clean", seed=3), "train"),
+    (PoolConfig(sources=("shapes",), per_source=50, shapes_count=40), "test"),
+])
+def test_embedded_pool_size_is_the_size_of_the_pool_built(cfg, split):
+    # the dry run's estimate sizes a pool from its config alone (no torch); building it must agree
+    assert embedded_pool_size(cfg, split) == len(build_pool(cfg, split))
+
+
+def test_source_rows_are_the_sources_split_sizes():
+    for name, rows in SOURCE_ROWS.items():
+        assert {split: len(sources.source_split(name, split, 1)) for split in rows} == rows

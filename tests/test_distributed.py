@@ -14,7 +14,7 @@ from harness.data.build import build_pool
 from harness.data.pool import PoolConfig
 from harness.models import build_model
 from harness.run import distributed
-from harness.run.reference import OnlineReference
+from harness.run.features import OnlineReference
 from harness.run.train import FINAL_MODEL, METRICS, TrainConfig, train
 from methods import Features, get_method
 

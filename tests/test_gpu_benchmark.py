@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import gpu
-from harness.models import model_profile
+from harness.profiles import model_profile
 
 REPO = Path(__file__).resolve().parent.parent
 

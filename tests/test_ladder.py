@@ -22,19 +22,17 @@ from harness.launch import launcher
 from harness.launch.ladder import rungs
 from harness.models import build_model
 from harness.run.branch import Rung, prepare, spent
-from harness.run.reference import OnlineReference
+from harness.run.features import OnlineReference
 from harness.run.train import (
     BRANCH_POINTS,
     CHECKPOINTS,
     FINAL_MODEL,
     METRICS,
     TrainConfig,
-    checkpoint_files,
-    checkpoint_step,
     train,
 )
 from harness.store import records
-from harness.store.rundir import RunDir
+from harness.store.rundir import RunDir, checkpoint_files, checkpoint_step
 from methods import get_method
 
 GRID = """

@@ -6,8 +6,8 @@ import pytest
 from harness import io
 from harness.grid.config import ExecutorConfig
 from harness.grid.runspec import MethodConfig, RunSpec
-from harness.launch import launcher
-from harness.run import refcache
+from harness.launch import launcher, plan
+from harness.run import features, refcache
 from harness.run.reference import RunReference
 from harness.run.train import TrainConfig
 from harness.store import records
@@ -71,9 +71,9 @@ def cached_child():
 
 def test_requirements_name_the_reference_run_and_the_feature_cache():
     cache = refcache.cache_unit(cached_child())
-    assert launcher.requirements(cached_child()) == {"ref": "reference run", cache.run_id: "feature cache"}
-    assert launcher.requirements(cache) == {"ref": "reference run"}  # a cache is its reference run's features
-    assert launcher.requirements(spec("free")) == {} and refcache.cache_unit(cache) is None
+    assert plan.requirements(cached_child()) == {"ref": "reference run", cache.run_id: "feature cache"}
+    assert plan.requirements(cache) == {"ref": "reference run"}  # a cache is its reference run's features
+    assert plan.requirements(spec("free")) == {} and refcache.cache_unit(cache) is None
 
 
 def test_a_failed_feature_cache_fails_the_runs_that_read_it_saying_so(tmp_path, monkeypatch):
@@ -82,7 +82,7 @@ def test_a_failed_feature_cache_fails_the_runs_that_read_it_saying_so(tmp_path, 
     def broken(unit, *_):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(refcache, "build_cache_job", broken)
+    monkeypatch.setattr(features, "build_cache_job", broken)
     report = launcher.launch([spec("ref"), cached_child()], tmp_path, ExecutorConfig(kind="debug"), log=lambda *_: None)
     cache = refcache.cache_unit(cached_child()).run_id
     assert report.done == ["ref"] and report.failed[cache] == "OSError: disk gone"

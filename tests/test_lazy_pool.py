@@ -65,7 +65,7 @@ def test_training_on_the_lazy_pool_is_bit_identical_to_the_in_memory_pool(shard_
     where, _ = shard_set
     reference = build_model("tiny-s")
     reference.model.eval().requires_grad_(False)
-    from harness.run.reference import OnlineReference
+    from harness.run.features import OnlineReference
     finals = []
     for name, cfg in (("memory", PoolConfig(shards=str(where))), ("lazy", PoolConfig(shards=str(where), lazy=True))):
         pool = build_pool(cfg)

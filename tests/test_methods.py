@@ -162,3 +162,14 @@ def test_clip_loss_is_open_clips_clip_loss_bit_for_bit():
     scale = torch.tensor(14.3)
     ours = get_method("clip")({}, 12).loss(Features(image, text, scale), None, torch.arange(12), Progress(0, 0.0))
     assert torch.equal(ours.loss, open_clip.ClipLoss()(image, text, scale))
+
+
+@pytest.mark.parametrize("name", sorted(methods.REGISTRY))
+@pytest.mark.parametrize("batch", [32, 100])
+def test_a_method_for_accounting_draws_and_reads_as_the_method_itself(name, batch):
+    # the dry run's estimate and budget stages count compute with Method.for_accounting (no per-sample state)
+    cls = get_method(name)
+    params = {"keep": 0.25} if "keep" in cls.defaults else {}
+    real, light = cls(params, num_indices=64), cls.for_accounting(params)
+    assert type(light) is cls and light.params == real.params and light.reference == real.reference
+    assert light.candidates(batch) == real.candidates(batch)

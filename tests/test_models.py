@@ -1,12 +1,24 @@
 """Model presets: open_clip's factory, FLOPs by FlopCounterMode, the torchvision guard, `clipsteer models`."""
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from harness.models import build_model, model_profile
+from harness.models import build_model, count_profile
 from harness.presets import TINY_PRESETS, check_model_name, preset_names
+from harness.profiles import PROFILES, model_profile
+
+
+def test_stored_profiles_are_exactly_what_flopcountermode_counts_for_every_preset():
+    # the estimate, the reports and `clipsteer models` read the stored profiles (no torch); recounting each one
+    # here keeps them from drifting when a config or open_clip changes (if this fails: store the counted dict)
+    stored = json.loads(PROFILES.read_text(encoding="utf-8"))
+    assert sorted(stored) == sorted(preset_names())
+    for name in preset_names():
+        assert stored[name] == count_profile(name), name
+        assert model_profile(name) == stored[name]
 
 
 def test_vit_b_32_flops_match_open_clips_published_profile():

@@ -17,7 +17,7 @@ from harness.cli import main
 from harness.eval.tasksets import DATACOMP, ROOT_ENV
 from harness.grid.config import load_grid
 from harness.grid.spec import expand
-from harness.models import model_profile
+from harness.profiles import model_profile
 
 DFN_PAIRS = 192_160_462
 SHARD_SIZE = 10_000

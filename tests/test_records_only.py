@@ -7,7 +7,7 @@ import textwrap
 from harness import io, sweep
 from harness.grid.config import load_grid
 from harness.grid.spec import expand
-from harness.launch.launcher import pending
+from harness.launch.plan import pending
 from harness.store.rundir import RunDir
 
 GRID = """

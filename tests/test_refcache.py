@@ -17,10 +17,12 @@ from harness.data.build import build_pool
 from harness.data.pool import PoolConfig
 from harness.grid.config import pool_config
 from harness.grid.runspec import MethodConfig, RunSpec
-from harness.models import build_model, encode, model_profile
-from harness.run import refcache
+from harness.models import build_model, encode
+from harness.profiles import model_profile
+from harness.run import features, refcache
 from harness.run.compute import run_compute
-from harness.run.reference import CheckpointReference, OnlineReference
+from harness.run.features import OnlineReference
+from harness.run.reference import CheckpointReference
 from harness.run.train import TrainConfig, train
 from harness.store.rundir import RunDir
 from methods import get_method
@@ -45,7 +47,7 @@ def made(tmp_path_factory):
     """A cache of reference 0's features of the DATA pool."""
     root = tmp_path_factory.mktemp("cache")
     ref = checkpoint(root, 0)
-    record = refcache.write_cache(root / "cache", ref, DATA, root, show_progress=False)
+    record = features.write_cache(root / "cache", ref, DATA, root, show_progress=False)
     io.write_json(RunDir(root / "cache").result, record)
     return root, ref, record
 
@@ -60,7 +62,7 @@ def test_cached_features_give_the_trajectory_of_on_the_fly_ones(made, tmp_path, 
     pool = build_pool(pool_config(DATA))
     assert not torch.equal(pool.indices, torch.arange(len(pool)))
     online = OnlineReference(ref.load(root), "cpu")
-    cached = refcache.load_cache(root / "cache", ref, DATA, "cpu")
+    cached = features.load_cache(root / "cache", ref, DATA, "cpu")
     models = []
     for label, source in (("online", online), ("cached", cached)):
         torch.manual_seed(0)
@@ -86,7 +88,7 @@ def test_the_cache_is_feature_shards_beside_the_pools_with_exact_rows(made, tmp_
         feats = encode(ref.load(root), pool.images[:5], pool.tokenize(
             build_model("tiny-s").tokenizer)[pool.caption_ids[:5]], "cpu")
     torch.testing.assert_close(table.image[pool.indices[:5]], feats.image, rtol=1e-5, atol=1e-6)
-    cached = refcache.load_cache(root / "cache", ref, DATA, "cpu")
+    cached = features.load_cache(root / "cache", ref, DATA, "cpu")
     assert torch.equal(cached.batch(pool, torch.arange(5), pool.images[:5]).text, table.text[pool.indices[:5]])
 
     damaged = tmp_path / "damaged"
@@ -94,7 +96,7 @@ def test_the_cache_is_feature_shards_beside_the_pools_with_exact_rows(made, tmp_
     shard = sorted(RunDir(damaged).feature_shards.glob("*.tar"))[0]
     shard.write_bytes(shard.read_bytes()[:-2048])
     with pytest.raises(ValueError, match="is damaged"):
-        refcache.load_cache(damaged, ref, DATA, "cpu")
+        features.load_cache(damaged, ref, DATA, "cpu")
 
 
 def test_a_cache_made_by_another_reference_or_pool_is_refused(made, tmp_path):
@@ -102,7 +104,7 @@ def test_a_cache_made_by_another_reference_or_pool_is_refused(made, tmp_path):
     other = checkpoint(tmp_path, 1)
     with pytest.raises(ValueError, match="made by reference .*sha256=sha-of-seed-0.*this run names reference "
                                          ".*sha256=sha-of-seed-1"):
-        refcache.load_cache(root / "cache", other, DATA, "cpu")
+        features.load_cache(root / "cache", other, DATA, "cpu")
     with pytest.raises(ValueError, match="made for another pool \\(data differs in: noise\\)"):
         refcache.check_cache(root / "cache", ref, {**DATA, "noise": 0.3})
     with pytest.raises(ValueError, match="no finished reference-feature cache"):
@@ -135,7 +137,7 @@ def test_a_grid_naming_a_cache_takes_it_only_from_its_own_reference(made, tmp_pa
     assert "stages[0].reference.cache" in refused.stderr and "was made by reference" in refused.stderr
     own = dataclasses.replace(ref, path=str(other), sha256=hashlib.sha256(other.read_bytes()).hexdigest())
     io.write_json(RunDir(tmp_path / "own").result,
-                  refcache.write_cache(tmp_path / "own", own, DATA, tmp_path, show_progress=False))
+                  features.write_cache(tmp_path / "own", own, DATA, tmp_path, show_progress=False))
     accepted = dry_run(tmp_path / "own")
     assert accepted.returncode == 0, accepted.stderr
     assert "1 to launch" in accepted.stdout and "refcache-" not in accepted.stdout  # named cache: nothing to build
@@ -204,7 +206,7 @@ def test_recorded_compute_matches_the_forward_passes_made(made, tmp_path, name, 
         reference = OnlineReference(ref.load(root), "cpu")
         referred = Counter(reference.built.model)
     elif features == "cached":
-        reference = refcache.load_cache(root / "cache", ref, DATA, "cpu")
+        reference = features.load_cache(root / "cache", ref, DATA, "cpu")
     train(learner, method, pool, spec.samples_seen, CFG, 0, tmp_path, reference=reference, show_progress=False)
     compute = run_compute(spec, method, len(pool))
     g = model_profile("tiny-s")["gflops"]

@@ -19,9 +19,8 @@ from harness.grid.spec import expand
 from harness.launch import launcher
 from harness.report.leaderboard import write_report
 from harness.run.job import run_job
-from harness.run.train import checkpoint_files
 from harness.store import lease, records
-from harness.store.rundir import RunDir
+from harness.store.rundir import RunDir, checkpoint_files
 
 GRID = """
 name: reliable

@@ -15,13 +15,7 @@ from harness.grid.config import load_grid
 from harness.grid.runspec import CacheUnit, RunSpec, identity, unit_from_json
 from harness.grid.spec import expand, run_id
 from harness.run import refcache
-from harness.run.reference import (
-    CheckpointReference,
-    PretrainedReference,
-    Reference,
-    ReferenceNotReady,
-    RunReference,
-)
+from harness.run.reference import CheckpointReference, PretrainedReference, Reference, ReferenceNotReady, RunReference
 from harness.run.train import TrainConfig
 from harness.store import records
 from harness.store.identity import IN_ID, IN_ID_UNLESS_DEFAULT, NOT_IN_ID, identity_of, in_id_as

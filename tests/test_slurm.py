@@ -26,13 +26,11 @@ from harness.launch.slurm import (
     SlurmUnavailableError,
     TrainingJob,
     make_slurm_executor,
-    requeue_count,
-    requeue_records,
     sbatch_script,
 )
 from harness.run.train import TrainConfig
 from harness.store import lease, records
-from harness.store.rundir import RunDir
+from harness.store.rundir import RunDir, requeue_count, requeue_records
 
 SRC, KEY = "grids/big.yaml", "executor.slurm"
 FULL = {"partition": "gpu,gpu-long", "account": "clip_lab", "qos": "high", "job_name": "clip-sweep",

@@ -152,7 +152,7 @@ def test_report_command_rebuilds_the_report(sweep, tmp_path, clipsteer):
 def test_every_registered_method_runs_a_tiny_sweep_end_to_end(tmp_path):
     from harness import sweep
     from harness.grid.config import load_grid
-    from harness.models import model_profile
+    from harness.profiles import model_profile
     from methods import REGISTRY
 
     grid_file = tmp_path / "zoo.yaml"

@@ -24,7 +24,7 @@ from harness.cli import main
 from harness.data.sources import fashion_mnist
 from harness.errors import ConfigError
 from harness.eval import evaluate as ev
-from harness.eval import tasks
+from harness.eval import scoring, tasks
 from harness.eval import tasksets as ts
 from harness.eval.embedded import EmbeddedTask
 from harness.grid.config import parse_grid
@@ -179,11 +179,11 @@ def test_datacomp_average_takes_each_tasks_main_metric():
 
 def test_group_and_winogavil_metrics_by_hand():
     correct = torch.tensor([1, 0, 1, 1, 1, 0])
-    assert ts.worst_group(correct, torch.tensor([0, 0, 3, 3, 7, 7])) == 0.5  # absent groups 1, 2, 4.. are skipped
-    assert ts.worst_group(correct, torch.zeros(6, dtype=torch.long)) == pytest.approx(4 / 6)
-    assert ts.cue_prompt("Apple") == "An apple" and ts.cue_prompt("moon") == "A moon"
-    assert ts.jaccard_of_top(np.array([0.9, 0.1, 0.8, 0.2, 0.0]), np.array([1, 0, 0, 1, 0], bool)) == pytest.approx(1 / 3)
-    m = ts.winogavil_metrics(np.array([1.0, 0.5, 0.0, 0.25]), np.array([5, 6, 10, 12]))
+    assert scoring.worst_group(correct, torch.tensor([0, 0, 3, 3, 7, 7])) == 0.5  # absent groups 1, 2, 4.. are skipped
+    assert scoring.worst_group(correct, torch.zeros(6, dtype=torch.long)) == pytest.approx(4 / 6)
+    assert scoring.cue_prompt("Apple") == "An apple" and scoring.cue_prompt("moon") == "A moon"
+    assert scoring.jaccard_of_top(np.array([0.9, 0.1, 0.8, 0.2, 0.0]), np.array([1, 0, 0, 1, 0], bool)) == pytest.approx(1 / 3)
+    m = scoring.winogavil_metrics(np.array([1.0, 0.5, 0.0, 0.25]), np.array([5, 6, 10, 12]))
     assert m == {"avg_jaccard_score": 0.4375, "jaccard_score_5": 1.0, "jaccard_score_6": 0.5, "jaccard_score_10": 0.0,
                  "jaccard_score_12": 0.25, "jaccard_score_5-6": 0.75, "jaccard_score_10-12": 0.125}
 
@@ -278,7 +278,7 @@ def test_winogavil_oracle_scores_exactly(tmp_path, monkeypatch, built):
             ("delta", words, words[:3])]
     points = {"alpha": words[:2], "beta": words[3:6], "gamma": [words[7], words[0]], "delta": words[:3]}
     _write_winogavil(tmp_path / "winogavil", rows, lambda name: _colour(int(name[1:])))
-    texts = {ts.cue_prompt(cue): sum(F.one_hot(torch.tensor(int(w[1:])), 12).float() for w in points[cue])
+    texts = {scoring.cue_prompt(cue): sum(F.one_hot(torch.tensor(int(w[1:])), 12).float() for w in points[cue])
              for cue, _, _ in rows}
     images = {i: F.one_hot(torch.tensor(i), 12).float() for i in range(12)}
     monkeypatch.setenv(ts.ROOT_ENV, str(tmp_path))

@@ -10,7 +10,7 @@ import torch
 from harness.data.build import build_pool
 from harness.data.pool import PoolConfig
 from harness.models import build_model
-from harness.run.reference import OnlineReference
+from harness.run.features import OnlineReference
 from harness.run.train import (
     CHECKPOINTS,
     FINAL_MODEL,
@@ -19,10 +19,10 @@ from harness.run.train import (
     NonFiniteLoss,
     TrainConfig,
     batch_positions,
-    checkpoint_files,
     lr_at,
     train,
 )
+from harness.store.rundir import checkpoint_files
 from methods import get_method
 from methods.base import LossOutput
 

@@ -10,6 +10,10 @@ from harness.store.identity import IN_ID_UNLESS_DEFAULT, NOT_IN_ID
 
 SOURCE_NAMES = ("fashion_mnist", "digits", "shapes")  # the embedded sources (harness.data.sources)
 SHAPES_TRAIN_COUNT = 5000  # generated shapes in the training split, by default
+SHAPES_TEST_COUNT = 1000  # generated shapes in the test split
+# Rows of the fixed sources' splits (Fashion-MNIST's files; scikit-learn's 1,797 digits split 80/20), so that a
+# pool's size is known without reading them; tests/test_data.py builds pools and compares.
+SOURCE_ROWS = {"fashion_mnist": {"train": 60000, "test": 10000}, "digits": {"train": 1437, "test": 360}}
 
 SUBSETS = ("all", "clean")
 # The fields that describe an embedded pool; a shard-set pool leaves them at their defaults.
@@ -66,6 +70,17 @@ class PoolConfig:
                 raise ValueError("manifest_sha256 goes with shards (the SHA-256 of the shard set's manifest)")
             if not isinstance(self.manifest_sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", self.manifest_sha256):
                 raise ValueError(f"manifest_sha256 must be 64 lowercase hex digits, got {self.manifest_sha256!r}")
+
+
+def embedded_pool_size(cfg: PoolConfig, split: str = "train") -> int:
+    """The number of samples harness.data.build.build_pool draws for embedded pool `cfg` from `split`, without
+    building it (the dry run's estimate needs the size of a pool it does not train on)."""
+    if cfg.shards is not None:
+        raise ValueError("a shard-set pool's size is its manifest's count (harness.data.shardset.shard_set)")
+    rows = {name: SOURCE_ROWS[name][split] if name in SOURCE_ROWS else
+            (cfg.shapes_count if split == "train" else SHAPES_TEST_COUNT) for name in cfg.sources}
+    n = sum(r if cfg.per_source is None else min(r, cfg.per_source) for r in rows.values())
+    return n - round(cfg.noise * n) if cfg.subset == "clean" else n
 
 
 def _check_int(name: str, value: object, minimum: int, allowed: str) -> None:

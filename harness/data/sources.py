@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from harness.data.poolconfig import SHAPES_TRAIN_COUNT, SOURCE_NAMES
+from harness.data.poolconfig import SHAPES_TEST_COUNT, SHAPES_TRAIN_COUNT, SOURCE_NAMES
 from harness.io import write_bytes
 
 FASHION_MNIST_ENV = "CLIPSTEER_FASHION_MNIST"
@@ -35,7 +35,6 @@ SHAPE_COLOURS = {"red": (220, 40, 40), "yellow": (230, 210, 40), "green": (50, 1
                  "blue": (50, 90, 230), "purple": (150, 60, 200), "white": (235, 235, 235)}
 SHAPE_SIZES = ("small", "large")
 SHAPES_IMAGE_SIZE = 32
-SHAPES_TEST_COUNT = 1000
 
 _SHAPES_STREAMS = {"train": 0, "test": 1, "grid": 2}  # disjoint random streams per split
 _SUPERSAMPLE = 4

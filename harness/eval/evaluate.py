@@ -14,10 +14,8 @@ import tqdm
 from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
 
 import harness  # noqa: F401  (torchvision guard before clip_benchmark and open_clip)
-from harness.eval.tasks import TASKS, check_data, resolve
+from harness.eval.tasks import SUITE_VERSION, TASKS, check_data, resolve
 from harness.models import BuiltModel
-
-SUITE_VERSION = "clipsteer-eval-1"  # bump when a task's data or prompts change
 
 
 @contextlib.contextmanager

@@ -2,19 +2,22 @@
 
 Embedded tasks (`harness.eval.embedded`) and on-disk ones (`harness.eval.tasksets`) register here when
 `harness.eval` is imported; the grid validator and the evaluator both resolve names through `resolve`.
+Registering and resolving load no torch (the grid validator, `status` and `--dry-run` use them): how a model
+scores on a task is in `harness.eval.scoring`, imported when a task is first scored.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import torch
-from clip_benchmark.metrics import zeroshot_retrieval
-from torch.utils.data import DataLoader
-
-import harness  # noqa: F401  (torchvision guard before clip_benchmark)
 from harness.errors import did_you_mean
-from harness.models import BuiltModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from harness.models import BuiltModel
+
+SUITE_VERSION = "clipsteer-eval-1"  # bump when a task's data or prompts change
 
 
 class Task(ABC):
@@ -106,18 +109,3 @@ def check_data(names: Iterable[str]) -> None:
         first, rest = problems[0], [p.task for p in problems[1:]]
         more = f"; {len(rest)} more task(s) miss theirs too: {', '.join(rest)}" if rest else ""
         raise MissingData(first.task, f"{first}{more}")
-
-
-def own_scale(built: BuiltModel, logits: torch.Tensor) -> torch.Tensor:
-    """clip_benchmark's classification logits (100 x cosine similarity) at the model's own logit scale instead."""
-    return logits.float().cpu() / 100 * built.model.logit_scale.exp().float().cpu()
-
-
-def retrieval_scores(built: BuiltModel, loader: DataLoader, device: str, amp: bool,
-                     recall_k: list[int]) -> dict[str, float]:
-    """clip_benchmark's zero-shot retrieval recalls at `recall_k` over `loader`, plus the retrieval main metric
-    (DataComp's "mean_recall@1": the mean of image and text recall@1)."""
-    metrics = zeroshot_retrieval.evaluate(built.model, loader, built.tokenizer, device, amp=amp,
-                                          recall_k_list=recall_k)
-    metrics["mean_recall@1"] = (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]) / 2
-    return metrics

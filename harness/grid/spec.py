@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harness import io
-from harness.data.shardset import absolute_shards, shard_set
 from harness.errors import ConfigError, did_you_mean
-from harness.eval.evaluate import SUITE_VERSION
+from harness.eval.tasks import SUITE_VERSION
 from harness.grid.config import (
     GridConfig,
     MethodConfig,
@@ -29,7 +28,7 @@ from harness.grid.runspec import RunSpec, identity
 from harness.run.compute import samples_for_c_total
 from harness.run.refcache import check_cache
 from harness.run.reference import CheckpointReference, PretrainedReference, Reference, RunReference
-from harness.run.train import TrainConfig
+from harness.run.trainconfig import TrainConfig
 from methods import get_method, needs_reference
 
 
@@ -100,7 +99,7 @@ def _borrowed(grid: GridConfig, ref: ReferenceConfig, how: dict[str, Any]) -> Ru
 def _budget_samples(c_total: float, spec: RunSpec, src: str, key: str) -> int:
     """A `budget: {c_total: X}` stage's samples seen for the method and model of `spec` (harness.run.compute)."""
     try:
-        return samples_for_c_total(c_total, spec, get_method(spec.method.name)(spec.method.params, num_indices=1))
+        return samples_for_c_total(c_total, spec, get_method(spec.method.name).for_accounting(spec.method.params))
     except ValueError as e:
         raise ConfigError(src, key, str(e)) from None
 
@@ -126,6 +125,8 @@ def _reference(grid: GridConfig, ref: ReferenceConfig | None, stage_runs: dict[s
 def _shard_data(data: dict[str, Any], src: str, key: str, digests: dict[str, str]) -> dict[str, Any]:
     """A shard-set pool's data: its spec made absolute and its manifest's SHA-256 (which a grid may pin: it must
     match; found in `digests` or added to it); the embedded pool's fields, unused, are left out."""
+    from harness.data.shardset import absolute_shards, shard_set  # reading shards needs torch: only for such a pool
+
     shards = absolute_shards(data["shards"])
     if shards not in digests:
         try:

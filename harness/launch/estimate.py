@@ -19,18 +19,19 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from harness import io
-from harness.data.build import build_pool
-from harness.data.lazy import INDEX_BYTES_PER_SAMPLE
-from harness.data.shardset import ShardSet, shard_set
+from harness.data.poolconfig import embedded_pool_size
 from harness.errors import ConfigError
 from harness.grid.config import ExecutorConfig, pool_config
 from harness.grid.runspec import CacheUnit, RunSpec
-from harness.models import model_profile
+from harness.profiles import model_profile
 from harness.run.compute import run_compute
 from methods import get_method
+
+if TYPE_CHECKING:
+    from harness.data.shardset import ShardSet
 
 TRAIN_FACTOR = 3.0  # forward + backward of a trained sample, in forwards
 H100_BF16_TFLOPS = 989.0  # H100 SXM, dense bf16 (no sparsity)
@@ -99,8 +100,8 @@ def estimate(specs: list[RunSpec], caches: list[CacheUnit], executor: ExecutorCo
              rate: Throughput) -> Estimate:
     """GFLOPs and GPU-hours of runs `specs` and feature-cache units `caches`, and the shard sets they read. A
     pool's size counts for a filter scoring its pool on the fly and for a cache: a shard set's comes from its
-    manifest, an embedded pool's from building it (only then)."""
-    shard_sets = {spec: shard_set(spec) for spec in dict.fromkeys(
+    manifest, an embedded pool's from its config."""
+    shard_sets = {spec: _shard_set(spec) for spec in dict.fromkeys(
         u.data["shards"] for u in specs + caches if u.data.get("shards"))}
     lazy = {spec for spec in shard_sets if all(u.data.get("lazy") for u in specs + caches
                                                if u.data.get("shards") == spec)}
@@ -109,7 +110,8 @@ def estimate(specs: list[RunSpec], caches: list[CacheUnit], executor: ExecutorCo
     def pool_size(data: dict[str, Any]) -> int:
         key = io.digest(data)
         if key not in sizes:
-            sizes[key] = shard_sets[data["shards"]].count if data.get("shards") else len(build_pool(pool_config(data)))
+            sizes[key] = shard_sets[data["shards"]].count if data.get("shards") else \
+                embedded_pool_size(pool_config(data))
         return sizes[key]
 
     gflops, flops = {}, {}
@@ -122,6 +124,13 @@ def estimate(specs: list[RunSpec], caches: list[CacheUnit], executor: ExecutorCo
     minutes = {} if gpus_per_run(executor) else {
         uid: f / cpu_gflops_per_s(_model(units[uid]), _batch(units[uid])) / 60 for uid, f in flops.items()}
     return Estimate(gflops, hours, minutes, shard_sets, lazy, len(specs), len(caches), gpus_per_run(executor), rate)
+
+
+def _shard_set(spec: str) -> ShardSet:
+    """The shard set of `spec` (its manifest read; harness.data.shardset loads torch: only a grid with shards)."""
+    from harness.data.shardset import shard_set
+
+    return shard_set(spec)
 
 
 def _model(unit: RunSpec | CacheUnit) -> str:
@@ -153,7 +162,7 @@ def cpu_machine() -> str:
 
 def _run_gflops(spec: RunSpec, pool_size: Callable[[dict[str, Any]], int]) -> tuple[float, float]:
     """A run's C_total (forward GFLOPs) and its cost in forward-equivalent GFLOPs (trained samples x3)."""
-    method = get_method(spec.method.name)(spec.method.params, num_indices=1)
+    method = get_method(spec.method.name).for_accounting(spec.method.params)
     ref = spec.reference
     scores_pool = method.reference == "pool" and ref is not None and ref.features == "online"
     parts = run_compute(spec, method, pool_size(spec.data) if scores_pool else 0)
@@ -190,6 +199,8 @@ def summary(est: Estimate, executor: ExecutorConfig) -> list[str]:
             lines.append(f"  data: {spec}: {found.count:,} pairs (image size not in the manifest)")
             continue
         if spec in est.lazy:
+            from harness.data.lazy import INDEX_BYTES_PER_SAMPLE
+
             gb = found.count * INDEX_BYTES_PER_SAMPLE / 1e9
             lines.append(f"  data: {spec}: {found.count:,} pairs at {found.image_size} px, read lazily (each batch "
                          f"decoded from the shards): about {gb:,.1f} GB of shard index per process")

@@ -25,9 +25,10 @@ from harness import codeversion
 from harness.grid.config import ExecutorConfig
 from harness.grid.runspec import CacheUnit, RunSpec, Unit
 from harness.launch import ladder, slurm, workers
+from harness.launch.plan import READS, pending, requirements
 from harness.launch.slurm import TrainingJob, job_environment, make_slurm_executor
-from harness.models import model_profile
-from harness.run import refcache
+from harness.profiles import model_profile
+from harness.run import features, refcache
 from harness.run.job import run_job
 from harness.store import lease, records
 from harness.store.rundir import RunDir
@@ -43,37 +44,6 @@ class LaunchReport:
     by_others: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     queued: dict[str, str] = field(default_factory=dict)  # run id -> Slurm job id, left queued by a launch that did not wait
-
-
-# What a unit to do reads from each kind of unit it requires, beyond its record (harness.store.rundir)
-_READS: dict[str, Callable[[RunDir], bool]] = {
-    "reference run": lambda d: d.final_model.is_file(),
-    "feature cache": lambda d: d.feature_shards.is_dir() or d.feature_table.is_file(),
-    "ladder trunk": lambda d: d.branch_points.is_dir()}
-
-
-def pending(specs: list[Unit], results: Path, required: dict[str, dict[str, str]] | None = None) -> list[Unit]:
-    """Units that have no finished result under `results` (missing, failed, stale or interrupted), and the done
-    units whose files a unit to do reads are gone (`required`: id -> {required id: kind}, by default
-    `requirements`): a committed results directory keeps records, not weights or features, so such a unit
-    trains again under the same id."""
-    todo = {s.run_id for s in specs if not records.is_done(results, s)}
-    required = required if required is not None else {s.run_id: requirements(s) for s in specs}
-    known, grew = {s.run_id for s in specs}, True
-    while grew:
-        gone = {need for run_id in todo for need, kind in required.get(run_id, {}).items()
-                if need in known and need not in todo and not _READS[kind](RunDir.of(results, need))}
-        todo |= gone
-        grew = bool(gone)
-    return [s for s in specs if s.run_id in todo]
-
-
-def requirements(unit: Unit) -> dict[str, str]:
-    """Ids of the units that must be done before `unit` starts, each with what it is: its reference run
-    and, for a run, its feature cache."""
-    required = dict.fromkeys(unit.reference.requires() if unit.reference is not None else (), "reference run")
-    cache = refcache.cache_unit(unit)
-    return required | ({cache.run_id: "feature cache"} if cache else {})
 
 
 def _compute(unit: Unit) -> float:
@@ -112,6 +82,7 @@ class _Launch:
     def __init__(self, todo: list[Unit], required: dict[str, dict[str, str]], results: Path, log,
                  rungs: dict[str, ladder.Rung] | None = None) -> None:
         self.queue, self.running, self.elsewhere = list(todo), {}, {}
+        self.lingering: set[str] = set()  # running here: their job ended, but the process working on them lives
         self.rungs = rungs or {}  # run id -> its place in a wsd budget ladder (harness.launch.ladder)
         self.required, self.results, self.log = required, results, log
         self.report = LaunchReport()
@@ -151,6 +122,8 @@ class _Launch:
         now = records.state(self.results, run_id, spec)
         if now == "done" and not self._readable(run_id):
             now = "retrain"  # done, but the files that runs to do read from it are gone
+        elif now == "done":
+            records.settle(rdir)
         if now in ("done", "conflict"):
             lease.release(held)
             bar.update(1)
@@ -165,7 +138,7 @@ class _Launch:
 
     def _call(self, spec: Unit, cfg: ExecutorConfig, show: bool, held: lease.Lease) -> tuple[Callable, tuple]:
         """The function a unit's job runs and its arguments (the lease token, the code version, a ladder rung)."""
-        function = _FirstTaskOnly(refcache.build_cache_job) if isinstance(spec, CacheUnit) else _run_function(cfg)
+        function = _FirstTaskOnly(features.build_cache_job) if isinstance(spec, CacheUnit) else _run_function(cfg)
         threads = cfg.slurm.cpus_per_task or cfg.cpus_per_job if cfg.slurm else cfg.cpus_per_job
         rung = self.rungs.get(spec.run_id)
         return function, (spec, str(self.results), threads, show, held.token, self.code, *([rung] if rung else []))
@@ -177,17 +150,27 @@ class _Launch:
     def _readable(self, run_id: str) -> bool:
         """Whether unit `run_id` still has the files that the units requiring it read (weights, features...)."""
         kinds = {kind for needs in self.required.values() for need, kind in needs.items() if need == run_id}
-        return all(_READS[kind](RunDir.of(self.results, run_id)) for kind in kinds)
+        return all(READS[kind](RunDir.of(self.results, run_id)) for kind in kinds)
 
     def collect(self, bar: tqdm) -> None:
-        """Record the runs that finished here, and those that another process finished, failed or left."""
+        """Record the runs that finished here, and those that another process finished, failed or left. The
+        run directory decides over the job system: a run with a valid result.json is done whatever its job's
+        outcome, and one whose job ended while another owner of its lease (its task) lives is still running."""
         for run_id, (job, held) in list(self.running.items()):
             finished, error = _outcome(job)
             if not finished:
                 continue
+            done = records.settle(records.run_dir(self.results, run_id)) or error is None
+            if not done and (alive := lease.others_alive(held)):
+                if run_id not in self.lingering:
+                    self.lingering.add(run_id)
+                    self.log(f"  {run_id}: its job ended ({records.reason(error)}) but its process "
+                             f"{lease.describe({'owners': alive})} still works on it: waiting for that")
+                continue
             del self.running[run_id]
+            self.lingering.discard(run_id)
             bar.update(1)
-            if error is None:
+            if done:
                 self.report.done.append(run_id)
                 self.log(f"  done    {run_id}")
             else:
@@ -196,7 +179,7 @@ class _Launch:
             lease.release(held)
         for run_id, spec in list(self.elsewhere.items()):
             rdir = records.run_dir(self.results, run_id)
-            now = records.state(self.results, run_id)
+            now = "done" if records.settle(rdir) else records.state(self.results, run_id)
             if now != "done" and lease.holder(rdir) is not None:
                 continue
             del self.elsewhere[run_id]
@@ -258,6 +241,8 @@ def launch(specs: list[Unit], results: Path, cfg: ExecutorConfig, log=tqdm.write
     run = _Launch(todo, required, results, log, rungs)
     launching = {u.run_id for u in todo}
     run.report.skipped = [u.run_id for u in units if u.run_id not in launching]
+    for run_id in run.report.skipped:  # done: a status or error.txt a kill left contradicting the result is repaired
+        records.settle(records.run_dir(results, run_id))
     log(f"{len(todo)} units to launch, {len(run.report.skipped)} already done")
     executor = make_executor(cfg, results / "submitit")
     pooled = isinstance(executor, workers.WorkerPool)

@@ -32,7 +32,7 @@ from harness import io
 from harness.errors import ConfigError, check_int
 from harness.grid.slurm_config import SlurmConfig, normalize
 from harness.store import records
-from harness.store.rundir import RunDir
+from harness.store.rundir import RunDir, requeue_count
 
 
 def _check_folder(folder: Path) -> Path:
@@ -166,18 +166,6 @@ class RequeueLimitError(RuntimeError):
 
 def requeues_path(run_dir: Path) -> Path:
     return RunDir(run_dir).requeues
-
-
-def requeue_records(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's requeue records (refusals included), oldest first; a line cut by a kill is skipped."""
-    return io.read_jsonl(requeues_path(run_dir))
-
-
-def requeue_count(run_dir: Path, attempt: str | None = None) -> int:
-    """How many times the run in `run_dir` was requeued (refusals not counted); only those of one
-    submission (TrainingJob.attempt) when `attempt` is given."""
-    return sum(1 for r in requeue_records(run_dir)
-               if r.get("requeued") is True and (attempt is None or r.get("attempt") == attempt))
 
 
 def job_environment() -> submitit.JobEnvironment | None:

@@ -1,22 +1,32 @@
 """Where every run of a grid stands: done, failed (and why), running (where), interrupted (resumes from
-which step), requeued, never started; and which run directories belong to earlier versions of the grid."""
+which step), requeued, never started; and which run directories belong to earlier versions of the grid.
+Loads no torch and no pandas: `clipsteer status` answers at once."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
-
-import pandas as pd
+from typing import Any
 
 from harness import io
+from harness.grid.config import GridConfig
 from harness.grid.runspec import RunSpec, unit_from_json
-from harness.launch.slurm import requeue_count
+from harness.grid.spec import expand
 from harness.run import refcache
-from harness.run.train import checkpoint_files, checkpoint_step
 from harness.store import lease, records
-from harness.store.rundir import RunDir
+from harness.store.rundir import RunDir, checkpoint_files, checkpoint_step, requeue_count
+
+COLUMNS = ("run_id", "stage", "state", "attempts", "requeued", "detail")
 
 
-def run_states(specs: list[RunSpec], results: Path) -> pd.DataFrame:
-    """One row per unit (feature caches first, then runs): id, state and a detail line."""
+def grid_status(grid: GridConfig, results: Path) -> tuple[list[dict[str, Any]], list[RunSpec]]:
+    """Every unit of `grid` with its state under `results` (run_states), and the specs of runs stored there
+    that the grid no longer names (orphans)."""
+    specs = expand(grid)
+    return run_states(specs, Path(results)), orphans(specs, Path(results))
+
+
+def run_states(specs: list[RunSpec], results: Path) -> list[dict[str, Any]]:
+    """One row per unit (feature caches first, then runs): its COLUMNS, id, state and a detail line."""
     units = refcache.cache_units(specs) + list(specs)
     rows = []
     for unit in units:
@@ -44,7 +54,7 @@ def run_states(specs: list[RunSpec], results: Path) -> pd.DataFrame:
         requeued = requeue_count(rdir)
         rows.append({"run_id": unit.run_id, "stage": unit.stage if is_run else "cache", "state": state,
                      "attempts": records.attempts(rdir), "requeued": requeued, "detail": detail})
-    return pd.DataFrame(rows, columns=["run_id", "stage", "state", "attempts", "requeued", "detail"])
+    return rows
 
 
 def orphans(specs: list[RunSpec], results: Path) -> list[RunSpec]:
@@ -60,9 +70,16 @@ def orphans(specs: list[RunSpec], results: Path) -> list[RunSpec]:
     return found
 
 
-def summary(table: pd.DataFrame) -> str:
+def summary(rows: list[dict[str, Any]]) -> str:
     """'N units: a done, b failed, ...' in a fixed order of states."""
     order = ["done", "running", "interrupted", "failed", "stale", "conflict", "missing"]
-    counts = table.state.value_counts()
+    counts = Counter(row["state"] for row in rows)
     parts = [f"{counts[s]} {s}" for s in order if s in counts]
-    return f"{len(table)} units: " + ", ".join(parts)
+    return f"{len(rows)} units: " + ", ".join(parts)
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """The rows as a fixed-width table under a header of COLUMNS, each column right-aligned, for a terminal."""
+    cells = [COLUMNS] + [tuple(str(row[c]) for c in COLUMNS) for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    return "\n".join(" ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in cells)

@@ -8,7 +8,9 @@ submits to, with submitit's Job interface (done, exception). A submitted call is
     taken/<n>.<w>  claimed by worker w (an atomic rename, so one worker per task); its mtime is the start
     done/<n>       the outcome: None, or the exception the call raised
 The launcher holds an flock on the spool's lock file while the pool is open; should the launcher die, a
-worker can take that lock and leaves, finishing its current task first (as it does when the pool closes).
+worker can take that lock and leaves, finishing its current task first (as it does when the pool closes);
+so does a worker whose submitit controller died (the launcher, which counts it as ended, staffs another).
+The spool of a launcher that died is removed by the next pool made in the same folder.
 A worker that dies (SIGKILL, the OOM killer) loses only its current task, whose job then fails with the
 worker's error as a one-run job would; a new worker takes its place for the rest. A task running past the executor's
 `timeout_min` fails with a TimeoutError raised in it (SIGALRM), and the worker goes on; one that does not
@@ -38,15 +40,16 @@ CLOSE_WAIT_S = 10.0  # how long closing waits for the workers to leave, before a
 WORKER_TIMEOUT_MIN = 365 * 24 * 60  # a worker's own submitit limit: the limit that counts is each task's
 GRACE_S = 60.0  # past a task's limit, how long its worker has to fail it before the worker is stopped
 LOCK, TASKS, TAKEN, DONE = "launcher.lock", "tasks", "taken", "done"
+SPOOL = "workers-"  # a pool's spool folder: workers-<random>
 
 
 def serve(spool: str, worker: int, timeout_min: float) -> int:
     """A worker's loop (what its submitit job runs): run the oldest queued task (failing it with a TimeoutError
     past `timeout_min`), record its outcome, repeat, until the launcher lets go of the pool; returns how many
     tasks it ran."""
-    spool_dir, ran = Path(spool), 0
+    spool_dir, ran, controller = Path(spool), 0, os.getppid()
     signal.signal(signal.SIGALRM, functools.partial(_time_up, timeout_min))
-    while _launcher_holds(spool_dir):
+    while _launcher_holds(spool_dir) and os.getppid() == controller:  # a worker whose controller died leaves
         name = _claim(spool_dir, worker)
         if name is None:
             time.sleep(POLL_S)
@@ -99,10 +102,15 @@ def _claim(spool: Path, worker: int) -> str | None:
 
 
 def _put(path: Path, obj: Any) -> None:
-    """Pickle `obj` to `path` through a temporary name, so a reader never sees half of it."""
+    """Pickle `obj` to `path` through a temporary name, so a reader never sees half of it; nothing when the
+    spool is gone (its launcher died and a later one removed it: nobody waits for the outcome)."""
     tmp = path.parent / f".{path.name}.{os.getpid()}"
-    tmp.write_bytes(cloudpickle.dumps(obj))
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(cloudpickle.dumps(obj))
+        os.replace(tmp, path)
+    except FileNotFoundError:
+        if path.parent.is_dir():
+            raise
 
 
 def _picklable(error: BaseException) -> BaseException:
@@ -122,11 +130,16 @@ class WorkerPool:
     def __init__(self, folder: Path, size: int, timeout_min: float) -> None:
         self.executor = submitit.LocalExecutor(folder=folder)
         self.executor.update_parameters(timeout_min=WORKER_TIMEOUT_MIN)
-        self.spool = Path(folder) / f"workers-{uuid.uuid4().hex[:12]}"
+        for abandoned in Path(folder).glob(f"{SPOOL}*"):  # spools of launchers that died
+            if not _launcher_holds(abandoned):
+                shutil.rmtree(abandoned, ignore_errors=True)
+        name = f"{SPOOL}{uuid.uuid4().hex[:12]}"
+        staging = Path(folder) / f".{name}"  # made and locked under another name, so no pool takes it for abandoned
         for sub in (TASKS, TAKEN, DONE):
-            (self.spool / sub).mkdir(parents=True)
-        self._lock = open(self.spool / LOCK, "wb")
+            (staging / sub).mkdir(parents=True)
+        self._lock = open(staging / LOCK, "wb")
         fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX)
+        self.spool = staging.rename(Path(folder) / name)
         self.size, self.slots, self.timeout_min = size, 2 * size, timeout_min
         self.workers: list[submitit.Job] = []
         self.ended: dict[int, BaseException | None] = {}  # ended workers: None, or the error of one that took no task

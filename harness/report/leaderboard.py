@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.io import write_json, write_text
+from harness.io import write_json, write_text, writing
 from harness.report import compare, html, joint_plots, plots, w2s
 from harness.report.configs import NONE, with_configs
 from harness.report.fit import points_from_results
@@ -37,6 +37,7 @@ MADE_NOTE = ("From the runs' result.json (provenance): the software, the code (g
 TEXT_COLUMNS = ("stage", "method", "model", "reference")
 SAVING_NOTE = "verdict: better when the whole 95% interval lies below 1, worse when wholly above"
 PLOTS = {"c_paper": "scaling_law", "c_total": "scaling_law_c_total"}
+PLOTS_DIR = "plots"
 LEADING_COLUMNS = ["stage", "method", "model", "samples_seen", "seed", "gflops_per_pair", "c_paper", "c_total"]
 TRAILING_COLUMNS = ["average", "reference_average", "gain", "reducible_var", "wall_time_s", "status", "error",
                     "reference", "run_id"]
@@ -365,7 +366,8 @@ def html_page(df: pd.DataFrame, title: str, analysis: dict[str, Any], images: li
 
 def write_report(df: pd.DataFrame, out_dir: Path, title: str, runs_dir: Path | None = None,
                  made: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write leaderboard.csv/.md/.html, scaling.json and the plots (PNG and SVG) under out_dir, atomically; `made`
+    """Write leaderboard.csv/.md/.html, scaling.json and the plots (PNG and SVG) under out_dir, atomically
+    (one writer at a time, which first removes the temporaries of a writer killed before: io.writing); `made`
     (harness.provenance.summarise) goes in every document as "How these were made".
 
     Plots: error vs C_paper (as the paper plots it) and vs C_total, data efficiency, per-task gain over clip
@@ -392,14 +394,15 @@ def write_report(df: pd.DataFrame, out_dir: Path, title: str, runs_dir: Path | N
         analysis["joint"] = joint_doc
         figures.update(joint_figures)
     paths: dict[str, Path] = {}
-    for name, fig in figures.items():
-        png, svg = plots.save_figure(fig, out_dir / "plots" / name)
-        paths[f"{name}_png"], paths[f"{name}_svg"] = png, svg
-    pngs = [p for k, p in paths.items() if k.endswith("_png")]
-    paths.update({
-        "leaderboard_csv": write_text(out_dir / "leaderboard.csv", leaderboard(df).to_csv(index=False)),
-        "leaderboard_md": write_text(out_dir / "leaderboard.md", leaderboard_markdown(df, title, analysis)),
-        "leaderboard_html": write_text(out_dir / "leaderboard.html", html_page(df, title, analysis, pngs)),
-        "scaling_json": write_json(out_dir / "scaling.json", analysis),
-    })
+    with writing(out_dir, PLOTS_DIR):  # one report writer at a time; a killed one's temporaries go first
+        for name, fig in figures.items():
+            png, svg = plots.save_figure(fig, out_dir / PLOTS_DIR / name)
+            paths[f"{name}_png"], paths[f"{name}_svg"] = png, svg
+        pngs = [p for k, p in paths.items() if k.endswith("_png")]
+        paths.update({
+            "leaderboard_csv": write_text(out_dir / "leaderboard.csv", leaderboard(df).to_csv(index=False)),
+            "leaderboard_md": write_text(out_dir / "leaderboard.md", leaderboard_markdown(df, title, analysis)),
+            "leaderboard_html": write_text(out_dir / "leaderboard.html", html_page(df, title, analysis, pngs)),
+            "scaling_json": write_json(out_dir / "scaling.json", analysis),
+        })
     return paths

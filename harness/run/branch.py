@@ -19,8 +19,8 @@ from typing import Any
 from tqdm import tqdm
 
 from harness import io
-from harness.run.train import BRANCH_POINTS, CHECKPOINTS, KEPT_INDICES, METRICS, checkpoint_files
-from harness.store.rundir import RunDir
+from harness.run.train import BRANCH_POINTS, CHECKPOINTS, KEPT_INDICES, METRICS
+from harness.store.rundir import RunDir, checkpoint_files
 
 PER_STEP = ("c_paper", "learner_scoring", "reference_forward")  # compute parts spent in proportion to steps trained
 

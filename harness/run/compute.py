@@ -14,7 +14,7 @@ import math
 from dataclasses import replace
 
 from harness.grid.runspec import RunSpec
-from harness.models import model_profile
+from harness.profiles import model_profile
 from methods import Method
 
 PARTS = ("c_paper", "learner_scoring", "reference_forward", "pool_scoring")

@@ -21,13 +21,12 @@ from harness.eval.evaluate import evaluate
 from harness.grid.config import pool_config
 from harness.grid.runspec import RunSpec
 from harness.models import build_model, resolve_device
-from harness.run import distributed, refcache
+from harness.run import distributed, features, refcache
 from harness.run.branch import Rung, prepare, spent
 from harness.run.compute import run_compute
 from harness.run.diagnostics import reference_diagnostics
-from harness.run.reference import OnlineReference
 from harness.run.train import train
-from harness.store import records
+from harness.store import lease, records
 from harness.store.rundir import RunDir
 from methods import get_method
 
@@ -61,16 +60,18 @@ def _execute(spec: RunSpec, results: Path, rdir: Path, threads: int, show_progre
     trunk = records.run_dir(results, rung.trunk) if rung.trunk else None
     branch = prepare(rdir, trunk, rung.step) if world.main else None
     summary = train(built, method, pool, spec.samples_seen, cfg, spec.seed, rdir, reference=reference,
-                    show_progress=show_progress, keep_at=rung.keep_at)
+                    show_progress=show_progress, keep_at=rung.keep_at,
+                    before_write=functools.partial(lease.confirm, rdir) if world.main else None)
     if not world.main:
         return {}
+    records.trained(rdir, summary.steps, summary.resumed_from_step)
     faults.hit("evaluate")
     eval_start = time.perf_counter()
     scores = evaluate(built, list(spec.eval_tasks), device=cfg.device)
     io.write_json(RunDir(rdir).eval, scores)
     diagnostics = None
     if spec.reference is not None:
-        ref_model = reference.built if isinstance(reference, OnlineReference) else \
+        ref_model = reference.built if isinstance(reference, features.OnlineReference) else \
             spec.reference.load(results, cfg.device)
         diagnostics = reference_diagnostics(built, ref_model, spec.reference, pool_config(spec.data),
                                             list(spec.eval_tasks), results, cfg.device)
@@ -90,5 +91,5 @@ def _reference_features(spec: RunSpec, results: Path, pool: Any, device: str) ->
     if ref is None:
         return None
     if ref.features == "cached":
-        return refcache.load_cache(refcache.cache_dir(spec, results), ref, spec.data, device)
-    return OnlineReference(ref.load(results, device), device)
+        return features.load_cache(refcache.cache_dir(spec, results), ref, spec.data, device)
+    return features.OnlineReference(ref.load(results, device), device)

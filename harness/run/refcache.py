@@ -6,25 +6,19 @@ A cache is a unit of the sweep like a run: results/<grid>/runs/refcache-<model>-
 its spec, status, its features as companion shards (features/: feature shards keyed by sample
 index, with a manifest of their SHA-256s) and result.json (written last: it records which
 reference and which pool made the cache, and its compute). A run can also name a cache directory
-explicitly; a cache made by another reference or for another pool is refused.
+explicitly; a cache made by another reference or for another pool is refused. Building and reading the
+features themselves is harness.run.features'.
 """
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from harness import codeversion, io
-from harness.data import shards
-from harness.data.build import build_pool
-from harness.data.pool import PoolConfig
-from harness.grid.config import pool_config
+from harness import io
+from harness.data.poolconfig import PoolConfig
 from harness.grid.runspec import CacheUnit, RunSpec, Unit
-from harness.models import model_profile, resolve_device
-from harness.run.reference import CachedReference, Reference, pool_features
+from harness.run.reference import Reference
 from harness.store import records
 from harness.store.identity import identity_of
 from harness.store.rundir import RunDir
@@ -99,56 +93,6 @@ def check_cache(path: Path, ref: Reference, data: dict[str, Any]) -> dict[str, A
         changed = sorted(k for k in set(made_for) | set(wanted) if made_for.get(k) != wanted.get(k))
         raise ValueError(f"the cache at {path} was made for another pool (data differs in: {', '.join(changed)})")
     return record
-
-
-def load_cache(path: Path, ref: Reference, data: dict[str, Any], device: str) -> CachedReference:
-    """The cache at `path` as a feature source, once checked to be reference `ref`'s of pool `data`
-    (the same pool config builds the same samples, so every one has its features). Its feature shards
-    are checked against their manifest's SHA-256s, and must hold a row for every sample the cache encoded;
-    a cache of the earlier format (one features.pt) is read as it is."""
-    record = check_cache(path, ref, data)
-    cache = RunDir(path)
-    if cache.feature_table.is_file():
-        table = torch.load(cache.feature_table, map_location="cpu", weights_only=True)
-        return CachedReference(table["image"], table["text"], table["logit_scale"], device)
-    stats = shards.ReadStats()
-    table = shards.read_feature_shards(cache.feature_shards, verify=True, stats=stats)
-    if stats.skipped or stats.shard_errors or int(table.present.sum()) != record["pairs"]:
-        raise ValueError(f"the reference-feature cache at {path} is damaged: {stats} "
-                         f"({int(table.present.sum())} of its {record['pairs']} rows readable)")
-    return CachedReference(table.image, table.text, table.logit_scale, device)
-
-
-def build_cache_job(unit: CacheUnit, results: str | Path, threads: int = 1, show_progress: bool = True,
-                    lease_token: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """Compute and store the features of cache `unit` under `results` (the function submitit runs; the
-    lease and code version as in harness.run.job.run_job)."""
-    rdir = records.run_dir(Path(results), unit.run_id)
-
-    def work() -> dict[str, Any]:
-        codeversion.check(code)
-        return write_cache(rdir, unit.reference, unit.data, Path(results), threads, show_progress,
-                           resolve_device(unit.device))
-
-    return records.recorded(rdir, unit, work, lease_token)
-
-
-def write_cache(rdir: Path, ref: Reference, data: dict[str, Any], results: Path, threads: int = 1,
-                show_progress: bool = True, device: str = "cpu") -> dict[str, Any]:
-    """Encode every sample of pool `data` with reference `ref` and write the features as companion shards
-    (feature shards keyed by sample index, with their manifest) into `rdir`/features;
-    returns the cache record (result.json is the caller's to write, last)."""
-    start = time.perf_counter()
-    torch.set_num_threads(threads)
-    pool = build_pool(pool_config(data))
-    built = ref.load(results, device)
-    feats = pool_features(built, pool, device, show_progress=show_progress)
-    shards.write_feature_shards(feats.image.cpu(), feats.text.cpu(), pool.indices, RunDir(rdir).feature_shards,
-                                logit_scale=feats.logit_scale.detach().cpu(), num_indices=pool.num_indices)
-    gflops = model_profile(ref.model)["gflops"]
-    return {"kind": CacheUnit.KIND, "run_id": Path(rdir).name, "reference": ref.identity(), "data": data,
-            "pairs": len(pool), "gflops_per_pair": gflops, "gflops": gflops * len(pool),
-            "wall_time_s": time.perf_counter() - start}
 
 
 def _describe(ident: dict[str, Any]) -> str:

@@ -6,8 +6,8 @@ where its weights come from; all three load through open_clip's own code (`pretr
 or a file), and the reference is frozen: eval mode, no gradients. In a spec's JSON the kind is named
 by KIND ("run", "checkpoint", "pretrained").
 
-Training asks a feature source for the reference's features of a batch or of the whole pool:
-`OnlineReference` runs the reference model on the batch being trained (augmented as the learner
+Training asks a feature source (harness.run.features) for the reference's features of a batch or of the
+whole pool: `OnlineReference` runs the reference model on the batch being trained (augmented as the learner
 sees it); `CachedReference` looks them up by sample index in features computed once per pool
 sample (harness.run.refcache), so a run using it does no reference forward pass at all. Without
 augmentation both give the same features up to float rounding, hence the same trajectory.
@@ -16,18 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
-
-import torch
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness import io
-from harness.models import BuiltModel, build_model, encode
 from harness.store.identity import NOT_IN_ID, identity_of
 from harness.store.rundir import RunDir
-from methods import Features
 
-POOL_CHUNK = 256
+if TYPE_CHECKING:
+    from harness.models import BuiltModel
 
 
 class ReferenceNotReady(RuntimeError):
@@ -91,6 +87,8 @@ class Reference:
 
     def load(self, results: Path, device: str = "cpu") -> BuiltModel:
         """Build and freeze the reference model (a reference run's weights read from under `results`)."""
+        from harness.models import build_model
+
         built = build_model(self.model, pretrained=self.weights(Path(results)), device=device)
         built.model.eval().requires_grad_(False)
         return built
@@ -168,55 +166,3 @@ class PretrainedReference(Reference):
 
     def weights(self, results: Path) -> str:
         return self.tag
-
-
-@torch.no_grad()
-def pool_features(built: BuiltModel, pool: Any, device: str, chunk: int = POOL_CHUNK,
-                  show_progress: bool = False) -> Features:
-    """Features of every pool sample (un-augmented images, their captions), in pool order, in chunks."""
-    images, texts, scale = [], [], None
-    for start in tqdm(range(0, len(pool), chunk), desc=f"encode pool with {built.name}", disable=not show_progress,
-                      dynamic_ncols=True):
-        part = torch.arange(start, min(start + chunk, len(pool)))
-        feats = encode(built, pool.images_at(part), pool.tokens_at(built.tokenizer, part), device)
-        images.append(feats.image)
-        texts.append(feats.text)
-        scale = feats.logit_scale
-    return Features(torch.cat(images), torch.cat(texts), scale)
-
-
-class OnlineReference:
-    """Reference features from a forward pass of the frozen reference model (no gradient)."""
-
-    def __init__(self, built: BuiltModel, device: str) -> None:
-        self.built, self.device = built, device
-        built.model.to(device).eval()
-
-    def batch(self, pool: Any, pos: torch.Tensor, images: torch.Tensor) -> Features:
-        """Features of pool samples `pos`, whose (possibly augmented) images are `images`."""
-        with torch.no_grad():
-            return encode(self.built, images, pool.tokens_at(self.built.tokenizer, pos), self.device)
-
-    def pool(self, pool: Any) -> Features:
-        """Features of every pool sample, un-augmented, in pool order."""
-        return pool_features(self.built, pool, self.device)
-
-
-class CachedReference:
-    """Reference features looked up by stable sample index in a precomputed table."""
-
-    def __init__(self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, device: str) -> None:
-        self.image, self.text = image.to(device), text.to(device)
-        self.logit_scale, self.device = logit_scale.to(device), device
-
-    def batch(self, pool: Any, pos: torch.Tensor, images: torch.Tensor) -> Features:
-        """Cached features of pool samples `pos` (the images are not looked at)."""
-        return self._lookup(pool.indices[pos])
-
-    def pool(self, pool: Any) -> Features:
-        """Cached features of every pool sample, in pool order."""
-        return self._lookup(pool.indices)
-
-    def _lookup(self, indices: torch.Tensor) -> Features:
-        idx = indices.to(self.device)
-        return Features(self.image[idx], self.text[idx], self.logit_scale)

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from harness.models import BuiltModel, encode, resolve_device
 from harness.run import distributed
 from harness.run.schedule import lr_at
 from harness.run.trainconfig import TrainConfig
-from harness.store.rundir import RunDir
+from harness.store.rundir import RunDir, checkpoint_files
 from methods import Features, Method, Progress
 
 # file names in a run directory (harness.store.rundir owns them)
@@ -106,7 +106,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: TrainConfig, seed: int,
           run_dir: Path, reference: Any = None, show_progress: bool = True,
-          keep_at: tuple[int, ...] = ()) -> TrainSummary:
+          keep_at: tuple[int, ...] = (), before_write: Callable[[], None] | None = None) -> TrainSummary:
     """Train `built.model` on `pool` with `method` for exactly `samples_seen` samples.
 
     `reference` is a feature source (harness.run.reference: OnlineReference or CachedReference) when
@@ -115,7 +115,9 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
     the newest intact checkpoint in run_dir/checkpoints (a damaged one is set aside, saying so); writes
     metrics.jsonl, checkpoints every `checkpoint_every` steps and `checkpoint_minutes` minutes and at the
     end, and model.pt (open_clip-loadable weights). After each step count in `keep_at` it also keeps a checkpoint
-    in run_dir/branch_points, never pruned (the branch points of a wsd ladder's shorter budgets).
+    in run_dir/branch_points, never pruned (the branch points of a wsd ladder's shorter budgets). Rank 0
+    calls `before_write` before a step's writes (metrics, checkpoints), which raises to stop a process that
+    lost the run (its lease).
 
     Inside a process group (harness.run.distributed) every rank calls this with the same arguments: each
     encodes its share of the global batch of cfg.batch_size, the loss is the global batch's, and only
@@ -186,14 +188,17 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
             model.logit_scale.clamp_(0, math.log(100))
         faults.hit("step")
         done = step + 1
-        if world.main and (done % cfg.log_every == 0 or done == total):
+        log = done % cfg.log_every == 0 or done == total
+        due = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or \
+            (cfg.checkpoint_minutes and time.perf_counter() - last_checkpoint >= 60 * cfg.checkpoint_minutes)
+        if world.main and before_write is not None and (log or due or done in keep_at):
+            before_write()
+        if world.main and log:
             record = {"step": done, "samples_seen": done * cfg.batch_size, "loss": loss_value,
                       "lr": opt.param_groups[0]["lr"], "logit_scale": float(model.logit_scale.detach().exp()),
                       "time_s": time.perf_counter() - t0, **_data_stats(pool, pos), **out.logs}
             io.append_jsonl(run_dir / METRICS, record)
             bar.set_postfix(loss=f"{loss_value:.4f}")
-        due = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or \
-            (cfg.checkpoint_minutes and time.perf_counter() - last_checkpoint >= 60 * cfg.checkpoint_minutes)
         if world.main and done in keep_at:
             _save_state(run_dir / BRANCH_POINTS, model, opt, method, done, loss_value, time.perf_counter() - t0)
         if world.broadcast(bool(done == total or due)):  # rank 0's clock decides, so all ranks agree
@@ -202,6 +207,8 @@ def train(built: BuiltModel, method: Method, pool: Any, samples_seen: int, cfg: 
             last_checkpoint = time.perf_counter()
     bar.close()
     if world.main:
+        if before_write is not None:
+            before_write()
         io.torch_save(run_dir / FINAL_MODEL, {"state_dict": model.state_dict()})
     world.barrier()
     return TrainSummary(steps=total, samples_seen=total * cfg.batch_size, final_loss=loss_value,
@@ -263,16 +270,6 @@ def _kept_indices(method: Method, pool: Any, reference: Any, seed: int, run_dir:
     kept = pool.indices[keep].clone()
     io.torch_save(path, kept)
     return kept
-
-
-def checkpoint_step(path: Path) -> int:
-    """The step a checkpoint file holds, from its name step-<step>-<sha256>.pt."""
-    return int(Path(path).stem.split("-")[1])
-
-
-def checkpoint_files(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, newest first."""
-    return sorted((Path(run_dir) / CHECKPOINTS).glob("step-*.pt"), key=checkpoint_step, reverse=True)
 
 
 def _checkpoint(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, method: Method, step: int,

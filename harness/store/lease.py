@@ -1,28 +1,32 @@
 """Leases on run directories: at most one live process works on a run, and a dead owner's lease lapses.
 
-A lease is `<run dir>/lease.json`: a random token, the owning processes (host, pid, process start time)
-and an expiry time that a heartbeat thread pushes forward. It is live while it has not expired and, on
-the owners' own host, while one of its processes still exists; so a lease of a SIGKILLed process on this
-host lapses at once, one held from another node when its heartbeat stops (TTL_S). Every change happens
-under an flock on `<run dir>/.lease.lock`, so two launchers never both take a run.
+A lease is `<run dir>/lease.json`: a random token, the owning processes (host, pid, process start time,
+last heartbeat) and an expiry time that a heartbeat thread pushes forward. It is live while it has not
+expired and one of its owners lives: on the owners' own host while its process still exists, on another
+node while its own heartbeat is younger than TTL_S. So a lease of a SIGKILLed process on this host lapses
+at once, one held from another node when its heartbeats stop. Every change happens under an flock on
+`<run dir>/.lease.lock`, so two launchers never both take a run.
 
 The launcher takes the lease before it submits a run and hands its token to the job, which joins it
-(`adopt`); the job lets go when it has written its result. A run submitted to Slurm is also owned by
-its Slurm job (`hand_to_slurm`): it stays held while squeue lists the job, even after the launcher exits.
+(`adopt`); each owner lets go of it alone (`release`), and the lease goes only with its last live owner,
+so a job whose launcher or controller died keeps the run, and a launcher whose job system lost track of
+a job still alive does not free the run (`others_alive`). A process that is no longer an owner (its lease
+released or taken over) stops before it writes again (`confirm`). A run submitted to Slurm is also owned
+by its Slurm job (`hand_to_slurm`): it stays held while squeue lists the job, even after the launcher exits.
 """
 from __future__ import annotations
 
-import fcntl
+import math
 import os
 import secrets
 import socket
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from harness import io
 from harness.store.rundir import RunDir
@@ -59,13 +63,18 @@ def _start_time(pid: int) -> str | None:
 
 
 def _me() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid()), "beat": time.time()}
+
+
+def _is_me(owner: dict[str, Any]) -> bool:
+    return (owner.get("host"), owner.get("pid")) == (socket.gethostname(), os.getpid())
 
 
 def _owner_alive(owner: dict[str, Any]) -> bool:
-    """Whether an owner on this host still runs; owners on other hosts count as alive (expiry decides)."""
+    """Whether an owner process still runs: on this host, its process exists; on another, its own heartbeat
+    is younger than TTL_S (an owner recorded without one counts as alive: the lease's expiry decides)."""
     if owner["host"] != socket.gethostname():
-        return True
+        return time.time() < owner.get("beat", math.inf) + TTL_S
     if owner.get("start") is not None:  # Linux: the same pid started at the same time, and not a zombie
         return _start_time(owner["pid"]) == owner["start"]
     try:
@@ -135,15 +144,8 @@ def describe(record: dict[str, Any]) -> str:
                      for o in record["owners"])
 
 
-@contextmanager
-def _locked(rdir: Path) -> Iterator[None]:
-    Path(rdir).mkdir(parents=True, exist_ok=True)
-    with open(RunDir(rdir).lease_lock, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+def _locked(rdir: Path) -> AbstractContextManager[None]:
+    return io.flocked(RunDir(rdir).lease_lock)
 
 
 def acquire(rdir: Path) -> Lease | None:
@@ -170,8 +172,7 @@ def renew(lease: Lease) -> None:
         record = read(lease.rdir)
         if record is None or record["token"] != lease.token:
             raise LeaseLost(f"the lease on {lease.rdir.name} was released or taken over")
-        me = _me()
-        owners = [o for o in record["owners"] if (o.get("host"), o.get("pid")) != (me["host"], me["pid"])] + [me]
+        owners = [o for o in record["owners"] if not _is_me(o)] + [_me()]
         io.write_json(RunDir(lease.rdir).lease, {**record, "owners": owners, "expires": time.time() + TTL_S})
 
 
@@ -185,12 +186,42 @@ def hand_to_slurm(lease: Lease, job_id: str) -> None:
         io.write_json(RunDir(lease.rdir).lease, {**record, "owners": record["owners"] + [{"slurm_job": str(job_id)}]})
 
 
+def _other_owners(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The owner processes of a lease record other than this process (Slurm jobs left out)."""
+    return [o for o in record["owners"] if "slurm_job" not in o and not _is_me(o)]
+
+
 def release(lease: Lease) -> None:
-    """Give the lease up (nothing happens if it is already gone or another's)."""
+    """Let go of the lease: this process leaves its owners, and the lease goes once no other owner process
+    lives (nothing happens if it is already gone or another's)."""
     with _locked(lease.rdir):
         record = read(lease.rdir)
-        if record is not None and record["token"] == lease.token:
+        if record is None or record["token"] != lease.token:
+            return
+        others = _other_owners(record)
+        if any(_owner_alive(o) for o in others):
+            io.write_json(RunDir(lease.rdir).lease, {**record, "owners": others + [o for o in record["owners"]
+                                                                                   if "slurm_job" in o]})
+        else:
             RunDir(lease.rdir).lease.unlink()
+
+
+def others_alive(lease: Lease) -> list[dict[str, Any]]:
+    """The owner processes of this lease, other than this process, that still live (none if the lease is
+    gone or another's): while one does, the run is being worked on, whatever a job system says."""
+    with _locked(lease.rdir):
+        record = read(lease.rdir)
+    if record is None or record["token"] != lease.token:
+        return []
+    return [o for o in _other_owners(record) if _owner_alive(o)]
+
+
+def confirm(rdir: Path) -> None:
+    """Raise LeaseLost unless this process is an owner of the run's lease: one whose lease was released or
+    taken over (its launcher or job system gave the run up) stops before it writes again."""
+    record = read(rdir)
+    if record is None or not any(_is_me(o) for o in record["owners"]):
+        raise LeaseLost(f"this process no longer holds the lease on {Path(rdir).name}: it stops here")
 
 
 class Heartbeat:

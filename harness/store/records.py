@@ -9,9 +9,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable
 
 from harness import io
 from harness.grid.runspec import RunSpec, Unit, identity
@@ -19,6 +17,9 @@ from harness.provenance import provenance
 from harness.run.compute import PARTS, c_total
 from harness.store import lease
 from harness.store.rundir import RESULT_FORMAT, RunDir
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class SpecConflict(RuntimeError):
@@ -77,7 +78,14 @@ def begin(rdir: Path, spec: Unit) -> None:
 
 def attempts(rdir: Path) -> int:
     """How many times the run was started."""
-    return len(io.read_jsonl(RunDir(rdir).attempts))
+    return sum("started" in line for line in io.read_jsonl(RunDir(rdir).attempts))
+
+
+def trained(rdir: Path, steps: int, resumed_from: int) -> None:
+    """Note in attempts.jsonl that this process trained the run to its last step `steps` (from step
+    `resumed_from`): a run trained to the end by two processes shows two such lines."""
+    io.append_jsonl(RunDir(rdir).attempts, {"host": socket.gethostname(), "pid": os.getpid(), "trained": steps,
+                                            "resumed_from": resumed_from, "time": time.time()})
 
 
 def reason(error: BaseException) -> str:
@@ -102,10 +110,24 @@ def fail_unstarted(rdir: Path, spec: Unit, reason: str) -> None:
 
 def finish(rdir: Path, result: dict[str, Any]) -> None:
     """Record a finished run: result.json with how it was made (harness.provenance; from here on the run is
-    done), then a 'done' status."""
+    done), then a 'done' status (and no error.txt of an earlier, killed attempt)."""
     unit = RunDir(rdir)
     io.write_json(unit.result, {**result, "format": RESULT_FORMAT, "provenance": provenance()})
-    io.write_json(unit.status, {"state": "done", "finished": time.time()})
+    settle(rdir)
+
+
+def settle(rdir: Path) -> bool:
+    """Make a done run's records agree with its result.json: a status other than 'done' (or none), or an
+    error.txt, left by a kill between the result and the status or by a launcher that took the job system's
+    word over the disk, is repaired. Returns whether the run is done."""
+    unit = RunDir(rdir)
+    if unit.state() != "done":
+        return False
+    status = unit.read_status() or {}
+    if status.get("state") != "done":
+        io.write_json(unit.status, {"state": "done", "finished": time.time()})
+    unit.error.unlink(missing_ok=True)
+    return True
 
 
 def recorded(rdir: Path, spec: Unit, work: Callable[[], dict[str, Any]],
@@ -170,6 +192,8 @@ def results_table(results: Path, specs: list[RunSpec], cache_shares: dict[str, f
     run's share of a reference-feature cache from `cache_shares` (run id -> GFLOPs). C_total is what the
     run's model took; c_spent is what the sweep spent on the run: C_total less the trunk's share for a
     wsd branch (harness.run.branch), so summed over runs it counts a ladder's shared trunk once."""
+    import pandas as pd  # reports only: `clipsteer status` reads records without pandas
+
     cache_shares = cache_shares or {}
     reference_ids = reference_run_ids(specs)
     rows = []

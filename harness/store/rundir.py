@@ -4,7 +4,8 @@ results/<grid>/runs/<run_id>/
     spec.json       the unit's spec (what the id hashes)
     status.json     state: running | done | failed, with times, host, pid, error
     lease.json      which live process works on the run now (harness.store.lease), locked by .lease.lock
-    attempts.jsonl  one line per start of the run (host, pid, time);  requeues.jsonl: Slurm requeues
+    attempts.jsonl  one line per start of the run (host, pid, time), one per training to the last step;
+                    requeues.jsonl: Slurm requeues
     metrics.jsonl   training log;  checkpoints/step-*-<sha256>.pt;  branch_points/, branch.json (wsd ladders)
     kept_indices.pt the samples a static selection keeps;  model.pt: the final weights
     eval.json       per-task metrics and the average;  error.txt: a failure's traceback
@@ -80,7 +81,31 @@ class RunDir:
         """'done' (a result.json of the current RESULT_FORMAT exists: the one test of done), 'stale' (a result
         written by an older harness, lacking fields the report needs: run again), 'failed', 'running' or
         'missing' (never started)."""
-        if self.result.exists():
-            return "done" if io.read_json(self.result).get("format") == RESULT_FORMAT else "stale"
+        if self.result.exists():  # written atomically: whole; it is this unit's when it names this directory
+            result = io.read_json(self.result)
+            ours = result.get("run_id", self.path.name) == self.path.name
+            return "done" if ours and result.get("format") == RESULT_FORMAT else "stale"
         status = self.read_status()
         return status["state"] if status else "missing"
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint file holds, from its name step-<step>-<sha256>.pt."""
+    return int(Path(path).stem.split("-")[1])
+
+
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, newest first."""
+    return sorted(RunDir(run_dir).checkpoints.glob("step-*.pt"), key=checkpoint_step, reverse=True)
+
+
+def requeue_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's requeue records (refusals included), oldest first; a line cut by a kill is skipped."""
+    return io.read_jsonl(RunDir(run_dir).requeues)
+
+
+def requeue_count(run_dir: Path, attempt: str | None = None) -> int:
+    """How many times the run in `run_dir` was requeued (refusals not counted); only those of one
+    submission (TrainingJob.attempt) when `attempt` is given."""
+    return sum(1 for r in requeue_records(run_dir)
+               if r.get("requeued") is True and (attempt is None or r.get("attempt") == attempt))
