@@ -21,7 +21,7 @@ from harness.models import build_model, encode
 from harness.profiles import model_profile
 from harness.run import features, refcache
 from harness.run.compute import run_compute
-from harness.run.features import OnlineReference
+from harness.run.features import OnlineReference, load_cache
 from harness.run.reference import CheckpointReference
 from harness.run.train import TrainConfig, train
 from harness.store.rundir import RunDir
@@ -206,7 +206,7 @@ def test_recorded_compute_matches_the_forward_passes_made(made, tmp_path, name, 
         reference = OnlineReference(ref.load(root), "cpu")
         referred = Counter(reference.built.model)
     elif features == "cached":
-        reference = features.load_cache(root / "cache", ref, DATA, "cpu")
+        reference = load_cache(root / "cache", ref, DATA, "cpu")
     train(learner, method, pool, spec.samples_seen, CFG, 0, tmp_path, reference=reference, show_progress=False)
     compute = run_compute(spec, method, len(pool))
     g = model_profile("tiny-s")["gflops"]

@@ -697,7 +697,7 @@ def test_a_thousand_run_stage_goes_out_in_two_sbatch_calls_and_a_rerun_submits_o
     for spec in specs:
         rdir = records.run_dir(results, spec.run_id)
         if spec.run_id not in missing:
-            records.finish(rdir, {})
+            records.finish(rdir, {"run_id": spec.run_id})
         elif spec.run_id in steered[:2]:
             records.fail(rdir, RuntimeError("out of memory"))
     third = launcher.launch(specs, results, grid.executor, log=lambda *_: None, wait=False)

@@ -271,7 +271,7 @@ def test_compiling_keeps_open_clips_weight_names():
 
     built = fresh()
     names = list(built.model.state_dict())
-    model = _prepare(built.model, TrainConfig(compile=True, grad_checkpointing=True))
+    model = _prepare(built.model, TrainConfig(device="cpu", compile=True, grad_checkpointing=True))
     assert model is built.model and list(model.state_dict()) == names
     assert model._compiled_call_impl is not None and model.transformer.grad_checkpointing is True
 

@@ -119,7 +119,8 @@ def paired_runs(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
     exact = usable(method.merge(base, on=PAIR_ON, suffixes=("", BASE))).assign(paired_on=SAMPLES)
     done = set(exact[[*CONFIG, "seed"]].itertuples(index=False, name=None))
-    rest = method[[key not in done for key in method[[*CONFIG, "seed"]].itertuples(index=False, name=None)]]
+    unpaired = [key not in done for key in method[[*CONFIG, "seed"]].itertuples(index=False, name=None)]
+    rest = method[np.array(unpaired, dtype=bool)]
     near = usable(rest.merge(base.drop(columns=["samples_seen"]), on=["model", "seed"], suffixes=("", BASE)))
     gap = (near["own_c_total" + BASE] / near["own_c_total"] - 1).abs()
     near = near[gap <= C_TOTAL_TOLERANCE].assign(paired_on=C_TOTAL)
