@@ -85,6 +85,10 @@ class _Launch:
         self.lingering: set[str] = set()  # running here: their job ended, but the process working on them lives
         self.rungs = rungs or {}  # run id -> its place in a wsd budget ladder (harness.launch.ladder)
         self.required, self.results, self.log = required, results, log
+        self.read_as: dict[str, set[str]] = {}  # unit id -> how the units requiring it read it (READS' kinds)
+        for needs in required.values():
+            for need, kind in needs.items():
+                self.read_as.setdefault(need, set()).add(kind)
         self.report = LaunchReport()
         self.code = codeversion.code_version()
         self.heartbeat = lease.Heartbeat()
@@ -149,8 +153,7 @@ class _Launch:
 
     def _readable(self, run_id: str) -> bool:
         """Whether unit `run_id` still has the files that the units requiring it read (weights, features...)."""
-        kinds = {kind for needs in self.required.values() for need, kind in needs.items() if need == run_id}
-        return all(READS[kind](RunDir.of(self.results, run_id)) for kind in kinds)
+        return all(READS[kind](RunDir.of(self.results, run_id)) for kind in self.read_as.get(run_id, ()))
 
     def collect(self, bar: tqdm) -> None:
         """Record the runs that finished here, and those that another process finished, failed or left. The
