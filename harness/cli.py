@@ -208,9 +208,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     outcome = sweep.run(grid, results, executor, wait=not args.no_wait)
     for run_id, job in outcome.launch.queued.items():
         print(f"queued {run_id}: Slurm job {job}")
+    for line in outcome.launch.waiting:  # a tuning stage that failed or is still queued
+        print(f"not launched: {line} (not done yet, or failed: `clipsteer status {args.grid}`)")
     for path in outcome.report_paths.values():
         print(f"wrote {path}")
-    return 1 if outcome.launch.failed else 0
+    return 1 if outcome.launch.failed or (outcome.launch.waiting and not args.no_wait) else 0
 
 
 def _cmd_cache_ref(args: argparse.Namespace) -> int:
@@ -344,12 +346,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.grid)
     from harness.grid.results import results_dir
+    from harness.grid.spec import waiting
     from harness.launch.status import format_rows, grid_status, summary
 
     results = results_dir(grid, args.results)
     rows, earlier = grid_status(grid, results)
     print(f"grid {grid.name} ({results}): {summary(rows)}")
     print(format_rows(rows))
+    for line in waiting(grid, results):
+        print(f"not expanded yet: {line}")
     if earlier:
         print(f"{len(earlier)} run(s) of earlier versions of this grid are kept in {results / 'runs'} and left out "
               f"of the leaderboard; `clipsteer report {results} --all` shows them")

@@ -12,7 +12,7 @@ from harness.errors import ConfigError
 from harness.grid.config import ExecutorConfig, GridConfig
 from harness.grid.results import SPECS
 from harness.grid.runspec import RunSpec
-from harness.grid.spec import expand
+from harness.grid.spec import expand, waiting
 from harness.launch.launcher import LaunchReport, launch
 from harness.launch.plan import pending
 from harness.launch.status import orphans
@@ -31,7 +31,7 @@ class SweepOutcome:
 
 def cache_references(grid: GridConfig, results: Path, executor: ExecutorConfig) -> LaunchReport:
     """Build the reference-feature caches that `grid`'s runs read and that are not built yet."""
-    specs = expand(grid)
+    specs = expand(grid, Path(results))
     check_borrowed(grid, specs, Path(results))
     units = refcache.cache_units(specs)
     if not units:
@@ -46,13 +46,32 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig, wait: bool = 
     """Launch every run of `grid` that is not done under `results`, then write the report; with `wait=False`
     (Slurm) submit what is missing, each stage held by the scheduler until the one it reads is done, and
     return with them queued (no report: `clipsteer run` again, or `clipsteer report`, writes it later)."""
-    specs = expand(grid)
     results = Path(results)
-    check_borrowed(grid, specs, results)
-    with io.writing(results):  # the report's writer lock: specs.json sits beside the report's files
-        io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source, "specs": [s.to_json() for s in specs]})
-    outcome = launch(specs, results, executor, wait=wait)
+    outcome, launched = LaunchReport(), set()
+    while True:  # a pass per round of tuning: runs that wait for a tuning stage are expanded once it is done
+        specs = expand(grid, results)
+        check_borrowed(grid, specs, results)
+        with io.writing(results):  # the report's writer lock: specs.json sits beside the report's files
+            io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source,
+                                            "specs": [s.to_json() for s in specs]})
+        ids = {s.run_id for s in specs}
+        if ids <= launched:
+            break
+        _merge(outcome, launch(specs, results, executor, wait=wait), launched)
+        launched |= ids
+        if not wait:
+            break
+    outcome.waiting = waiting(grid, results)
     return SweepOutcome(launch=outcome, report_paths=report(results) if wait else {})
+
+
+def _merge(total: LaunchReport, new: LaunchReport, earlier: set[str]) -> None:
+    """Add a later pass's launch to `total`: runs skipped because an earlier pass ran them are not skipped."""
+    total.done += new.done
+    total.skipped += [r for r in new.skipped if r not in earlier]
+    total.by_others += new.by_others
+    total.failed.update(new.failed)
+    total.queued.update(new.queued)
 
 
 def check_borrowed(grid: GridConfig, specs: list[RunSpec], results: Path) -> None:

@@ -11,6 +11,7 @@ from harness.data.sources import SOURCE_NAMES, Split, source_split
 
 _NOISE_STREAM = 1  # random streams of np.random.default_rng([seed, stream])
 _CAP_STREAM = 2
+_VALIDATION_STREAM = 3
 _NOISE_CLASS_SALT = 300
 
 
@@ -35,9 +36,29 @@ class _CaptionTable:
 
 
 def build_pool(cfg: PoolConfig, split: str = "train") -> ImageTextPool:
-    """The pool described by `cfg` (the clean subset if cfg.subset == "clean"), drawn from the sources' train
-    split; split="test" draws the same kind of pool (captions, noise) from their test images instead.
-    A shard-set pool (cfg.shards) is its shards, read whole (see shard_pool)."""
+    """The pool that runs of `cfg` train on (the clean subset if cfg.subset == "clean"), drawn from the sources'
+    train split, less the cfg.validation pairs held out (split_validation); split="test" draws the same kind of
+    pool (captions, noise) from their test images instead, whole. A shard-set pool (cfg.shards) is its shards,
+    read whole (see shard_pool), less its held-out pairs."""
+    return split_validation(cfg)[0] if split == "train" and cfg.validation else _whole_pool(cfg, split)
+
+
+def split_validation(cfg: PoolConfig) -> tuple[ImageTextPool, ImageTextPool]:
+    """The training pool of `cfg` and its validation pairs: cfg.validation pairs drawn by cfg.seed from the whole
+    pool, held out of training. Both keep their samples' stable indices, so a reference-feature cache of the whole
+    pool serves them. ValueError when fewer than one pair would be left to train on."""
+    whole = _whole_pool(cfg, "train")
+    if cfg.validation >= len(whole):
+        raise ValueError(f"validation: {cfg.validation} pairs held out of a pool of {len(whole)} would leave none to "
+                         "train on")
+    held = torch.zeros(len(whole), dtype=torch.bool)
+    rng = np.random.default_rng([cfg.seed, _VALIDATION_STREAM])
+    held[torch.from_numpy(rng.permutation(len(whole))[:cfg.validation])] = True
+    return whole.subset(~held), whole.subset(held)
+
+
+def _whole_pool(cfg: PoolConfig, split: str) -> ImageTextPool:
+    """Every sample of `cfg`'s `split` (none held out for validation)."""
     if cfg.shards is not None:
         return shard_pool(cfg, split)
     splits = {name: source_split(name, split, cfg.shapes_count) for name in cfg.sources}

@@ -31,6 +31,9 @@ class PoolConfig:
     subset: str = "all"
     seed: int = 0
     image_size: int = 32
+    # pairs held out of the pool's training split and never trained on: the validation split that tuning stages
+    # score their candidates on (harness.grid.tuning); drawn by `seed`, 0 for none
+    validation: int = field(default=0, metadata=IN_ID_UNLESS_DEFAULT)
     # a shard set instead of the embedded sources (the metadata: what stays out of run ids, harness.store.identity)
     shards: str | None = field(default=None, metadata=IN_ID_UNLESS_DEFAULT)
     # of the shard set's manifest: checked when the pool is built
@@ -50,6 +53,9 @@ class PoolConfig:
         _check_int("shapes_count", self.shapes_count, 1, "an integer >= 1")
         _check_int("seed", self.seed, 0, "an integer >= 0")
         _check_int("image_size", self.image_size, 8, "an integer >= 8")
+        _check_int("validation", self.validation, 0, "an integer >= 0 (pairs held out for validation)")
+        if self.validation and self.lazy:
+            raise ValueError("validation holds pairs out of an in-memory pool; it cannot be used with lazy: true")
         if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) or not 0 <= self.noise < 1:
             raise ValueError(f"noise must be a number in [0, 1), got {self.noise!r}")
         if self.subset not in SUBSETS:
@@ -73,14 +79,16 @@ class PoolConfig:
 
 
 def embedded_pool_size(cfg: PoolConfig, split: str = "train") -> int:
-    """The number of samples harness.data.build.build_pool draws for embedded pool `cfg` from `split`, without
-    building it (the dry run's estimate needs the size of a pool it does not train on)."""
+    """The number of samples harness.data.build.build_pool draws for embedded pool `cfg` from `split` (less the
+    pairs held out for validation), without building it (the dry run's estimate needs the size of a pool it does
+    not train on)."""
     if cfg.shards is not None:
         raise ValueError("a shard-set pool's size is its manifest's count (harness.data.shardset.shard_set)")
     rows = {name: SOURCE_ROWS[name][split] if name in SOURCE_ROWS else
             (cfg.shapes_count if split == "train" else SHAPES_TEST_COUNT) for name in cfg.sources}
     n = sum(r if cfg.per_source is None else min(r, cfg.per_source) for r in rows.values())
-    return n - round(cfg.noise * n) if cfg.subset == "clean" else n
+    n = n - round(cfg.noise * n) if cfg.subset == "clean" else n
+    return n - cfg.validation if split == "train" else n
 
 
 def _check_int(name: str, value: object, minimum: int, allowed: str) -> None:

@@ -50,7 +50,7 @@ def evaluate(built: BuiltModel, tasks: Sequence[str], device: str = "cpu", batch
     """
     names = resolve(tasks)
     check_data(names)
-    with _evaluating(built, device) as (kind, amp):
+    with evaluating(built, device) as (kind, amp):
         runs = {n: _run(n, built, kind, amp, batch_size) for n in names}
     results = {n: metrics for n, (metrics, _) in runs.items()}
     return {"tasks": results,
@@ -65,13 +65,13 @@ def class_logits(built: BuiltModel, tasks: Sequence[str], device: str = "cpu",
     classification task among `tasks` (others are left out), run as `evaluate` runs them."""
     names = resolve(tasks)
     check_data(names)
-    with _evaluating(built, device) as (kind, amp):
+    with evaluating(built, device) as (kind, amp):
         logits = {n: TASKS[n].class_logits(built, kind, amp, batch_size) for n in names}
     return {n: x for n, x in logits.items() if x is not None}
 
 
 @contextlib.contextmanager
-def _evaluating(built: BuiltModel, device: str) -> Iterator[tuple[str, bool]]:
+def evaluating(built: BuiltModel, device: str) -> Iterator[tuple[str, bool]]:
     """`built` in eval mode under no_grad on `device` (its modules' modes restored after); yields the device
     type and whether to use autocast (on cuda)."""
     target = torch.device(device)

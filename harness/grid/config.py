@@ -7,6 +7,7 @@ at an earlier stage (or a checkpoint, or an open_clip pretrained model) as its r
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,13 +19,14 @@ import yaml
 from harness.data.poolconfig import EMBEDDED_FIELDS, PoolConfig
 from harness.errors import ConfigError, check_int, closest, did_you_mean
 from harness.grid.slurm_config import SlurmConfig, parse_slurm
+from harness.grid.tuning import ON, TuneConfig, config_key
 from harness.presets import check_model_name, preset_names
 from harness.run.trainconfig import TrainConfig
 from methods import REGISTRY, get_method, needs_reference
 
 EXECUTORS = ("local", "debug", "slurm")
 TOP_KEYS = {"name", "description", "data", "eval", "train", "executor", "stages"}
-STAGE_KEYS = {"name", "methods", "models", "samples_seen", "budget", "seeds", "reference", "data", "train"}
+STAGE_KEYS = {"name", "methods", "models", "samples_seen", "budget", "seeds", "reference", "data", "train", "tune"}
 # the keys that name a stage's reference: an earlier stage (whose single run it is), a checkpoint or a pretrained
 # tag; in a run spec, a RunReference, CheckpointReference or PretrainedReference (harness.run.reference)
 REFERENCE_KEYS = {"stage", "checkpoint", "pretrained"}
@@ -78,6 +80,7 @@ class StageConfig:
     data: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     c_total: float | None = None  # `budget: {c_total: X}`: each run's samples seen resolved to spend X GFLOPs
+    tune: TuneConfig | None = None  # a tuning stage (harness.grid.tuning): candidates scored on validation pairs
 
 
 @dataclass(frozen=True)
@@ -170,9 +173,45 @@ def _stage(raw: Any, src: str, key: str, data: dict, train: dict) -> StageConfig
             if needs_reference(get_method(method.name)):
                 raise ConfigError(src, f"{key}.methods[{i}]", f"method {method.name!r} needs a reference model; "
                                   "give the stage a 'reference' (an earlier stage, a checkpoint or a pretrained model)")
+    tune = _tune(m["tune"], methods, src, f"{key}.tune") if "tune" in m else None
     return StageConfig(name=_string(m["name"], src, f"{key}.name"), methods=methods, models=models,
                        samples_seen=samples, seeds=seeds, reference=reference, data=stage_data,
-                       train=stage_train, c_total=c_total)
+                       train=stage_train, c_total=c_total, tune=tune)
+
+
+def _tune(raw: Any, methods: tuple[MethodConfig, ...], src: str, key: str) -> TuneConfig:
+    """A stage's `tune: {param: [values], on: validation}`: each parameter one of every method's, set by none of
+    them, with at least two distinct candidate values, every combination valid for every method."""
+    # YAML 1.1 (PyYAML) reads an unquoted key `on` as the boolean true
+    m = {"on" if k is True else k: v for k, v in _mapping(raw, src, key).items()}
+    on = m.get("on", ON[0])
+    if on not in ON:
+        raise ConfigError(src, f"{key}.on", f"unknown {on!r}; allowed: {', '.join(ON)} (pool pairs held out of "
+                          "training; a tuning stage never scores on the test tasks)")
+    params = {p: v for p, v in m.items() if p != "on"}
+    if not params:
+        raise ConfigError(src, key, "name at least one method parameter and its candidate values, e.g. "
+                          "'tune: {tau: [0.01, 0.03], on: validation}'")
+    for p, values in params.items():
+        values = _nonempty_list(values, src, f"{key}.{p}")
+        if len(values) < 2 or len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise ConfigError(src, f"{key}.{p}", f"give at least two distinct candidate values, got {values!r}")
+        for i, method in enumerate(methods):
+            known = get_method(method.name).defaults
+            if p not in known:
+                raise ConfigError(src, f"{key}.{p}", f"method {method.name!r} has no parameter {p!r}"
+                                  f"{did_you_mean(p, known)}; its parameters: {', '.join(sorted(known))}")
+            if p in method.params:
+                raise ConfigError(src, f"{key}.{p}", f"method {method.name!r} sets {p} itself (methods[{i}]); a "
+                                  "tuned parameter is left to the candidates")
+    tune = TuneConfig(params=tuple((p, tuple(v)) for p, v in params.items()), on=on)
+    for method in methods:
+        for values in tune.candidates():
+            try:
+                get_method(method.name).check({**method.params, **values})
+            except ValueError as e:
+                raise ConfigError(src, key, f"candidate {values} for method {method.name!r}: {e}") from None
+    return tune
 
 
 def _method(raw: Any, src: str, key: str) -> MethodConfig:
@@ -311,10 +350,31 @@ def _check_stage_references(stages: tuple[StageConfig, ...], src: str) -> None:
                 raise ConfigError(src, key, f"stage {ref.stage!r} {why}")
             target = seen[ref.stage]
             budgets = len(target.samples_seen) or 1  # a budget stage: one per method and model
-            runs = len(target.methods) * len(target.models) * budgets * len(target.seeds)
+            candidates = len(target.tune.candidates()) if target.tune else 1
+            runs = len(target.methods) * len(target.models) * budgets * len(target.seeds) * candidates
             if runs != 1:
                 raise ConfigError(src, key, f"stage {ref.stage!r} has {runs} runs; a reference stage must have exactly one")
+        _check_tuned_models(stage, [s for s in seen.values() if s.tune], src, f"stages[{i}]")
         seen[stage.name] = stage
+
+
+def _check_tuned_models(stage: StageConfig, tuners: list[StageConfig], src: str, key: str) -> None:
+    """Refuse a method of `stage` that an earlier tuning stage tunes (harness.grid.tuning) on a model that stage
+    did not tune it on: its value would be chosen on another model."""
+    for i, method in enumerate(stage.methods):
+        params = get_method(method.name).check(method.params)
+        for tuner in tuners:
+            names = tuner.tune.names
+            if any(p in method.params for p in names):
+                continue
+            mine = config_key(method.name, params, names)
+            if not any(config_key(m.name, get_method(m.name).check(m.params), names) == mine for m in tuner.methods):
+                continue
+            missing = [m for m in stage.models if m not in tuner.models]
+            if missing:
+                raise ConfigError(src, f"{key}.methods[{i}]", f"tuning stage {tuner.name!r} tunes {method.name}'s "
+                                  f"{', '.join(names)} on {', '.join(tuner.models)}, not on {', '.join(missing)}: "
+                                  f"add the model to that stage, or set {', '.join(names)} here")
 
 
 _ENV_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")

@@ -7,7 +7,7 @@ from the fields' metadata (harness.store.identity). Both pickle, as submitit nee
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from harness.data.poolconfig import PoolConfig
@@ -51,6 +51,11 @@ class RunSpec(_JsonView):
     eval_suite: str
     reference: Reference | None
     run_id: str
+    # a tuning stage's run (harness.grid.tuning): the method parameters its stage tunes; it trains on the pool
+    # less its validation pairs and is scored on those alone (eval_tasks is empty)
+    tune: tuple[str, ...] = ()
+    # method parameter -> the tuning stage that chose its value; out of the id (the value is in `method`)
+    tuned: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, spec: dict[str, Any]) -> RunSpec:
@@ -59,14 +64,17 @@ class RunSpec(_JsonView):
                    samples_seen=spec["samples_seen"], seed=spec["seed"], data=spec["data"],
                    train=TrainConfig(**spec["train"]), eval_tasks=tuple(spec["eval_tasks"]),
                    eval_suite=spec["eval_suite"], run_id=spec["run_id"],
-                   reference=None if spec["reference"] is None else Reference.from_json(spec["reference"]))
+                   reference=None if spec["reference"] is None else Reference.from_json(spec["reference"]),
+                   tune=tuple(spec.get("tune", ())), tuned=dict(spec.get("tuned", {})))
 
     def to_json(self) -> dict[str, Any]:
-        """The spec as plain JSON-able data: what spec.json holds and the run id hashes."""
+        """The spec as plain JSON-able data: what spec.json holds and the run id hashes (`tune` and `tuned` only
+        when set, so the runs of grids without tuning keep their ids)."""
         return {"grid": self.grid, "stage": self.stage, "method": asdict(self.method), "model": self.model,
                 "samples_seen": self.samples_seen, "seed": self.seed, "data": self.data, "train": asdict(self.train),
                 "eval_tasks": list(self.eval_tasks), "eval_suite": self.eval_suite, "run_id": self.run_id,
-                "reference": None if self.reference is None else self.reference.to_json()}
+                "reference": None if self.reference is None else self.reference.to_json(),
+                **({"tune": list(self.tune)} if self.tune else {}), **({"tuned": self.tuned} if self.tuned else {})}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,10 +109,11 @@ def unit_from_json(unit: dict[str, Any]) -> Unit:
 
 
 def identity(spec: dict[str, Any]) -> dict[str, Any]:
-    """The part of a unit's JSON that determines the result: all of it but its id, the fields of its
+    """The part of a unit's JSON that determines the result: all of it but its id and which stage tuned which
+    parameter (the values are in its method's parameters), the fields of its
     training config, pool and reference that their metadata keeps out of the id (harness.store.identity)
     and the method parameters added since runs existed, at their defaults (methods.base.identity_params)."""
-    ident = {k: v for k, v in spec.items() if k != "run_id"}
+    ident = {k: v for k, v in spec.items() if k not in ("run_id", "tuned")}
     for key, cls in (("train", TrainConfig), ("data", PoolConfig)):
         if isinstance(ident.get(key), dict):
             ident[key] = identity_of(cls, ident[key])

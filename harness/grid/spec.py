@@ -8,13 +8,15 @@ every shard's SHA-256: rewritten shards give other run ids.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from harness import io
+from harness.data.poolconfig import embedded_pool_size
 from harness.errors import ConfigError, did_you_mean
 from harness.eval.tasks import SUITE_VERSION
+from harness.grid import tuning
 from harness.grid.config import (
     GridConfig,
     MethodConfig,
@@ -39,15 +41,30 @@ def run_id(spec: RunSpec) -> str:
             f"{io.digest(identity(spec.to_json()))}")
 
 
-def expand(grid: GridConfig) -> list[RunSpec]:
-    """All run specs of the grid, stage by stage, each with its run id (stable across calls)."""
+def expand(grid: GridConfig, results: Path | None = None) -> list[RunSpec]:
+    """All run specs of the grid, stage by stage, each with its run id (stable across calls). Runs whose
+    method takes a value a tuning stage chooses are left out until that stage is done under `results`
+    (harness.grid.tuning; `waiting` names them)."""
+    return _expand(grid, results)[0]
+
+
+def waiting(grid: GridConfig, results: Path | None = None) -> list[str]:
+    """What `expand` leaves out: one line per stage, method and model that waits for a tuning stage."""
+    return _expand(grid, results)[1]
+
+
+def _expand(grid: GridConfig, results: Path | None) -> tuple[list[RunSpec], list[str]]:
     specs: list[RunSpec] = []
     stage_runs: dict[str, RunSpec] = {}
     seen: dict[str, str] = {}
     digests: dict[str, str] = {}  # shard spec -> its manifest's SHA-256, read once per expansion
+    tuners: list[_Tuner] = []  # the tuning stages so far
+    wait: list[str] = []
     for i, stage in enumerate(grid.stages):
         data_key = f"stages[{i}].data" if "shards" in stage.data else "data"
-        stage_specs = list(_stage_specs(grid, stage, stage_runs, data_key, digests, f"stages[{i}].budget.c_total"))
+        waited = len(wait)
+        stage_specs = list(_stage_specs(grid, stage, stage_runs, data_key, digests, f"stages[{i}].budget.c_total",
+                                        tuners, wait))
         _check_caches(stage_specs, grid.source, f"stages[{i}].reference.cache")
         for spec in stage_specs:
             if spec.run_id in seen:
@@ -57,27 +74,82 @@ def expand(grid: GridConfig) -> list[RunSpec]:
         specs.extend(stage_specs)
         if len(stage_specs) == 1:
             stage_runs[stage.name] = stage_specs[0]
-    return specs
+        if stage.tune is not None:
+            tuners.append(_Tuner.of(stage, stage_specs, len(wait) > waited, results))
+    return specs, wait
 
 
 def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, RunSpec], data_key: str,
-                 digests: dict[str, str], budget_key: str) -> Iterator[RunSpec]:
-    data = _plain(asdict(pool_config({**grid.data, **stage.data})))
+                 digests: dict[str, str], budget_key: str, tuners: list[_Tuner],
+                 wait: list[str]) -> Iterator[RunSpec]:
+    merged = {**grid.data, **stage.data}
+    train = TrainConfig(**{**grid.train, **stage.train})
+    if stage.tune is not None and not merged.get("validation"):
+        merged["validation"] = tuning.default_validation(pool_config(merged))
+    data = _plain(asdict(pool_config(merged)))
+    if data["validation"] and data["shards"] is None and embedded_pool_size(pool_config(data)) < train.batch_size:
+        raise ConfigError(grid.source, f"{data_key}.validation", f"{data['validation']} pairs held out of a pool of "
+                          f"{embedded_pool_size(pool_config(data)) + data['validation']} leave less than a batch "
+                          f"({train.batch_size}) to train on")
     if data["shards"] is not None:
         data = _shard_data(data, grid.source, data_key, digests)
-    train = TrainConfig(**{**grid.train, **stage.train})
     reference = _reference(grid, stage.reference, stage_runs)
     for method in stage.methods:
         cls = get_method(method.name)
-        resolved = MethodConfig(method.name, cls.check(method.params))
-        for model in stage.models:
-            base = RunSpec(grid=grid.name, stage=stage.name, method=resolved, model=model,
-                           samples_seen=train.batch_size, seed=0, data=data, train=train, eval_tasks=grid.eval_tasks,
-                           eval_suite=SUITE_VERSION, reference=reference if needs_reference(cls) else None, run_id="")
-            for samples in stage.samples_seen or (_budget_samples(stage.c_total, base, grid.source, budget_key),):
-                for seed in stage.seeds:
-                    spec = replace(base, samples_seen=samples, seed=seed)
-                    yield replace(spec, run_id=run_id(spec))
+        for candidate in stage.tune.candidates() if stage.tune else [{}]:
+            for model in stage.models:
+                resolved, tuned = _tuned(MethodConfig(method.name, cls.check({**method.params, **candidate})),
+                                         method, model, stage, tuners)
+                if resolved is None:
+                    wait.append(f"stage {stage.name}: {method.name} on {model} waits for tuning stage {tuned}")
+                    continue
+                base = RunSpec(grid=grid.name, stage=stage.name, method=resolved, model=model,
+                               samples_seen=train.batch_size, seed=0, data=data, train=train,
+                               eval_tasks=() if stage.tune else grid.eval_tasks, eval_suite=SUITE_VERSION,
+                               reference=reference if needs_reference(cls) else None, run_id="",
+                               tune=stage.tune.names if stage.tune else (), tuned=tuned)
+                for samples in stage.samples_seen or (_budget_samples(stage.c_total, base, grid.source, budget_key),):
+                    for seed in stage.seeds:
+                        spec = replace(base, samples_seen=samples, seed=seed)
+                        yield replace(spec, run_id=run_id(spec))
+
+
+@dataclass(frozen=True)
+class _Tuner:
+    """A tuning stage met so far in an expansion: its stage, the (method configuration, model) keys its runs tune,
+    whether some of its runs still wait for an earlier tuning stage, and its choices once done."""
+
+    stage: StageConfig
+    keys: frozenset[tuple[str, str]]
+    incomplete: bool
+    chosen: dict[tuple[str, str], dict[str, Any]] | None
+
+    @classmethod
+    def of(cls, stage: StageConfig, specs: list[RunSpec], waited: bool, results: Path | None) -> _Tuner:
+        keys = frozenset((tuning.config_key(s.method.name, s.method.params, stage.tune.names), s.model) for s in specs)
+        return cls(stage, keys, waited, None if waited else tuning.choose(specs, stage.tune, results))
+
+
+def _tuned(method: MethodConfig, raw: MethodConfig, model: str, stage: StageConfig,
+           tuners: list[_Tuner]) -> tuple[MethodConfig | None, Any]:
+    """`method` (resolved) with the values that earlier tuning stages chose for it on `model`, and which stage
+    chose which parameter; (None, the tuning stage's name) while a stage that tunes it is not done. Parameters
+    the method sets itself (`raw`) or that `stage` tunes are left alone."""
+    params, tuned = dict(method.params), {}
+    for tuner in tuners:
+        names = tuner.stage.tune.names
+        if any(p in raw.params for p in names) or (stage.tune and set(names) & set(stage.tune.names)):
+            continue
+        key = (tuning.config_key(method.name, params, names), model)
+        if tuner.incomplete and any(m.name == method.name for m in tuner.stage.methods):
+            return None, tuner.stage.name
+        if key not in tuner.keys:
+            continue
+        if tuner.chosen is None:
+            return None, tuner.stage.name
+        params.update(tuner.chosen[key])
+        tuned.update(dict.fromkeys(names, tuner.stage.name))
+    return MethodConfig(method.name, params), tuned
 
 
 def _borrowed(grid: GridConfig, ref: ReferenceConfig, how: dict[str, Any]) -> RunReference:

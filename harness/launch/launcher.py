@@ -44,6 +44,7 @@ class LaunchReport:
     by_others: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     queued: dict[str, str] = field(default_factory=dict)  # run id -> Slurm job id, left queued by a launch that did not wait
+    waiting: list[str] = field(default_factory=list)  # runs not launched: they wait for a tuning stage (grid.tuning)
 
 
 def _compute(unit: Unit) -> float:

@@ -21,7 +21,7 @@ COLUMNS = ("run_id", "stage", "state", "attempts", "requeued", "detail")
 def grid_status(grid: GridConfig, results: Path) -> tuple[list[dict[str, Any]], list[RunSpec]]:
     """Every unit of `grid` with its state under `results` (run_states), and the specs of runs stored there
     that the grid no longer names (orphans)."""
-    specs = expand(grid)
+    specs = expand(grid, Path(results))
     return run_states(specs, Path(results)), orphans(specs, Path(results))
 
 

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from harness import codeversion, faults, io
-from harness.data.build import build_pool
+from harness.data.build import build_pool, split_validation
 from harness.eval.evaluate import evaluate
+from harness.eval.validation import validation_scores
 from harness.grid.config import pool_config
 from harness.grid.runspec import RunSpec
 from harness.models import build_model, resolve_device
@@ -52,7 +53,8 @@ def _execute(spec: RunSpec, results: Path, rdir: Path, threads: int, show_progre
     start = time.perf_counter()
     torch.set_num_threads(threads)
     cfg = spec.train
-    pool = build_pool(pool_config(spec.data))
+    data = pool_config(spec.data)
+    pool, held = split_validation(data) if data.validation else (build_pool(data), None)
     reference = _reference_features(spec, results, pool, cfg.device)
     torch.manual_seed(spec.seed)
     built = build_model(spec.model, device=cfg.device)
@@ -67,10 +69,12 @@ def _execute(spec: RunSpec, results: Path, rdir: Path, threads: int, show_progre
     records.trained(rdir, summary.steps, summary.resumed_from_step)
     faults.hit("evaluate")
     eval_start = time.perf_counter()
-    scores = evaluate(built, list(spec.eval_tasks), device=cfg.device)
+    # a tuning run is scored on its held-out pool pairs alone (harness.grid.tuning), never on the test tasks
+    scores = validation_scores(built, held, cfg.device) if spec.tune else \
+        evaluate(built, list(spec.eval_tasks), device=cfg.device)
     io.write_json(RunDir(rdir).eval, scores)
     diagnostics = None
-    if spec.reference is not None:
+    if spec.reference is not None and not spec.tune:
         ref_model = reference.built if isinstance(reference, features.OnlineReference) else \
             spec.reference.load(results, cfg.device)
         diagnostics = reference_diagnostics(built, ref_model, spec.reference, pool_config(spec.data),

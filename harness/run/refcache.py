@@ -26,8 +26,14 @@ from harness.store.rundir import RunDir
 
 def data_identity(data: dict[str, Any]) -> dict[str, Any]:
     """What makes a pool what it is: a spec's data as the run identity counts it, so a field added later at
-    its old-behaviour default leaves existing caches' ids and records matching."""
-    return identity_of(PoolConfig, data)
+    its old-behaviour default leaves existing caches' ids and records matching. Pairs held out for validation
+    are still the pool's: a cache holds every sample, and runs that hold some out read it by index."""
+    return identity_of(PoolConfig, whole_pool(data))
+
+
+def whole_pool(data: dict[str, Any]) -> dict[str, Any]:
+    """A spec's data with no pairs held out for validation: the pool a cache of its reference features covers."""
+    return {k: v for k, v in data.items() if k != "validation"}
 
 
 def cache_unit(spec: Unit) -> CacheUnit | None:
@@ -37,7 +43,7 @@ def cache_unit(spec: Unit) -> CacheUnit | None:
     if not isinstance(spec, RunSpec) or ref is None or ref.features != "cached" or ref.cache is not None:
         return None
     digest = io.digest({"reference": ref.identity(), "data": data_identity(spec.data)})
-    return CacheUnit(run_id=f"{CacheUnit.KIND}-{ref.model}-{digest}", reference=ref, data=spec.data,
+    return CacheUnit(run_id=f"{CacheUnit.KIND}-{ref.model}-{digest}", reference=ref, data=whole_pool(spec.data),
                      device=spec.train.device)
 
 
