@@ -18,6 +18,7 @@ from harness.launch.plan import pending
 from harness.launch.status import orphans
 from harness.report.configs import PARAMS
 from harness.report.leaderboard import write_report
+from harness.report.tuning import TUNE, TUNED, split
 from harness.run import refcache
 from harness.run.reference import RunReference
 from harness.store import records
@@ -112,18 +113,27 @@ def _saved_specs(results: Path, include_earlier: bool) -> tuple[str, list[RunSpe
 
 
 def _table(results: Path, specs: list[RunSpec]) -> pd.DataFrame:
-    """The results table of `specs` with each run's method parameters as key-sorted JSON in column PARAMS."""
+    """The results table of `specs` with each run's method parameters as key-sorted JSON in column PARAMS (and,
+    for a sweep with tuning stages, which runs tune and which use tuned values: harness.report.tuning)."""
     table = records.results_table(Path(results), specs, refcache.cache_shares(specs, Path(results)))
+    if not len(table):
+        return table
     params = {s.run_id: json.dumps(s.method.params, sort_keys=True) for s in specs}
-    return table.assign(**{PARAMS: table["run_id"].map(params)}) if len(table) else table
+    table = table.assign(**{PARAMS: table["run_id"].map(params)})
+    if any(s.tune or s.tuned for s in specs):  # harness.report.tuning: which runs tune, which use tuned values
+        tune = {s.run_id: ",".join(s.tune) for s in specs if s.tune}
+        tuned = {s.run_id: json.dumps(s.tuned, sort_keys=True) for s in specs if s.tuned}
+        table = table.assign(**{TUNE: table["run_id"].map(tune), TUNED: table["run_id"].map(tuned)})
+    return table
 
 
 def results_of(results: Path, include_earlier: bool = False) -> tuple[str, pd.DataFrame]:
     """The grid name and results table of the sweep whose runs live in `results` (with each run's method
-    parameters as key-sorted JSON in column PARAMS); with `include_earlier`, also the runs of specs the grid
+    parameters as key-sorted JSON in column PARAMS; tuning runs, scored on validation pairs, left out); with
+    `include_earlier`, also the runs of specs the grid
     no longer names (their stage marked EARLIER)."""
     name, specs = _saved_specs(results, include_earlier)
-    return name, _table(results, specs)
+    return name, split(_table(results, specs))[0]
 
 
 def report(results: Path, include_earlier: bool = False, out: Path | None = None) -> dict[str, Path]:

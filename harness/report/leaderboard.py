@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from harness.io import write_json, write_text, writing
-from harness.report import compare, html, joint_plots, plots, w2s
+from harness.report import compare, html, joint_plots, plots, tuning, w2s
 from harness.report.configs import NONE, with_configs
 from harness.report.fit import points_from_results
 from harness.report.plots import COMPUTE_AXES, reference_labels, task_columns
@@ -124,9 +124,10 @@ def seed_means(df: pd.DataFrame) -> pd.DataFrame:
     runs = _named(df)
     runs = runs[runs["status"].eq("done") & ~runs["is_reference"].eq(True)]
     runs = runs.assign(reference=runs["reference"].fillna(NONE) if "reference" in runs else NONE)
-    keys = ["model", "samples_seen", "method", "reference"]  # seeds repeat a configuration; a reference changes it
+    # seeds repeat a configuration; a reference or a stage changes it
+    keys = ["model", "samples_seen", "method", "reference", "stage"]
     grouped = runs.groupby(keys, sort=False)
-    extra = [c for c in ("gain", "reducible_var") if c in runs]
+    extra = [c for c in ("gain", "reducible_var", tuning.TUNING) if c in runs]
     table = grouped[task_columns(runs) + ["average", *extra, "c_paper", "c_total", "wall_time_s"]].mean()
     table.insert(0, "seeds", grouped["seed"].count())
     table.insert(1, "average_std", grouped["average"].std())
@@ -134,9 +135,15 @@ def seed_means(df: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["model", "samples_seen", "average"], ascending=[True, True, False]).reset_index(drop=True)
 
 
+def _stages_shown(means: pd.DataFrame) -> bool:
+    """Whether the means need a stage column: a configuration repeated in two stages (e.g. tuned to its default)."""
+    return means.duplicated(["model", "samples_seen", "method", "reference"]).any()
+
+
 def _seed_means_markdown(means: pd.DataFrame, refs: dict[str, str]) -> str:
     several = means["reference"].nunique() > 1
     table = pd.DataFrame({
+        **({"stage": means["stage"].map(_cell)} if _stages_shown(means) else {}),
         **_configuration(means), **({"reference": means["reference"].map(lambda r: _cell(refs.get(r, r)))}
                                     if several else {}),
         "seeds": means["seeds"].astype(int),
@@ -148,6 +155,8 @@ def _seed_means_markdown(means: pd.DataFrame, refs: dict[str, str]) -> str:
     if _has(means, "gain"):
         table["gain (pts)"] = _gain_points(means["gain"])
     table["C_total / C_paper"] = (means["c_total"] / means["c_paper"]).map(lambda r: f"{r:.2f}")
+    if _has(means, tuning.TUNING):
+        table["tuning (GFLOPs)"] = means[tuning.TUNING].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}")
     table["wall time (s)"] = means["wall_time_s"].map(lambda t: f"{t:.1f}")
     return _to_markdown(table)
 
@@ -226,6 +235,8 @@ def leaderboard_markdown(df: pd.DataFrame, title: str, analysis: dict[str, Any] 
                   *compare.comparisons_markdown(analysis["comparisons"]), *_analysis_markdown(analysis)]
         if "weak_to_strong" in analysis:
             parts += w2s.predictors_markdown(analysis["weak_to_strong"])
+        if "tuning" in analysis:
+            parts += tuning.markdown(analysis["tuning"])
         if analysis.get("provenance"):
             parts += ["## How these were made", MADE_NOTE, made_frame(analysis["provenance"]).to_markdown(index=False)]
     return "\n\n".join(parts) + "\n"
@@ -303,16 +314,20 @@ def _runs_table(title: str, rows: pd.DataFrame, tasks: list[str], refs: dict[str
 def _means_table(means: pd.DataFrame, refs: dict[str, str]) -> html.Table:
     """Means over seeds as the markdown shows them, the standard deviation in its own column to sort by."""
     scores = _percent(task_columns(means), means)
-    columns = {"method": means["method"], "model": means["model"], "samples seen": means["samples_seen"]}
+    columns = {**({"stage": means["stage"]} if _stages_shown(means) else {}), "method": means["method"],
+               "model": means["model"], "samples seen": means["samples_seen"]}
     if means["reference"].nunique() > 1:
         columns["reference"] = means["reference"].map(lambda r: refs.get(r, r))
     columns.update({"seeds": means["seeds"], "average (%)": 100 * means["average"],
                     "sd (pts)": 100 * means["average_std"], **scores})
     if _has(means, "gain"):
         columns["gain (pts)"] = 100 * means["gain"]
-    columns.update({"C_total / C_paper": means["c_total"] / means["c_paper"], "wall time (s)": means["wall_time_s"]})
+    columns["C_total / C_paper"] = means["c_total"] / means["c_paper"]
+    if _has(means, tuning.TUNING):
+        columns["tuning (GFLOPs)"] = means[tuning.TUNING]
+    columns["wall time (s)"] = means["wall_time_s"]
     formats = {"average (%)": PERCENT, "sd (pts)": PERCENT, **dict.fromkeys(scores, PERCENT), "gain (pts)": POINTS,
-               "C_total / C_paper": ".2f", "wall time (s)": ".1f"}
+               "C_total / C_paper": ".2f", "tuning (GFLOPs)": ".3g", "wall time (s)": ".1f"}
     note = "sd: sample standard deviation of the average over seeds, in percentage points."
     return html.Table("Mean over seeds", pd.DataFrame(columns), note, formats=formats, folded=list(scores),
                       fold_label="per-task scores")
@@ -358,6 +373,9 @@ def html_page(df: pd.DataFrame, title: str, analysis: dict[str, Any], images: li
     if analysis.get("weak_to_strong", {}).get("rows"):
         tables.append(html.Table("What predicts the weak-to-strong gain", w2s.predictors_frame(analysis["weak_to_strong"]),
                                  w2s.predictors_markdown(analysis["weak_to_strong"])[1]))
+    if "tuning" in analysis:
+        tables.append(html.Table("Tuning", tuning.frame(analysis["tuning"]), tuning.RULE,
+                                 formats={"validation (%)": PERCENT, "sd (pts)": PERCENT, "C_total (GFLOPs)": ".3g"}))
     if analysis.get("provenance"):
         tables.append(html.Table("How these were made", made_frame(analysis["provenance"]), MADE_NOTE))
     pictures = [html.Image(p.stem.replace("_", " "), p.read_bytes(), "image/png") for p in images]
@@ -375,7 +393,12 @@ def write_report(df: pd.DataFrame, out_dir: Path, title: str, runs_dir: Path | N
     `runs_dir`/runs/<id>/metrics.jsonl, when given). Returns the paths keyed by name.
     """
     out_dir = Path(out_dir)
+    df, tuning_runs = tuning.split(df)  # scored on validation pairs: reported apart (harness.report.tuning)
+    if len(tuning_runs):
+        df = tuning.with_tuning_compute(df, tuning_runs)
     analysis, fits = scaling_analysis(df)
+    if len(tuning_runs):
+        analysis["tuning"] = tuning.summary(tuning_runs)
     if made:
         analysis["provenance"] = made
     figures = {PLOTS[column]: plots.scaling_figure(df, fits[column], title, column) for column in COMPUTE_AXES}
