@@ -17,6 +17,7 @@ from harness.grid.config import ExecutorConfig, load_grid
 from harness.grid.spec import expand, run_id, waiting
 from harness.grid.tuning import best
 from harness.models import build_model
+from harness.report.tuning import mark_lead, sampling_se
 from harness.run import refcache
 from harness.store.rundir import RESULT_FORMAT, RunDir
 
@@ -211,3 +212,21 @@ def test_the_report_keeps_tuning_runs_apart_and_counts_their_compute(swept):
     assert table[table["method"].eq("clip") & table["stage"].eq("main")]["tuning_c_total"].isna().all()
     text = (results / "leaderboard.md").read_text()
     assert "## Tuning" in text and "tuning (GFLOPs)" in text and "lam=0.25" in text
+
+
+def test_the_report_says_whether_a_choice_is_beyond_the_noise_of_the_validation_split():
+    doc = {"tasks": {"validation": {"image_retrieval_recall@1": 0.1, "text_retrieval_recall@1": 0.2,
+                                    "captions": 400, "pairs": 900}}}
+    assert sampling_se(doc) == pytest.approx(0.5 * ((0.1 * 0.9 / 400) + (0.2 * 0.8 / 900)) ** 0.5)
+    rows = [{"validation": 0.30, "validation_sd": None, "se": 0.01, "runs": 1, "chosen": True},
+            {"validation": 0.25, "validation_sd": None, "se": 0.01, "runs": 1, "chosen": False},
+            {"validation": 0.10, "validation_sd": None, "se": 0.01, "runs": 1, "chosen": False}]
+    mark_lead(rows)  # lead 0.05 against the runner-up; 1.96 * sqrt(2) * 0.01 = 0.0277
+    assert rows[0]["lead"] == pytest.approx(0.05) and rows[0]["clear"] is True and rows[1]["lead"] is None
+    rows[1]["validation"] = 0.28
+    mark_lead(rows)
+    assert rows[0]["lead"] == pytest.approx(0.02) and rows[0]["clear"] is False
+    seeds = [{"validation": 0.30, "validation_sd": 0.02, "se": None, "runs": 4, "chosen": True},
+             {"validation": 0.27, "validation_sd": 0.02, "se": None, "runs": 4, "chosen": False}]
+    mark_lead(seeds)  # standard errors of the means: 0.01 each; 0.03 > 0.0277
+    assert seeds[0]["clear"] is True

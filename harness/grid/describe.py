@@ -41,6 +41,10 @@ def _stage(stage: StageConfig) -> list[str]:
     for key, section in (("data", stage.data), ("train", stage.train)):
         if section:
             sweep[key] = (dict(section), False)
+    if stage.c_total is not None:
+        sweep["budget"] = ({"c_total": stage.c_total}, False)
+    if stage.tune is not None:  # its validation pairs: data.validation, or harness.grid.tuning's default
+        sweep["tune"] = ({**{p: list(v) for p, v in stage.tune.params}, "on": stage.tune.on}, False)
     lines = _section(f"stage {stage.name}", sweep)
     for method in stage.methods:
         lines += _section(f"  method {method.name}", _method(method), indent=6)

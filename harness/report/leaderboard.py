@@ -374,8 +374,9 @@ def html_page(df: pd.DataFrame, title: str, analysis: dict[str, Any], images: li
         tables.append(html.Table("What predicts the weak-to-strong gain", w2s.predictors_frame(analysis["weak_to_strong"]),
                                  w2s.predictors_markdown(analysis["weak_to_strong"])[1]))
     if "tuning" in analysis:
-        tables.append(html.Table("Tuning", tuning.frame(analysis["tuning"]), tuning.RULE,
-                                 formats={"validation (%)": PERCENT, "sd (pts)": PERCENT, "C_total (GFLOPs)": ".3g"}))
+        tables.append(html.Table("Tuning", tuning.frame(analysis["tuning"]), f"{tuning.RULE}\n\n{tuning.NOISE_NOTE}",
+                                 formats={"validation (%)": ".2f", "sd (pts)": ".2f", "se (pts)": ".2f",
+                                          "lead (pts)": "+.2f", "C_total (GFLOPs)": ".3g"}))
     if analysis.get("provenance"):
         tables.append(html.Table("How these were made", made_frame(analysis["provenance"]), MADE_NOTE))
     pictures = [html.Image(p.stem.replace("_", " "), p.read_bytes(), "image/png") for p in images]
@@ -398,7 +399,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, title: str, runs_dir: Path | N
         df = tuning.with_tuning_compute(df, tuning_runs)
     analysis, fits = scaling_analysis(df)
     if len(tuning_runs):
-        analysis["tuning"] = tuning.summary(tuning_runs)
+        analysis["tuning"] = tuning.summary(tuning_runs, runs_dir)
     if made:
         analysis["provenance"] = made
     figures = {PLOTS[column]: plots.scaling_figure(df, fits[column], title, column) for column in COMPUTE_AXES}
