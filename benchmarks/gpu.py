@@ -8,8 +8,10 @@ PEAK_TFLOPS); the drrho/clip step-time ratios; then a 2-step data-parallel drrho
 over every GPU present on NCCL (one GPU still starts the process group, so the path runs). About 5 minutes on
 one H100-class GPU; writes gpu.json and gpu.md under --out. Without CUDA it refuses (exit 2).
 `--dry-run-cpu` runs every one of these paths at tiny sizes on the CPU (tiny-s at 32 px, fp32, a gloo group
-of 2 processes) and writes gpu-dry-run-cpu.json/.md: its numbers time nothing worth reading, and its compile-on
-runs take the harness's compile path with dynamo disabled (inductor on a small CPU takes minutes a model).
+of 2 processes, one torch thread each) and writes gpu-dry-run-cpu.json/.md: its numbers time nothing worth reading,
+and its compile-on runs take the harness's compile path with dynamo disabled (inductor on a small CPU takes minutes
+a model). One thread, as in the harness's own CPU runs: on a busy 2-core machine (the test suite's two workers),
+torch's default of a thread a core made each tiny step take seconds instead of a tenth of one.
 """
 from __future__ import annotations
 
@@ -125,6 +127,8 @@ def _dp_rank(rank: int, s: Setting, port: int, out: str) -> None:
     drrho with an on-the-fly reference for 2 steps of the global batch, check an all_reduce, write what it saw."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(s.dp_processes), LOCAL_RANK=str(rank))
+    if s.device == "cpu":
+        torch.set_num_threads(1)
     distributed.join(s.device)
     if not dist.is_initialized():  # one process: join leaves it out of any group; start one, to run the backend
         if s.device == "cuda":
@@ -217,6 +221,7 @@ def main(argv: list[str]) -> int:
         return 2
     if args.dry_run_cpu:
         torch._dynamo.config.disable = True  # model.compile() is called, and compiles nothing
+        torch.set_num_threads(1)
     device = "cpu" if args.dry_run_cpu else torch.cuda.get_device_name(0)
     peak = args.peak_tflops or (None if args.dry_run_cpu else peak_tflops(device))
     start = time.perf_counter()

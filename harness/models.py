@@ -6,6 +6,7 @@ other open_clip architecture (ViT-B-32, ViT-B-16, ViT-L-14, ...) is available by
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -62,6 +63,13 @@ class BuiltModel:
         return int(self.model.context_length)
 
 
+@functools.lru_cache(maxsize=None)
+def _tokenizer(name: str) -> Callable[[list[str]], torch.Tensor]:
+    """open_clip's tokenizer for preset `name`, made once per process: loading its vocabulary costs more CPU
+    than building a tiny model, and models of one preset then share it (and the pool's token table for it)."""
+    return open_clip.get_tokenizer(name)
+
+
 def build_model(name: str, pretrained: str | None = None, device: str = "cpu") -> BuiltModel:
     """Create preset `name` through open_clip's factory.
 
@@ -73,7 +81,7 @@ def build_model(name: str, pretrained: str | None = None, device: str = "cpu") -
     cfg = model.visual.preprocess_cfg
     size = cfg["size"]
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    return BuiltModel(name=name, model=model, tokenizer=open_clip.get_tokenizer(name), image_size=size,
+    return BuiltModel(name=name, model=model, tokenizer=_tokenizer(name), image_size=size,
                       mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
 
 
