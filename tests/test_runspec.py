@@ -124,7 +124,7 @@ def test_the_fields_outside_the_id_are_marked_on_the_configs():
                                                "channels_last", "grad_checkpointing"}
     assert _marked(TrainConfig, IN_ID_UNLESS_DEFAULT) == {"precision", "schedule", "cooldown"}
     assert _marked(PoolConfig, NOT_IN_ID) == {"lazy"}
-    assert _marked(PoolConfig, IN_ID_UNLESS_DEFAULT) == {"shards", "manifest_sha256"}
+    assert _marked(PoolConfig, IN_ID_UNLESS_DEFAULT) == {"validation", "shards", "manifest_sha256"}
     assert _marked(CheckpointReference, NOT_IN_ID) == {"path", "cache"}
     train = dataclasses.asdict(TrainConfig(log_every=3, compile=True))
     assert identity_of(TrainConfig, train) == identity_of(TrainConfig, dataclasses.asdict(TrainConfig()))
