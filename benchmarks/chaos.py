@@ -80,13 +80,15 @@ def fingerprint(results: Path) -> dict[str, Any]:
 
 
 def baseline(folder: Path) -> dict[str, Any]:
-    """The undisturbed sweep's fingerprint, run in this process (debug executor: the same runs, bit for bit)."""
+    """The undisturbed sweep's fingerprint, run in this process (debug executor: the same runs, bit for bit;
+    no report, which the fingerprint does not read)."""
     from harness.grid.config import load_grid
-    from harness.sweep import run
+    from harness.grid.spec import expand
+    from harness.launch.launcher import launch
     grid = load_grid(write_grid(folder, "debug"))
-    outcome = run(grid, Path(folder) / "baseline", grid.executor)
-    if outcome.launch.failed:
-        raise RuntimeError(f"the undisturbed sweep failed: {outcome.launch.failed}")
+    report = launch(expand(grid), Path(folder) / "baseline", grid.executor, log=lambda *_: None)
+    if report.failed:
+        raise RuntimeError(f"the undisturbed sweep failed: {report.failed}")
     return fingerprint(Path(folder) / "baseline")
 
 

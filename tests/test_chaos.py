@@ -33,6 +33,7 @@ def test_the_checks_see_what_a_kill_could_leave_behind(undisturbed, tmp_path):
     twice, short = RunDir.all(tmp_path / "r")
     io.append_jsonl(twice.attempts, {"trained": 6, "resumed_from": 2})
     short.metrics.write_text("".join(line + "\n" for line in short.metrics.read_text().splitlines()[:-1]))
+    (tmp_path / "r" / "plots").mkdir()
     (tmp_path / "r" / "plots" / ".scaling_law.png.x1y2.tmp").write_text("")
     problems = chaos.check(tmp_path / "r", expected, set())
     assert problems == [f"{short.path.name}: differs from the undisturbed sweep",

@@ -66,6 +66,20 @@ assert "25 runs, 0 done, 25 to launch" in text and "C_total=" in text and "min o
     assert not (tmp_path / "demo").exists()  # both write nothing
 
 
+def test_a_launcher_loads_no_torch_only_the_jobs_it_submits_do():
+    # each `clipsteer run` (a chaos trial starts several) saves the seconds that torch and open_clip take to
+    # load: the functions its jobs call are pickled by name and import the run's code where they run
+    code = """
+import cloudpickle
+import harness.sweep
+from harness.grid.config import ExecutorConfig
+from harness.launch import launcher
+cloudpickle.dumps(launcher._run_function(ExecutorConfig(kind="local")))
+cloudpickle.dumps(launcher._FirstTaskOnly(launcher.build_cache_job))
+"""
+    assert _heavy_loaded(code) == ["pandas"]  # the report's
+
+
 def test_a_method_loads_torch_at_its_first_use_and_computes_as_before():
     code = """
 import math, sys

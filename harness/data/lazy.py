@@ -78,8 +78,8 @@ def index_shard(path: str, sha256: str, stats: ReadStats) -> dict[str, np.ndarra
         rows.append((index, IMAGE_EXTENSIONS.index(ext), *group[ext], *group["txt"]))
     table = np.array(rows, dtype=np.int64).reshape(-1, 6)
     index = {"indices": table[:, 0], "ext": table[:, 1], "offsets": table[:, [2, 4]], "sizes": table[:, [3, 5]]}
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    io.write_bytes(cached, _npz_bytes({**index, "version": np.array(INDEX_VERSION)}))
+    with io.writing(cached.parent):  # workers index shards at once: each write first removes killed ones' temporaries
+        io.write_bytes(cached, _npz_bytes({**index, "version": np.array(INDEX_VERSION)}))
     return index
 
 

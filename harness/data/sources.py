@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from harness.data.poolconfig import SHAPES_TEST_COUNT, SHAPES_TRAIN_COUNT, SOURCE_NAMES
-from harness.io import write_bytes
+from harness.io import write_bytes, writing
 
 FASHION_MNIST_ENV = "CLIPSTEER_FASHION_MNIST"
 FASHION_MNIST_DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -86,10 +86,11 @@ def _fashion_mnist_root(root: str | Path | None) -> Path:
         if all((folder / name).is_file() for name in names):
             return folder
     try:
-        for name in names:
-            if not (_cache_dir() / name).is_file():
-                with urllib.request.urlopen(FASHION_MNIST_URL + name, timeout=60) as response:
-                    write_bytes(_cache_dir() / name, response.read())
+        with writing(_cache_dir()):  # one downloader at a time; a killed one's temporaries go first
+            for name in names:
+                if not (_cache_dir() / name).is_file():
+                    with urllib.request.urlopen(FASHION_MNIST_URL + name, timeout=60) as response:
+                        write_bytes(_cache_dir() / name, response.read())
     except OSError as err:
         raise FileNotFoundError(
             f"Fashion-MNIST not found in {', '.join(map(str, candidates))} and the download failed ({err}); "

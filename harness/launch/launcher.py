@@ -11,6 +11,7 @@ run once.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,8 +29,7 @@ from harness.launch import ladder, slurm, workers
 from harness.launch.plan import READS, pending, requirements
 from harness.launch.slurm import TrainingJob, job_environment, make_slurm_executor
 from harness.profiles import model_profile
-from harness.run import features, refcache
-from harness.run.job import run_job
+from harness.run import refcache
 from harness.store import lease, records
 from harness.store.rundir import RunDir
 
@@ -64,6 +64,22 @@ def make_executor(cfg: ExecutorConfig, folder: Path) -> submitit.Executor | work
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=cfg.timeout_min, tasks_per_node=cfg.tasks_per_job)
     return executor
+
+
+@dataclass(frozen=True)
+class _Imported:
+    """A job function named by its module, imported by the job that calls it: the launcher, which only submits
+    it, loads no torch (seconds per launch)."""
+
+    module: str
+    name: str
+
+    def __call__(self, *args: Any) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)(*args)
+
+
+run_job = _Imported("harness.run.job", "run_job")  # what a run's job calls (tests submit a stand-in)
+build_cache_job = _Imported("harness.run.features", "build_cache_job")
 
 
 @dataclass(frozen=True)
@@ -143,7 +159,7 @@ class _Launch:
 
     def _call(self, spec: Unit, cfg: ExecutorConfig, show: bool, held: lease.Lease) -> tuple[Callable, tuple]:
         """The function a unit's job runs and its arguments (the lease token, the code version, a ladder rung)."""
-        function = _FirstTaskOnly(features.build_cache_job) if isinstance(spec, CacheUnit) else _run_function(cfg)
+        function = _FirstTaskOnly(build_cache_job) if isinstance(spec, CacheUnit) else _run_function(cfg)
         threads = cfg.slurm.cpus_per_task or cfg.cpus_per_job if cfg.slurm else cfg.cpus_per_job
         rung = self.rungs.get(spec.run_id)
         return function, (spec, str(self.results), threads, show, held.token, self.code, *([rung] if rung else []))

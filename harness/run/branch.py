@@ -19,7 +19,6 @@ from typing import Any
 from tqdm import tqdm
 
 from harness import io
-from harness.run.train import BRANCH_POINTS, CHECKPOINTS, KEPT_INDICES, METRICS
 from harness.store.rundir import RunDir, checkpoint_files
 
 PER_STEP = ("c_paper", "learner_scoring", "reference_forward")  # compute parts spent in proportion to steps trained
@@ -51,16 +50,17 @@ def prepare(rdir: Path, trunk_dir: Path | None, step: int) -> dict[str, Any] | N
         return None
     branch = {"trunk": Path(trunk_dir).name, "step": step}
     io.write_json(record, branch)
-    for name in (METRICS, KEPT_INDICES):
-        if (Path(trunk_dir) / name).exists():
-            _copy(Path(trunk_dir) / name, rdir / name)
-    _copy(point, rdir / CHECKPOINTS / point.name)  # last: once rdir holds a checkpoint, the seeding is complete
+    trunk, own = RunDir(trunk_dir), RunDir(rdir)
+    for source, target in ((trunk.metrics, own.metrics), (trunk.kept_indices, own.kept_indices)):
+        if source.exists():
+            _copy(source, target)
+    _copy(point, own.checkpoints / point.name)  # last: once rdir holds a checkpoint, the seeding is complete
     return branch
 
 
 def branch_point(trunk_dir: Path, step: int) -> Path | None:
     """The intact checkpoint that trunk `trunk_dir` kept after `step` steps, or None."""
-    for path in sorted((Path(trunk_dir) / BRANCH_POINTS).glob(f"step-{step:09d}-*.pt")):
+    for path in sorted(RunDir(trunk_dir).branch_points.glob(f"step-{step:09d}-*.pt")):
         if io.verify_checksummed(path):
             return path
     return None

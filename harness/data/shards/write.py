@@ -206,6 +206,7 @@ def write_set(out_dir: Path, samples: Iterator[tuple[str, list[tuple[str, bytes]
         raise ValueError(f"prefix must be letters, digits and underscores, got {prefix!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # from here on the directory holds no complete set
+    io.remove_temporaries(out_dir)  # the set's directory is its writer's: what a killed writer left goes
     paths, entries = [], []
     it = iter(samples)
     for number in itertools.count():
