@@ -124,3 +124,24 @@ def test_a_run_in_a_worker_after_another_equals_the_run_alone(tmp_path):
     assert io.read_json(ran / "eval.json") == io.read_json(want / "eval.json")
     weights, expected = (torch.load(r / FINAL_MODEL, weights_only=True)["state_dict"] for r in (ran, want))
     assert all(torch.equal(weights[name], value) for name, value in expected.items())
+
+
+class _EndedWorker:
+    """A worker job that ended without taking a task, as one whose controller a cluster killed at start-up."""
+
+    def done(self) -> bool:
+        return True
+
+    def exception(self) -> BaseException:
+        return RuntimeError("UncompletedJobError: No output/error stream produced")
+
+
+def test_a_worker_killed_at_start_is_replaced_but_one_that_never_starts_breaks_the_pool(tmp_path):
+    pool = workers.WorkerPool(tmp_path, size=2, timeout_min=1)
+    try:
+        pool.workers = [_EndedWorker(), _EndedWorker()]
+        assert pool.broken() is None  # two killed starts of a pool of two: replace them
+        pool.workers.append(_EndedWorker())
+        assert "No output/error stream" in str(pool.broken())  # a third: the workers cannot start at all
+    finally:
+        pool.close()

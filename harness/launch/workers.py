@@ -169,12 +169,15 @@ class WorkerPool:
             self.workers.append(worker)
 
     def broken(self) -> BaseException | None:
-        """The error of a worker that ended without taking a task: it cannot start, and starting more would loop."""
+        """The first error of the workers that ended without taking a task, once more than `size` have: a worker
+        killed while it started (a cluster's kill of its controller) is replaced, but one that cannot start at
+        all would be started again forever."""
         for index, worker in enumerate(self.workers):
             if index not in self.ended and worker.done():
                 took = any((self.spool / TAKEN).glob(f"*.{index}"))
                 self.ended[index] = None if took else worker.exception() or RuntimeError(f"worker {index} left at once")
-        return next((error for error in self.ended.values() if error is not None), None)
+        errors = [error for error in self.ended.values() if error is not None]
+        return errors[0] if len(errors) > self.size else None
 
     def outcome(self, name: str, claim: Path | None) -> tuple[bool, BaseException | None, Path | None]:
         """(finished, error, claim) of task `name`, without blocking; `claim` is its taken/ file once known."""
