@@ -230,3 +230,15 @@ def test_the_report_says_whether_a_choice_is_beyond_the_noise_of_the_validation_
              {"validation": 0.27, "validation_sd": 0.02, "se": None, "runs": 4, "chosen": False}]
     mark_lead(seeds)  # standard errors of the means: 0.01 each; 0.03 > 0.0277
     assert seeds[0]["clear"] is True
+
+
+def test_status_and_the_dry_run_name_the_runs_that_wait_for_a_tuning_stage(tmp_path, clipsteer):
+    path = _grid(tmp_path).source
+    results = tmp_path / "results"
+    status = clipsteer("status", path, "--results", results)
+    assert status.returncode == 0, status.stderr
+    assert "not expanded yet: stage main: kd on tiny-s waits for tuning stage tune" in status.stdout
+    plan = clipsteer("run", path, "--results", results, "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "then, once it is done: stage main: kd on tiny-s waits for tuning stage tune" in plan.stdout
+    assert "tune={lam: [0.25, 1.0], on: validation}" in " ".join(plan.stdout.split()) and not results.exists()
