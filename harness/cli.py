@@ -346,14 +346,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.grid)
     from harness.grid.results import results_dir
-    from harness.grid.spec import waiting
     from harness.launch.status import format_rows, grid_status, summary
 
     results = results_dir(grid, args.results)
-    rows, earlier = grid_status(grid, results)
+    rows, earlier, waiting = grid_status(grid, results)
     print(f"grid {grid.name} ({results}): {summary(rows)}")
     print(format_rows(rows))
-    for line in waiting(grid, results):
+    for line in waiting:
         print(f"not expanded yet: {line}")
     if earlier:
         print(f"{len(earlier)} run(s) of earlier versions of this grid are kept in {results / 'runs'} and left out "

@@ -12,7 +12,7 @@ from harness.errors import ConfigError
 from harness.grid.config import ExecutorConfig, GridConfig
 from harness.grid.results import SPECS
 from harness.grid.runspec import RunSpec
-from harness.grid.spec import expand, waiting
+from harness.grid.spec import expand, expand_waiting
 from harness.launch.launcher import LaunchReport, launch
 from harness.launch.plan import pending
 from harness.launch.status import orphans
@@ -50,7 +50,7 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig, wait: bool = 
     results = Path(results)
     outcome, launched = LaunchReport(), set()
     while True:  # a pass per round of tuning: runs that wait for a tuning stage are expanded once it is done
-        specs = expand(grid, results)
+        specs, waiting = expand_waiting(grid, results)
         check_borrowed(grid, specs, results)
         with io.writing(results):  # the report's writer lock: specs.json sits beside the report's files
             io.write_json(results / SPECS, {"grid": grid.name, "source": grid.source,
@@ -62,7 +62,7 @@ def run(grid: GridConfig, results: Path, executor: ExecutorConfig, wait: bool = 
         launched |= ids
         if not wait:
             break
-    outcome.waiting = waiting(grid, results)
+    outcome.waiting = waiting
     return SweepOutcome(launch=outcome, report_paths=report(results) if wait else {})
 
 

@@ -14,7 +14,7 @@ from harness.data.poolconfig import PoolConfig, embedded_pool_size
 from harness.errors import ConfigError
 from harness.eval.validation import validation_scores
 from harness.grid.config import ExecutorConfig, load_grid
-from harness.grid.spec import expand, run_id, waiting
+from harness.grid.spec import expand, expand_waiting, run_id
 from harness.grid.tuning import best
 from harness.models import build_model
 from harness.report.tuning import mark_lead, sampling_se
@@ -141,7 +141,7 @@ def test_tuning_runs_hold_pairs_out_and_later_runs_wait_for_their_choice(tmp_pat
     main = [s for s in specs if s.stage == "main"]
     assert [s.method.name for s in main] == ["clip", "clip", "drrho_kd", "drrho_kd"]  # drrho_kd sets lam itself
     assert all(s.data["validation"] == 0 and not s.tuned for s in main)
-    assert waiting(grid) == ["stage main: kd on tiny-s waits for tuning stage tune"]
+    assert expand_waiting(grid)[1] == ["stage main: kd on tiny-s waits for tuning stage tune"]
     assert len({refcache.cache_unit(s).run_id for s in specs if s.reference}) == 1  # one cache for all
 
 
@@ -161,11 +161,11 @@ def test_the_best_mean_validation_score_is_handed_on_and_a_tie_goes_to_the_first
     kd_low, kd_high, *_ = [s for s in expand(grid) if s.stage == "tune"]
     _finish(results, kd_low, 0.1)
     _finish(results, kd_high, 0.3)
-    assert waiting(grid, results)  # drrho_kd's tuning runs are not done: nothing is chosen yet
+    assert expand_waiting(grid, results)[1]  # drrho_kd's tuning runs are not done: nothing is chosen yet
     for spec in [s for s in expand(grid) if s.stage == "tune" and s.method.name == "drrho_kd"]:
         _finish(results, spec, 0.2)
     [kd0, kd1] = [s for s in expand(grid, results) if s.stage == "main" and s.method.name == "kd"]
-    assert kd0.method.params["lam"] == 1.0 and kd0.tuned == {"lam": "tune"} and waiting(grid, results) == []
+    assert kd0.method.params["lam"] == 1.0 and kd0.tuned == {"lam": "tune"} and expand_waiting(grid, results)[1] == []
     explicit = replace(kd0, method=replace(kd0.method, params={**kd0.method.params}), tuned={})
     assert run_id(explicit) == kd0.run_id  # a tuned value and the same value set by hand: one run
 

@@ -44,16 +44,13 @@ def run_id(spec: RunSpec) -> str:
 def expand(grid: GridConfig, results: Path | None = None) -> list[RunSpec]:
     """All run specs of the grid, stage by stage, each with its run id (stable across calls). Runs whose
     method takes a value a tuning stage chooses are left out until that stage is done under `results`
-    (harness.grid.tuning; `waiting` names them)."""
-    return _expand(grid, results)[0]
+    (harness.grid.tuning; `expand_waiting` names them)."""
+    return expand_waiting(grid, results)[0]
 
 
-def waiting(grid: GridConfig, results: Path | None = None) -> list[str]:
-    """What `expand` leaves out: one line per stage, method and model that waits for a tuning stage."""
-    return _expand(grid, results)[1]
-
-
-def _expand(grid: GridConfig, results: Path | None) -> tuple[list[RunSpec], list[str]]:
+def expand_waiting(grid: GridConfig, results: Path | None = None) -> tuple[list[RunSpec], list[str]]:
+    """`expand`'s specs, and what it leaves out: one line per stage, method and model that waits for a tuning
+    stage (one expansion for callers that need both)."""
     specs: list[RunSpec] = []
     stage_runs: dict[str, RunSpec] = {}
     seen: dict[str, str] = {}
@@ -87,10 +84,10 @@ def _stage_specs(grid: GridConfig, stage: StageConfig, stage_runs: dict[str, Run
     if stage.tune is not None and not merged.get("validation"):
         merged["validation"] = tuning.default_validation(pool_config(merged))
     data = _plain(asdict(pool_config(merged)))
-    if data["validation"] and data["shards"] is None and embedded_pool_size(pool_config(data)) < train.batch_size:
+    left = embedded_pool_size(pool_config(data)) if data["validation"] and data["shards"] is None else None
+    if left is not None and left < train.batch_size:
         raise ConfigError(grid.source, f"{data_key}.validation", f"{data['validation']} pairs held out of a pool of "
-                          f"{embedded_pool_size(pool_config(data)) + data['validation']} leave less than a batch "
-                          f"({train.batch_size}) to train on")
+                          f"{left + data['validation']} leave less than a batch ({train.batch_size}) to train on")
     if data["shards"] is not None:
         data = _shard_data(data, grid.source, data_key, digests)
     reference = _reference(grid, stage.reference, stage_runs)

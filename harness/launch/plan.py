@@ -9,7 +9,7 @@ from typing import Callable
 from harness.grid.config import ExecutorConfig, GridConfig
 from harness.grid.describe import resolved
 from harness.grid.runspec import Unit
-from harness.grid.spec import expand, waiting
+from harness.grid.spec import expand_waiting
 from harness.launch import estimate
 from harness.profiles import model_profile
 from harness.run import refcache
@@ -52,7 +52,7 @@ def plan(grid: GridConfig, results: Path, executor: ExecutorConfig | None = None
     """Human-readable lines: the runs and feature caches `run` would launch now with `executor` (default: the
     grid's), how many are done, the resources each asks for and the GPU-hours they would take at `rate`."""
     executor = executor or grid.executor
-    specs = expand(grid, results)
+    specs, waiting = expand_waiting(grid, results)
     todo = pending(specs, results)
     caches = refcache.cache_units(todo)
     est = estimate.estimate(todo, caches, executor, rate or estimate.Throughput())
@@ -65,7 +65,7 @@ def plan(grid: GridConfig, results: Path, executor: ExecutorConfig | None = None
         rid, c_paper = spec.run_id, model_profile(spec.model)["gflops"] * spec.samples_seen
         lines.append(f"  {rid}  C_paper={c_paper:.3g} GFLOPs  C_total={est.gflops[rid]:.3g} GFLOPs  "
                      f"{est.cost(rid)}")
-    lines.extend(f"  then, once it is done: {line}" for line in waiting(grid, results))
+    lines.extend(f"  then, once it is done: {line}" for line in waiting)
     lines.extend(estimate.summary(est, executor))
     lines.extend(resolved(grid, executor))
     if executor.slurm is not None:

@@ -10,7 +10,7 @@ from typing import Any
 from harness import io
 from harness.grid.config import GridConfig
 from harness.grid.runspec import RunSpec, unit_from_json
-from harness.grid.spec import expand
+from harness.grid.spec import expand_waiting
 from harness.run import refcache
 from harness.store import lease, records
 from harness.store.rundir import RunDir, checkpoint_files, checkpoint_step, requeue_count
@@ -18,11 +18,11 @@ from harness.store.rundir import RunDir, checkpoint_files, checkpoint_step, requ
 COLUMNS = ("run_id", "stage", "state", "attempts", "requeued", "detail")
 
 
-def grid_status(grid: GridConfig, results: Path) -> tuple[list[dict[str, Any]], list[RunSpec]]:
-    """Every unit of `grid` with its state under `results` (run_states), and the specs of runs stored there
-    that the grid no longer names (orphans)."""
-    specs = expand(grid, Path(results))
-    return run_states(specs, Path(results)), orphans(specs, Path(results))
+def grid_status(grid: GridConfig, results: Path) -> tuple[list[dict[str, Any]], list[RunSpec], list[str]]:
+    """Every unit of `grid` with its state under `results` (run_states), the specs of runs stored there that the
+    grid no longer names (orphans), and the runs not expanded yet: they wait for a tuning stage."""
+    specs, waiting = expand_waiting(grid, Path(results))
+    return run_states(specs, Path(results)), orphans(specs, Path(results)), waiting
 
 
 def run_states(specs: list[RunSpec], results: Path) -> list[dict[str, Any]]:
